@@ -1,0 +1,1 @@
+"""attnlab: train small self-attention models on toy tasks and watch what attention learns."""

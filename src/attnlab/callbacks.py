@@ -1,0 +1,70 @@
+"""What goes to TensorBoard beyond Lightning's scalars: the probe example's attention maps and the weights."""
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from attnlab import tags, viz
+from attnlab.tasks import Batch
+
+
+def tokens_table(names: list[str], inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> str:
+    """Markdown table of the probe example: which token sits in each row/column of the attention maps."""
+    row = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    n = len(inputs)
+    return "\n".join(
+        [
+            row(["position"] + [str(i) for i in range(n)]),
+            row(["---"] * (n + 1)),
+            row(["input"] + [names[t] for t in inputs.tolist()]),
+            row(["target"] + [names[t] if m else "·" for t, m in zip(targets.tolist(), mask.tolist())]),
+        ]
+    )
+
+
+class AttentionImages(L.Callback):
+    """Every `every_n_steps` optimiser steps (and at the first and last), runs the probe example through the
+    model with its attention weights and logs, per layer and head, the attention map, and per layer the
+    W_Q/W_K/W_V/W_O images (and histograms). Weight images share one colour scale for the whole run so that
+    frames compare across steps."""
+
+    def __init__(self, probe: Batch, token_names: list[str], every_n_steps: int, histograms: bool, weight_scale: float):
+        self.probe, self.token_names = probe, token_names
+        self.every_n_steps, self.histograms, self.weight_scale = every_n_steps, histograms, weight_scale
+        self.last_logged = -1
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        inputs, targets, mask = self.probe
+        trainer.logger.experiment.add_text(tags.PROBE_TOKENS, tokens_table(self.token_names, inputs[0], targets[0], mask[0]))
+        self.log_frame(trainer, module)
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.log_frame(trainer, module)
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.log_frame(trainer, module)
+
+    @torch.no_grad()
+    def log_frame(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step == self.last_logged:
+            return
+        self.last_logged = step
+        writer = trainer.logger.experiment
+        was_training = module.training
+        module.eval()
+        _, attention = module(self.probe[0].to(module.device), need_weights=True)
+        module.train(was_training)
+        for layer, weights in enumerate(attention):  # [batch, head, query, key]
+            for head, pattern in enumerate(weights[0]):
+                writer.add_image(tags.attention(layer, head), viz.attention_image(pattern), step)
+        for layer, block in enumerate(module.model.blocks):
+            for name in tags.WEIGHTS:
+                matrix = getattr(block.attention, name)
+                writer.add_image(tags.weight(layer, name), viz.weight_image(matrix, self.weight_scale), step)
+                if self.histograms:
+                    writer.add_histogram(tags.weight(layer, name), matrix.detach().cpu(), step)

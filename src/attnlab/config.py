@@ -1,0 +1,60 @@
+"""Checks on the composed config, so that bad input stops before anything is built or written."""
+
+from numbers import Integral, Real
+
+from omegaconf import DictConfig
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message names the field and what is allowed."""
+
+
+def integer(value, field: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """`value` as an int within [minimum, maximum], or a ConfigError naming `field`."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ConfigError(f"{field} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"{field} must be {allowed}, got {value}")
+    return int(value)
+
+
+def positive_number(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
+        raise ConfigError(f"{field} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def choice(value, field: str, allowed) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{field} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+    return value
+
+
+def check(cfg: DictConfig) -> None:
+    """Everything train.run needs from cfg outside the task (each task checks its own fields)."""
+    m = cfg.model
+    integer(m.dim, "model.dim")
+    integer(m.heads, "model.heads")
+    if m.dim % m.heads:
+        divisors = [h for h in range(1, m.dim + 1) if m.dim % h == 0]
+        raise ConfigError(f"model.heads must divide model.dim={m.dim} (allowed: {divisors}), got {m.heads}")
+    integer(m.layers, "model.layers")
+    choice(m.positions, "model.positions", ("learned", "sinusoidal", "none"))
+    choice(m.causal, "model.causal", (None, True, False))
+    choice(m.mlp, "model.mlp", (True, False))
+    choice(m.norm, "model.norm", (True, False))
+    integer(cfg.data.batch_size, "data.batch_size")
+    integer(cfg.data.val_size, "data.val_size")
+    positive_number(cfg.optim.lr, "optim.lr")
+    if isinstance(cfg.optim.weight_decay, bool) or not isinstance(cfg.optim.weight_decay, Real) or cfg.optim.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be a number >= 0, got {cfg.optim.weight_decay!r}")
+    integer(cfg.optim.warmup_steps, "optim.warmup_steps", minimum=0)
+    choice(cfg.optim.schedule, "optim.schedule", ("constant", "cosine"))
+    integer(cfg.trainer.max_steps, "trainer.max_steps")
+    integer(cfg.trainer.val_every_n_steps, "trainer.val_every_n_steps")
+    if cfg.trainer.stop_at is not None and not (isinstance(cfg.trainer.stop_at, Real) and 0 < cfg.trainer.stop_at <= 1):
+        raise ConfigError(f"trainer.stop_at must be null or a number in (0, 1], got {cfg.trainer.stop_at!r}")
+    integer(cfg.logging.every_n_steps, "logging.every_n_steps")
+    integer(cfg.logging.images_every_n_steps, "logging.images_every_n_steps", minimum=0)
+    integer(cfg.seed, "seed", minimum=0)

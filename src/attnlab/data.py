@@ -1,0 +1,69 @@
+"""A LightningDataModule over a task: fresh training batches from a seeded generator, a fixed validation set."""
+
+import lightning.pytorch as L
+import torch
+
+from attnlab.tasks import Batch, Task
+
+# The validation set depends on the task and its sizes only, not on the run's seed, so that runs of a sweep
+# are scored on the same examples.
+VALIDATION_SEED = 2**31 - 1
+VALIDATION_BATCH = 1024
+
+
+class Batches:
+    """An endless iterable of training batches. A plain iterable, not a DataLoader: each batch is already one
+    tensor made in one call, so there is nothing to collate and no worker to start."""
+
+    def __init__(self, task: Task, batch_size: int, generator: torch.Generator):
+        self.task, self.batch_size, self.generator = task, batch_size, generator
+
+    def __iter__(self):
+        while True:
+            yield self.task.sample(self.batch_size, self.generator)
+
+
+class Chunks:
+    """The validation set in slices of `size` examples (an iterable object: Lightning reads a plain list as
+    several dataloaders)."""
+
+    def __init__(self, batch: Batch, size: int):
+        self.batch, self.size = batch, size
+
+    def __len__(self) -> int:
+        return -(-len(self.batch[0]) // self.size)
+
+    def __iter__(self):
+        for start in range(0, len(self.batch[0]), self.size):
+            yield tuple(t[start : start + self.size] for t in self.batch)
+
+
+class TaskDataModule(L.LightningDataModule):
+    def __init__(self, task: Task, batch_size: int, val_size: int, seed: int):
+        super().__init__()
+        self.task, self.batch_size, self.val_size = task, batch_size, val_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.validation: Batch | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.validation is None:  # made once, however often fit/validate call setup
+            self.validation = self.task.validation_set(self.val_size, torch.Generator().manual_seed(VALIDATION_SEED))
+
+    def train_dataloader(self) -> Batches:
+        return Batches(self.task, self.batch_size, self.generator)
+
+    def val_dataloader(self) -> "Chunks":
+        return Chunks(self.validation, VALIDATION_BATCH)
+
+    def probe(self) -> Batch:
+        """The one fixed example whose attention is drawn: the first of the validation set."""
+        self.setup("fit")
+        inputs, targets, mask = self.validation
+        return inputs[:1], targets[:1], mask[:1]
+
+    # The generator's state goes into checkpoints, so a resumed run draws the batches it would have drawn.
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,63 @@
+"""The LightningModule: loss on the task's target positions, token and whole-sequence accuracy, AdamW."""
+
+import math
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnlab import tags
+from attnlab.model import AttentionModel
+from attnlab.tasks import Batch
+
+
+def scores(logits: Tensor, targets: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Loss and accuracies over masked positions only. No boolean indexing: that would sync with the device."""
+    weight = mask.float()
+    per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [batch, pos]
+    right = (logits.argmax(-1) == targets) | ~mask  # positions outside the mask count as right
+    return {
+        "loss": (per_token * weight).sum() / weight.sum(),
+        "acc": ((right & mask).float().sum() / weight.sum()),
+        "seq_acc": right.all(dim=1).float().mean(),
+    }
+
+
+class AttentionLM(L.LightningModule):
+    def __init__(self, model: AttentionModel, lr: float, weight_decay: float, warmup_steps: int, schedule: str):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.warmup_steps, self.schedule = lr, weight_decay, warmup_steps, schedule
+
+    def forward(self, tokens: Tensor, need_weights: bool = False):
+        return self.model(tokens, need_weights)
+
+    def _scores(self, batch: Batch) -> dict[str, Tensor]:
+        inputs, targets, mask = batch
+        logits, _ = self.model(inputs)
+        return scores(logits, targets, mask)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        result = self._scores(batch)
+        self.log_dict({tags.metric("train", k): v for k, v in result.items()})
+        return result["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        result = self._scores(batch)
+        self.log_dict({tags.metric("val", k): v for k, v in result.items()}, batch_size=len(batch[0]), prog_bar=True)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = self.trainer.max_steps
+
+        def factor(step: int) -> float:
+            if step < self.warmup_steps:
+                return (step + 1) / self.warmup_steps
+            if self.schedule == "cosine":
+                progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

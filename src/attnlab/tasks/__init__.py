@@ -1,0 +1,28 @@
+"""The toy tasks, by the name used in conf/data/*.yaml (`data.task`)."""
+
+from omegaconf import DictConfig
+
+from attnlab.config import ConfigError
+from attnlab.tasks.base import Batch, Task
+from attnlab.tasks.copy import Copy
+from attnlab.tasks.reverse import Reverse
+from attnlab.tasks.sort import Sort
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (Copy, Reverse, Sort)}
+
+# data.* fields that configure the DataModule rather than the task.
+LOADER_FIELDS = ("task", "batch_size", "val_size")
+
+
+def make_task(data: DictConfig) -> Task:
+    """The task named by data.task, built from the remaining data.* fields (each task checks its own)."""
+    if data.task not in TASKS:
+        raise ConfigError(f"data.task must be one of {', '.join(TASKS)}, got {data.task!r}")
+    fields = {k: v for k, v in data.items() if k not in LOADER_FIELDS}
+    try:
+        return TASKS[data.task](**fields)
+    except TypeError as error:  # a field this task does not take, or one it needs
+        raise ConfigError(f"data: {data.task} {error}") from None
+
+
+__all__ = ["TASKS", "Batch", "Task", "make_task"]

@@ -1,0 +1,85 @@
+"""What every toy task provides. A task owns its rules: how examples are made, which positions are scored, which
+attention pattern solves it. Batches are whole tensors made from a seeded torch.Generator (no per-example loop)."""
+
+import torch
+from torch import Tensor
+
+from attnlab.config import integer
+
+# (inputs [batch, pos] long, targets [batch, pos] long, loss mask [batch, pos] bool)
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+class Task:
+    """Subclasses set `name`, `causal`, and implement `sample`, `length` and `vocab`."""
+
+    name: str
+    causal: bool  # whether the model must not look ahead (next-token tasks)
+
+    def __init__(self, seq_len: int, vocab_size: int):
+        self.seq_len = integer(seq_len, "data.seq_len", minimum=2, maximum=1024)
+        self.vocab_size = integer(vocab_size, "data.vocab_size", minimum=2, maximum=100_000)
+
+    @property
+    def length(self) -> int:
+        """Positions the model sees."""
+        raise NotImplementedError
+
+    @property
+    def vocab(self) -> int:
+        """Token ids the model sees (data tokens plus any special tokens the task adds)."""
+        return self.vocab_size
+
+    def sample(self, n: int, generator: torch.Generator) -> Batch:
+        """n fresh training examples."""
+        raise NotImplementedError
+
+    def validation_set(self, n: int, generator: torch.Generator) -> Batch:
+        """The held-out examples; tasks with a fixed example space (say modular addition) override this."""
+        return self.sample(n, generator)
+
+    def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
+        """The attention pattern known to solve the task, [batch, query, key], rows summing to 1 over the keys a
+        query may attend to, or None where no fixed pattern is known (for this layer)."""
+        return None
+
+    def token_names(self) -> list[str]:
+        """How each token id is shown in TensorBoard and the terminal."""
+        return [str(i) for i in range(self.vocab)]
+
+
+class SequenceMap(Task):
+    """Read x, then write y = f(x) in the same stream (minGPT's sort-demo format).
+
+    The stream is [x_0 .. x_{n-1}, y_0 .. y_{n-1}] fed causally with next-token targets; only the y part is scored.
+    Position n-1+i predicts y_i, and y_i is always a copy of one input token, x[source[i]]: the ideal head at
+    query n-1+i puts all its weight on key source[i].
+    """
+
+    causal = True
+
+    def source(self, x: Tensor) -> Tensor:
+        """[batch, n] index into x of the token that y_i copies."""
+        raise NotImplementedError
+
+    @property
+    def length(self) -> int:
+        return 2 * self.seq_len - 1
+
+    def sample(self, n: int, generator: torch.Generator) -> Batch:
+        x = torch.randint(self.vocab_size, (n, self.seq_len), generator=generator)
+        y = x.gather(1, self.source(x))
+        stream = torch.cat([x, y], dim=1)
+        mask = torch.zeros(n, self.length, dtype=torch.bool)
+        mask[:, self.seq_len - 1 :] = True
+        return stream[:, :-1], stream[:, 1:], mask
+
+    def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
+        """Queries n-1 .. 2n-2 (those that write y) on their source key; rows of the reading phase have no target
+        and stay zero."""
+        if layer != 0:
+            return None
+        n = self.seq_len
+        target = torch.zeros(inputs.shape[0], self.length, self.length)  # [batch, query, key]
+        target[:, n - 1 :].scatter_(2, self.source(inputs[:, :n]).unsqueeze(2), 1.0)
+        return target
