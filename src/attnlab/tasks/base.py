@@ -38,6 +38,18 @@ class Task:
         """The held-out examples; tasks with a fixed example space (say modular addition) override this."""
         return self.sample(n, generator)
 
+    @property
+    def example_length(self) -> int:
+        """How many tokens a user gives for one example of their own (scripts/inspect_run.py --input): by default
+        the model's whole input."""
+        return self.length
+
+    def example(self, tokens: Tensor) -> Batch:
+        """The example for a user's tokens [batch, example_length], as `sample` makes examples. By default the
+        tokens are the model's input as is and the answer is unknown (mask all False); tasks that can work out the
+        answer for any input override this (and may raise ConfigError for tokens they do not take)."""
+        return tokens, torch.zeros_like(tokens), torch.zeros_like(tokens, dtype=torch.bool)
+
     def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
         """The attention pattern known to solve the task, [batch, query, key], rows summing to 1 over the keys a
         query may attend to, or None where no fixed pattern is known (for this layer)."""
@@ -66,8 +78,16 @@ class SequenceMap(Task):
     def length(self) -> int:
         return 2 * self.seq_len - 1
 
+    @property
+    def example_length(self) -> int:
+        return self.seq_len  # a user gives x; y is worked out
+
     def sample(self, n: int, generator: torch.Generator) -> Batch:
-        x = torch.randint(self.vocab_size, (n, self.seq_len), generator=generator)
+        return self.example(torch.randint(self.vocab_size, (n, self.seq_len), generator=generator))
+
+    def example(self, x: Tensor) -> Batch:
+        """x [batch, n] -> the stream [x, y] shifted into (inputs, next-token targets, mask on the y part)."""
+        n = x.shape[0]
         y = x.gather(1, self.source(x))
         stream = torch.cat([x, y], dim=1)
         mask = torch.zeros(n, self.length, dtype=torch.bool)
