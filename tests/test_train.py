@@ -1,0 +1,103 @@
+"""One real run of scripts/train.py: it solves reverse, and its run directory and TensorBoard events hold what the
+README promises."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from attnlab import tags
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "device=cpu", "data.seq_len=6", "model.dim=32", "model.heads=2",
+         "trainer.max_steps=1500", "trainer.val_every_n_steps=50", "logging.images_every_n_steps=50",
+         "logging.progress_bar=false", f"hydra.run.dir={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Run saved in {out}" in result.stdout and f"tensorboard --logdir {out}" in result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def events(run_dir) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0, "histograms": 0, "tensors": 0})
+    return accumulator.Reload()
+
+
+def test_solves_reverse(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"val/loss", "val/acc", "val/seq_acc"} <= set(metrics)
+    assert metrics["val/seq_acc"] >= 0.99
+    assert metrics["val/acc"] >= 0.99
+
+
+def test_run_directory(run_dir):
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] > 0
+    assert "model.blocks.0.attention.W_Q" in checkpoint["state_dict"]
+
+
+def test_scalars(events):
+    scalars = events.Tags()["scalars"]
+    for stage in tags.STAGES:
+        for name in tags.METRICS:
+            assert tags.metric(stage, name) in scalars
+    assert any(tag.startswith("lr-") for tag in scalars)
+    loss = events.Scalars("train/loss")
+    assert loss[-1].value < 0.5 * loss[0].value  # it learned
+    assert events.Scalars("val/seq_acc")[-1].value >= 0.99
+
+
+def test_attention_and_weight_images_at_several_steps(events):
+    images = events.Tags()["images"]
+    wanted = [tags.attention(0, 0), tags.attention(0, 1)] + [tags.weight(0, w) for w in tags.WEIGHTS]
+    for tag in wanted:
+        assert tag in images
+        frames = events.Images(tag)
+        assert len({frame.step for frame in frames}) >= 3
+        assert frames[0].width >= 64 and frames[0].height >= 64
+    # Frames change as the model learns.
+    first, last = events.Images(tags.attention(0, 0))[0], events.Images(tags.attention(0, 0))[-1]
+    assert first.encoded_image_string != last.encoded_image_string
+
+
+def test_histograms(events):
+    histograms = events.Tags()["histograms"]
+    for name in tags.WEIGHTS:
+        assert len(events.Histograms(tags.weight(0, name))) >= 3
+
+
+def test_text_config_and_probe_tokens(events):
+    texts = events.Tags()["tensors"]
+    assert f"{tags.CONFIG}/text_summary" in texts and f"{tags.PROBE_TOKENS}/text_summary" in texts
+    table = events.Tensors(f"{tags.PROBE_TOKENS}/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| input |" in table and "| position | 0 | 1 |" in table
+    config = events.Tensors(f"{tags.CONFIG}/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "dim: 32" in config and "task: reverse" in config
+
+
+def test_hparams_hold_the_config_and_final_metrics(events, run_dir):
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["model/dim"].number_value == 32
+    assert start.hparams["data/task"].string_value == "reverse"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    names = {info.name.tag for info in experiment.metric_infos}
+    assert {"val/loss", "val/acc", "val/seq_acc"} <= names and "hp_metric" not in names
+    # TensorBoard shows each metric's last value: it must be the final one in metrics.json.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert events.Scalars("val/seq_acc")[-1].value == pytest.approx(metrics["val/seq_acc"])
