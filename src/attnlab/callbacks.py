@@ -22,14 +22,34 @@ def tokens_table(names: list[str], inputs: torch.Tensor, targets: torch.Tensor, 
     )
 
 
+def positional_qk(attention, positions: torch.Tensor) -> torch.Tensor:
+    """Each head's scores from positions alone, P·W_Q·W_Kᵀ·Pᵀ / sqrt(d_head): [head, query pos, key pos]."""
+    d = attention.d_head
+    query = (positions @ attention.W_Q).view(len(positions), attention.heads, d).transpose(0, 1)  # [head, pos, d]
+    key = (positions @ attention.W_K).view(len(positions), attention.heads, d).transpose(0, 1)
+    scores = query @ key.transpose(1, 2) / d**0.5
+    if attention.causal:  # future keys are masked out of the attention: show them as 0
+        scores = scores.tril()
+    return scores
+
+
 class AttentionImages(L.Callback):
     """Every `every_n_steps` optimiser steps (and at the first and last), runs the probe example through the
     model with its attention weights and logs, per layer and head, the attention map, and per layer the
     W_Q/W_K/W_V/W_O images (and histograms). Weight images share one colour scale for the whole run so that
-    frames compare across steps."""
+    frames compare across steps. With `targets` (the probe's target pattern per layer, [1, query, key] or None)
+    the target is logged once beside the attention maps; layer 0's positional QK circuit is logged per head."""
 
-    def __init__(self, probe: Batch, token_names: list[str], every_n_steps: int, histograms: bool, weight_scale: float):
-        self.probe, self.token_names = probe, token_names
+    def __init__(
+        self,
+        probe: Batch,
+        token_names: list[str],
+        every_n_steps: int,
+        histograms: bool,
+        weight_scale: float,
+        targets: list[torch.Tensor | None] = (),
+    ):
+        self.probe, self.token_names, self.targets = probe, token_names, targets
         self.every_n_steps, self.histograms, self.weight_scale = every_n_steps, histograms, weight_scale
         self.last_logged = -1
 
@@ -37,6 +57,9 @@ class AttentionImages(L.Callback):
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         inputs, targets, mask = self.probe
         trainer.logger.experiment.add_text(tags.PROBE_TOKENS, tokens_table(self.token_names, inputs[0], targets[0], mask[0]))
+        for layer, target in enumerate(self.targets):
+            if target is not None:
+                trainer.logger.experiment.add_image(tags.target(layer), viz.attention_image(target[0]), 0)
         self.log_frame(trainer, module)
 
     @rank_zero_only
@@ -62,6 +85,11 @@ class AttentionImages(L.Callback):
         for layer, weights in enumerate(attention):  # [batch, head, query, key]
             for head, pattern in enumerate(weights[0]):
                 writer.add_image(tags.attention(layer, head), viz.attention_image(pattern), step)
+        positions = module.model.positions[: self.probe[0].shape[1]]  # [pos, dim]
+        if positions.any():  # all zero with model.positions=none: nothing to show
+            for head, scores in enumerate(positional_qk(module.model.blocks[0].attention, positions)):
+                # Each frame on its own symmetric scale (scores grow as training goes): the pattern is the point.
+                writer.add_image(tags.qk_positional(0, head), viz.weight_image(scores, scores.abs().max().item() or 1.0), step)
         for layer, block in enumerate(module.model.blocks):
             for name in tags.WEIGHTS:
                 matrix = getattr(block.attention, name)

@@ -18,3 +18,23 @@ def attention(layer: int, head: int) -> str:
 
 def weight(layer: int, name: str) -> str:
     return f"weights/layer{layer}/{name}"
+
+
+# Alignment with the task's target pattern (attnlab.alignment), at every validation; final values in metrics.json.
+ALIGN_BEST = "align/best"  # the weakest layer's best head: every step of the mechanism has a head that does it
+
+
+def align(layer: int, head: int) -> str:  # scalar in [0, 1]: share of attention mass on target cells
+    return f"align/layer{layer}/head{head}"
+
+
+def entropy(layer: int, head: int) -> str:  # scalar: mean attention entropy in nats
+    return f"entropy/layer{layer}/head{head}"
+
+
+def target(layer: int) -> str:  # image: the probe example's target pattern, beside attention/layer{L}/head{H}
+    return f"attention/layer{layer}/target"
+
+
+def qk_positional(layer: int, head: int) -> str:  # image: P·W_Q·W_Kᵀ·Pᵀ, the head's scores from positions alone
+    return f"qk_positional/layer{layer}/head{head}"

@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab import config, tags
+from attnlab.alignment_callback import AlignmentScalars
 from attnlab.callbacks import AttentionImages
 from attnlab.config import ConfigError
 from attnlab.data import TaskDataModule
@@ -52,11 +53,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
         LearningRateMonitor(logging_interval="step"),
+        AlignmentScalars(task),
     ]
     if cfg.logging.images_every_n_steps:
         scale = cfg.logging.weight_scale or 4 / math.sqrt(cfg.model.dim)
+        probe = data.probe()
+        targets = [task.target_attention(probe[0], layer) for layer in range(cfg.model.layers)]
         callbacks.append(
-            AttentionImages(data.probe(), task.token_names(), cfg.logging.images_every_n_steps, cfg.logging.histograms, scale)
+            AttentionImages(
+                probe, task.token_names(), cfg.logging.images_every_n_steps, cfg.logging.histograms, scale, targets
+            )
         )
     if cfg.trainer.stop_at is not None:
         callbacks.append(EarlyStopping("val/seq_acc", mode="max", stopping_threshold=cfg.trainer.stop_at, patience=10**9))

@@ -5,10 +5,19 @@ from omegaconf import DictConfig
 from attnlab.config import ConfigError
 from attnlab.tasks.base import Batch, Task
 from attnlab.tasks.copy import Copy
+from attnlab.tasks.histogram import Histogram
+from attnlab.tasks.induction import Induction
+from attnlab.tasks.majority import Majority
+from attnlab.tasks.modular_addition import ModularAddition
+from attnlab.tasks.mqar import MQAR
 from attnlab.tasks.reverse import Reverse
+from attnlab.tasks.selective_copy import SelectiveCopy
 from attnlab.tasks.sort import Sort
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (Copy, Reverse, Sort)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task
+    for task in (Copy, Reverse, Sort, Histogram, Majority, MQAR, Induction, SelectiveCopy, ModularAddition)
+}
 
 # data.* fields that configure the DataModule rather than the task.
 LOADER_FIELDS = ("task", "batch_size", "val_size")

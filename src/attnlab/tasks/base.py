@@ -51,13 +51,25 @@ class Task:
         return tokens, torch.zeros_like(tokens), torch.zeros_like(tokens, dtype=torch.bool)
 
     def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
-        """The attention pattern known to solve the task, [batch, query, key], rows summing to 1 over the keys a
-        query may attend to, or None where no fixed pattern is known (for this layer)."""
+        """The attention pattern known to solve the task at this layer, [batch, query, key], or None where no fixed
+        pattern is known (for this layer, or for the task at all).
+
+        A query row that has a target sums to 1 over the keys it should attend to (never a future key in a causal
+        task); a row whose attention does not matter to the mechanism (say a reading-phase position) is all zero.
+        Alignment (attnlab.alignment) averages over the rows with a target only."""
         return None
 
     def token_names(self) -> list[str]:
         """How each token id is shown in TensorBoard and the terminal."""
         return [str(i) for i in range(self.vocab)]
+
+
+def pointers(length: int, queries: Tensor, keys: Tensor, valid: Tensor) -> Tensor:
+    """A target pattern in which query queries[b, i] puts all its weight on key keys[b, i], for the i where
+    valid[b, i]; every other row stays zero.  queries/keys/valid: [batch, i] -> [batch, query, key]"""
+    batch = torch.arange(queries.shape[0]).unsqueeze(1).expand_as(queries)
+    target = torch.zeros(queries.shape[0], length, length)
+    return target.index_put_((batch, queries, keys), valid.float(), accumulate=True)
 
 
 class SequenceMap(Task):

@@ -1,0 +1,102 @@
+"""How close learned attention comes to the task's target pattern, per head, over the validation set.
+
+alignment = the share of a head's attention mass that falls on target cells, averaged over the query rows that
+have a target (TransformerLens's head detector with its "mul" exclusion, on a 0/1 pattern). A row's share is
+sum_k A[q, k] · [T[q, k] > 0], so the target pattern itself scores 1, and uniform attention scores the uniform
+baseline: the mean over target rows of (target cells / keys the row may attend to). Rows without a target (all
+zero in the task's pattern) do not count: they are positions whose attention the mechanism does not use.
+
+Entropy is each head's mean attention entropy (nats) over all query rows: low for sharp heads, log(keys) for
+uniform ones.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnlab import tags
+from attnlab.tasks import Task
+
+CHUNK = 256  # validation examples per forward: bounds the [chunk, head, query, key] weights held at once
+
+
+def row_shares(attention: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """attention [batch, head, query, key], target [batch, query, key] -> (sum over target rows of the mass share
+    per head [head], number of target rows)."""
+    on_target = (target > 0).float().unsqueeze(1)  # [batch, 1, query, key]
+    has_target = (target.sum(-1) > 0).float().unsqueeze(1)  # [batch, 1, query]
+    share = (attention * on_target).sum(-1)  # [batch, head, query]
+    return (share * has_target).sum(dim=(0, 2)), has_target.sum()
+
+
+def alignment(attention: Tensor, target: Tensor) -> Tensor:
+    """Mean share of attention mass on target cells, per head [head]: 1 is the target itself."""
+    total, rows = row_shares(attention, target)
+    return total / rows.clamp(min=1)
+
+
+def entropy(attention: Tensor) -> Tensor:
+    """Mean attention entropy in nats per head [head], over all batch and query rows."""
+    plogp = torch.where(attention > 0, attention * attention.clamp(min=1e-30).log(), 0.0)
+    return -plogp.sum(-1).mean(dim=(0, 2))
+
+
+@dataclass
+class Report:
+    """Per layer: alignment per head [head] (None where the task has no target at that layer), entropy [head]."""
+
+    align: list[Tensor | None]
+    entropy: list[Tensor]
+
+    def best(self) -> float | None:
+        """The weakest step of the mechanism: per layer with a target the best head, then the worst such layer
+        (1-step tasks have one; induction and MQAR need both their layers). None without any target."""
+        per_layer = [a.max().item() for a in self.align if a is not None]
+        return min(per_layer) if per_layer else None
+
+    def scalars(self) -> dict[str, float]:
+        """Flat {tag: value}: align/layer{L}/head{H}, align/best, entropy/layer{L}/head{H}."""
+        out = {}
+        for layer, (align, ent) in enumerate(zip(self.align, self.entropy)):
+            for head in range(len(ent)):
+                if align is not None:
+                    out[tags.align(layer, head)] = align[head].item()
+                out[tags.entropy(layer, head)] = ent[head].item()
+        if (best := self.best()) is not None:
+            out[tags.ALIGN_BEST] = best
+        return out
+
+
+@torch.no_grad()
+def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Tensor | None] | None = None) -> Report:
+    """One explicit-path forward over `inputs` [batch, pos] in chunks, scoring every head of every layer.
+    `targets` (per chunk, then per layer: task.target_attention) can be passed in to avoid recomputing them."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums, rows, entropies = None, None, None
+    for c, start in enumerate(range(0, len(inputs), CHUNK)):
+        chunk = inputs[start : start + CHUNK]
+        _, attention = model(chunk.to(device), need_weights=True)  # per layer [batch, head, query, key]
+        if targets is not None:
+            layer_targets = targets[c]
+        else:
+            layer_targets = [task.target_attention(chunk, layer) for layer in range(len(attention))]
+        if sums is None:
+            sums = [None if t is None else 0.0 for t in layer_targets]
+            rows, entropies = [0.0] * len(attention), [0.0] * len(attention)
+        for layer, (weights, target) in enumerate(zip(attention, layer_targets)):
+            entropies[layer] = entropies[layer] + entropy(weights).cpu() * len(chunk)
+            if target is not None:
+                total, count = row_shares(weights.cpu(), target)
+                sums[layer], rows[layer] = sums[layer] + total, rows[layer] + count
+    model.train(was_training)
+    align = [None if total is None or count == 0 else total / count for total, count in zip(sums, rows)]
+    return Report(align, [e / len(inputs) for e in entropies])
+
+
+def chunk_targets(task: Task, inputs: Tensor, layers: int) -> list[list[Tensor | None]]:
+    """task.target_attention for every chunk `measure` makes of `inputs`, every layer: computed once per run."""
+    starts = range(0, len(inputs), CHUNK)
+    return [[task.target_attention(inputs[s : s + CHUNK], layer) for layer in range(layers)] for s in starts]

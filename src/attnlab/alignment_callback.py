@@ -1,0 +1,27 @@
+"""Alignment and entropy per head at every validation: one explicit-path forward over the validation set with
+the attention weights returned (training steps keep the fast path). Logged through the LightningModule, so the
+final `trainer.validate` returns them too and train.py writes them into metrics.json."""
+
+import lightning.pytorch as L
+import torch
+
+from attnlab import alignment
+from attnlab.tasks import Task
+
+
+class AlignmentScalars(L.Callback):
+    """align/layer{L}/head{H}, align/best (where the task has a target) and entropy/layer{L}/head{H}."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.targets: list[list[torch.Tensor | None]] | None = None  # per chunk, per layer: made once
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        inputs = trainer.datamodule.validation[0]
+        if self.targets is None:
+            self.targets = alignment.chunk_targets(self.task, inputs, len(module.model.blocks))
+        report = alignment.measure(module.model, self.task, inputs, self.targets)
+        # Every rank scores the same whole validation set, so there is nothing to reduce across processes.
+        module.log_dict(report.scalars(), batch_size=len(inputs), sync_dist=False, rank_zero_only=False)

@@ -1,0 +1,64 @@
+"""Selective copy (Gu & Dao 2023, "Mamba"): a few data tokens scattered among noise, to be copied out in order.
+
+    _ 3 _ _ 1 _ 4 _ | 3 1 4        (seq_len = 8 positions of which num_tokens = 3 hold data, the rest noise `_`)
+
+Fed causally with next-token targets, minGPT-style like copy: position seq_len-1+i writes the i-th data token;
+only those are scored. The model sees seq_len + num_tokens - 1 positions. Unlike copy, where the i-th data token
+sits changes from example to example, so the copying head must find it by content, not by position.
+
+The target is that copying head's pattern: output i attends to the position of the i-th data token. It is the
+last step of a two-layer circuit (layer 0 works out how many data tokens precede each position, which can be done
+several ways, so it has no fixed target), hence the target is given for layer 1.
+"""
+
+import torch
+from torch import Tensor
+
+from attnlab.config import ConfigError, integer
+from attnlab.tasks.base import Batch, Task, pointers
+
+
+class SelectiveCopy(Task):
+    name = "selective_copy"
+    causal = True
+
+    def __init__(self, seq_len: int, vocab_size: int, num_tokens: int):
+        super().__init__(seq_len, vocab_size)
+        self.num_tokens = integer(num_tokens, "data.num_tokens")
+        if self.num_tokens > self.seq_len:
+            raise ConfigError(f"data.num_tokens must be <= data.seq_len = {self.seq_len}, got {self.num_tokens}")
+
+    @property
+    def noise(self) -> int:
+        return self.vocab_size
+
+    @property
+    def length(self) -> int:
+        return self.seq_len + self.num_tokens - 1
+
+    @property
+    def vocab(self) -> int:
+        return self.vocab_size + 1
+
+    def sample(self, n: int, generator: torch.Generator) -> Batch:
+        k = self.num_tokens
+        where = torch.rand(n, self.seq_len, generator=generator).argsort(dim=1)[:, :k].sort(dim=1).values
+        data = torch.randint(self.vocab_size, (n, k), generator=generator)
+        region = torch.full((n, self.seq_len), self.noise).scatter_(1, where, data)
+        stream = torch.cat([region, data], dim=1)
+        mask = torch.zeros(n, self.length, dtype=torch.bool)
+        mask[:, self.seq_len - 1 :] = True
+        return stream[:, :-1], stream[:, 1:], mask
+
+    def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
+        if layer != 1:
+            return None
+        k, n = self.num_tokens, self.seq_len
+        is_data = inputs[:, :n] != self.noise  # [batch, n]
+        # Positions of the data tokens in order: the data positions sorted before the noise ones, stably.
+        where = (~is_data).float().argsort(dim=1, stable=True)[:, :k]
+        queries = torch.arange(n - 1, n - 1 + k).expand_as(where)
+        return pointers(self.length, queries, where, torch.ones_like(where, dtype=torch.bool))
+
+    def token_names(self) -> list[str]:
+        return [str(i) for i in range(self.vocab_size)] + ["_"]
