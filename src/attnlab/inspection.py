@@ -1,0 +1,171 @@
+"""Ask a trained run a question: load its config and last checkpoint, and run one example through the model with
+its attention returned (what scripts/inspect_run.py prints and draws).
+
+    run = load_run("outputs/2026-11-24/06-25-07")
+    example = run_example(run, parse_example(run.task, "3 1 4 1 5 9 2 6"))   # or run.probe
+    example.attention[0][1]                                                   # layer 0, head 1: [query, key]
+"""
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from attnlab.attention import SelfAttention
+from attnlab.config import ConfigError
+from attnlab.model import AttentionModel
+from attnlab.tasks import Batch, Task
+
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+CHECKPOINT_FILE = Path("checkpoints") / "last.ckpt"
+
+
+@dataclass
+class Run:
+    dir: Path
+    cfg: DictConfig
+    task: Task
+    model: AttentionModel  # in eval mode, on the CPU
+    step: int  # the optimiser step the checkpoint was saved at
+    probe: Batch  # the example TensorBoard's attention images show (the first validation example)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """The model of a run directory (outputs/<date>/<time>/, or one job of a sweep) as it was at its last checkpoint.
+    Raises ConfigError naming what is missing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"RUN_DIR: {run_dir} is not a directory")
+    if not (run_dir / CONFIG_FILE).is_file():
+        hint = ""
+        if any(run_dir.glob(f"*/{CONFIG_FILE}")) or any(run_dir.glob(f"*/*/{CONFIG_FILE}")):
+            hint = " (it holds runs: pass one of them, e.g. a sweep's outputs/multirun/<date>/<time>/<overrides>)"
+        raise ConfigError(f"RUN_DIR: {run_dir} is not a run directory: it has no {CONFIG_FILE}{hint}")
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise ConfigError(f"RUN_DIR: {run_dir} has no {CHECKPOINT_FILE} (did its training finish?)")
+
+    cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+    # Imported here, after the cheap checks above: attnlab.train imports Lightning (seconds).
+    from attnlab.train import build
+
+    task, module, data = build(cfg)
+    try:
+        checkpoint = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        module.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
+        # A truncated file, or weights that do not fit the model the config describes.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{run_dir / CHECKPOINT_FILE}: cannot load it into the model of {CONFIG_FILE}: {first_line}") from None
+    return Run(run_dir, cfg, task, module.model.eval(), int(checkpoint.get("global_step", -1)), data.probe())
+
+
+def parse_example(task: Task, text: str) -> Batch:
+    """A user's tokens, by name, separated by spaces or commas -> the task's example for them (Task.example).
+    For the x -> y tasks (copy, reverse, sort) the user gives x only; the task builds the stream [x, y]."""
+    names = task.token_names()
+    index = {name: i for i, name in enumerate(names)}
+    words = text.replace(",", " ").split()
+    unknown = [word for word in words if word not in index]
+    if unknown:
+        raise ConfigError(f"--input: {unknown[0]!r} is not a token of task {task.name} (tokens: {_listing(names)})")
+    if len(words) != task.example_length:
+        raise ConfigError(f"--input: task {task.name} takes {task.example_length} tokens, got {len(words)}")
+    return task.example(torch.tensor([[index[word] for word in words]]))
+
+
+def _listing(names: list[str], most: int = 20) -> str:
+    return " ".join(names) if len(names) <= most else " ".join(names[:10] + ["…"] + names[-3:])
+
+
+@dataclass
+class Example:
+    """One example through the model. Position p of `inputs` predicts `targets[p]`; only positions with `mask` are
+    scored (the answer)."""
+
+    inputs: Tensor  # [pos]
+    targets: Tensor  # [pos]
+    mask: Tensor  # [pos] bool; all False where the task does not know the answer for a given input
+    predictions: Tensor  # [pos] the model's argmax, teacher-forced (each from the true tokens before it)
+    attention: list[Tensor]  # per layer [head, query, key]
+    target_attention: list[Tensor | None]  # per layer [query, key], None where the task has no known pattern
+
+    @property
+    def answer_known(self) -> bool:
+        return bool(self.mask.any())
+
+    @property
+    def right(self) -> int:
+        return int(((self.predictions == self.targets) & self.mask).sum())
+
+
+@torch.no_grad()
+def run_example(run: Run, example: Batch) -> Example:
+    inputs, targets, mask = example  # [1, pos] each
+    logits, attention = run.model(inputs, need_weights=True)  # [1, pos, vocab], per layer [1, head, query, key]
+    targets_attention = [run.task.target_attention(inputs, layer) for layer in range(len(attention))]
+    return Example(
+        inputs[0],
+        targets[0],
+        mask[0],
+        logits[0].argmax(-1),
+        [weights[0] for weights in attention],
+        [None if target is None else target[0] for target in targets_attention],
+    )
+
+
+def alignment(weights: Tensor, target: Tensor) -> float:
+    """Share of attention mass on the target cells, averaged over the rows that have a target (TransformerLens's
+    "mul" head-detector score): 1 for the target itself.  weights, target: [query, key]"""
+    rows = target.sum(-1) > 0
+    return float((weights * target).sum(-1)[rows].mean())
+
+
+def head_weights(attention: SelfAttention) -> dict[str, list[Tensor]]:
+    """Each head's slice of W_Q, W_K, W_V ([dim, d_head]: the head's output columns) and W_O ([d_head, dim]: the rows
+    that read the head's output), as the layer uses them: query = x @ W_Q, output = concat(heads) @ W_O."""
+    d = attention.d_head
+    heads = range(attention.heads)
+    return {
+        "W_Q": [attention.W_Q[:, h * d : (h + 1) * d].detach() for h in heads],
+        "W_K": [attention.W_K[:, h * d : (h + 1) * d].detach() for h in heads],
+        "W_V": [attention.W_V[:, h * d : (h + 1) * d].detach() for h in heads],
+        "W_O": [attention.W_O[h * d : (h + 1) * d, :].detach() for h in heads],
+    }
+
+
+def circuits(attention: SelfAttention) -> dict[str, list[Tensor]]:
+    """Per head, the two products that say what the head does (Elhage et al. 2021), both [dim, dim]:
+    QK = W_Q_h W_K_hᵀ: the score of query x_q on key x_k is x_q QK x_kᵀ / sqrt(d_head) (which keys a query looks at);
+    OV = W_V_h W_O_h: what the head adds to the residual stream for each key vector it attends to."""
+    w = head_weights(attention)
+    return {
+        "QK": [q @ k.T for q, k in zip(w["W_Q"], w["W_K"])],
+        "OV": [v @ o for v, o in zip(w["W_V"], w["W_O"])],
+    }
+
+
+def direct_circuits(model: AttentionModel, layer: int = 0) -> dict[str, list[Tensor]]:
+    """Layer `layer`'s circuits read through the embeddings (exact for layer 0 without LayerNorm; for later layers
+    only the direct path from the embeddings, ignoring what earlier layers add):
+    token QK  E QK Eᵀ  [vocab (query token), vocab (key token)]
+    position QK  P QK Pᵀ  [query position, key position] (all zero with model.positions=none)
+    token OV  E OV W_Uᵀ  [vocab (attended token), vocab (logit it raises)]"""
+    embedding = model.embedding.weight.detach()  # [vocab, dim]
+    positions = model.positions.detach()  # [pos, dim]
+    unembedding = model.readout.weight.detach()  # [vocab, dim]
+    c = circuits(model.blocks[layer].attention)
+    return {
+        "token QK": [embedding @ qk @ embedding.T for qk in c["QK"]],
+        "position QK": [positions @ qk @ positions.T for qk in c["QK"]],
+        "token OV": [embedding @ ov @ unembedding.T for ov in c["OV"]],
+    }
+
+
+def describe(run: Run) -> str:
+    """One line: which task, which model, which step."""
+    data = ", ".join(f"{k}={v}" for k, v in run.cfg.data.items() if k not in ("task", "batch_size", "val_size"))
+    m = run.cfg.model
+    return f"task {run.task.name} ({data}) · {m.layers} layer(s) × {m.heads} head(s), dim {m.dim} · step {run.step}"
