@@ -2,6 +2,7 @@
 
     python scripts/train.py model.dim=64 data=sort device=cpu
     python scripts/train.py -m model.dim=16,32,64 model.heads=1,2
+    python scripts/train.py resume=outputs/2026-01-01/10-00-00      # go on with a stopped run, in place
 """
 
 import shutil
@@ -12,24 +13,57 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from attnlab import config, resume
 from attnlab.config import ConfigError
-from attnlab.train import run
+from attnlab.tasks import make_task
+
+
+def stop_before_training(error: ConfigError, run_dir: Path):
+    print(f"error: {error}", file=sys.stderr)
+    # Nothing was trained: remove the directory Hydra made, so no run looks real that is not (never one that
+    # holds a run's event files or checkpoints, as when resuming).
+    if not any(p.name.startswith("events.out") or p.suffix == ".ckpt" for p in run_dir.rglob("*")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:  # what can be checked without Lightning, whose import takes seconds: bad input fails at once
+        config.check(cfg)
+        make_task(cfg.data)
+        if cfg.get("ckpt_path"):
+            resume.load_checkpoint(cfg.ckpt_path)
+    except ConfigError as error:
+        stop_before_training(error, run_dir)
+    from attnlab.guards import Diverged, Interrupted
+    from attnlab.train import run
+
     try:
         metrics = run(cfg, run_dir)
-    except ConfigError as error:
+    except ConfigError as error:  # found while building: the device, a checkpoint that does not fit the model
+        stop_before_training(error, run_dir)
+    except Interrupted as stop:
+        print(
+            f"Stopped at step {stop.step} ({stop}); checkpoint saved: {run_dir / resume.CHECKPOINT}\n"
+            f"Resume with:  {resume.how_to_resume(run_dir)}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.signum)  # the shell's convention for "ended by signal N"
+    except Diverged as error:
         print(f"error: {error}", file=sys.stderr)
-        # Nothing was trained: remove the directory Hydra made, so no run looks real that is not.
-        if not any(p.name.startswith("events.out") for p in run_dir.rglob("*")):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        sys.exit(2)
+        sys.exit(3)
+    except OSError as error:  # disk full, run directory removed or made read-only while training
+        print(f"error: writing the run in {run_dir} failed: {error}. What was written before is kept.", file=sys.stderr)
+        sys.exit(4)
     print(f"\nRun saved in {run_dir}\nView it with:  tensorboard --logdir {run_dir}")
     return metrics["val/seq_acc"]
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = resume.resume_arguments(sys.argv[1:])  # resume=RUN_DIR: that run's config and checkpoint
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
     main()

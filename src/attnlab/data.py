@@ -12,14 +12,21 @@ VALIDATION_BATCH = 1024
 
 
 class Batches:
-    """An endless iterable of training batches. A plain iterable, not a DataLoader: each batch is already one
-    tensor made in one call, so there is nothing to collate and no worker to start."""
+    """`steps` training batches, fresh from the generator. A plain iterable, not a DataLoader: each batch is
+    already one tensor made in one call, so there is nothing to collate and no worker to start.
 
-    def __init__(self, task: Task, batch_size: int, generator: torch.Generator):
-        self.task, self.batch_size, self.generator = task, batch_size, generator
+    It has a length so that Lightning does not prefetch: from an iterable without one, Lightning draws one batch
+    ahead, and a checkpoint would then hold the generator one batch past the last trained one, so a resumed run
+    would skip a batch (tests/test_resume.py checks resume is exact)."""
+
+    def __init__(self, task: Task, batch_size: int, generator: torch.Generator, steps: int):
+        self.task, self.batch_size, self.generator, self.steps = task, batch_size, generator, steps
+
+    def __len__(self) -> int:
+        return self.steps
 
     def __iter__(self):
-        while True:
+        for _ in range(self.steps):
             yield self.task.sample(self.batch_size, self.generator)
 
 
@@ -50,7 +57,9 @@ class TaskDataModule(L.LightningDataModule):
             self.validation = self.task.validation_set(self.val_size, torch.Generator().manual_seed(VALIDATION_SEED))
 
     def train_dataloader(self) -> Batches:
-        return Batches(self.task, self.batch_size, self.generator)
+        # One "epoch" is the whole run. A resumed run gets a fresh iterator, which goes on where the restored
+        # generator left off.
+        return Batches(self.task, self.batch_size, self.generator, self.trainer.max_steps)
 
     def val_dataloader(self) -> "Chunks":
         return Chunks(self.validation, VALIDATION_BATCH)

@@ -10,11 +10,12 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import config, tags
+from attnlab import config, resume, tags
 from attnlab.alignment_callback import AlignmentScalars
 from attnlab.callbacks import AttentionImages
 from attnlab.config import ConfigError
 from attnlab.data import TaskDataModule
+from attnlab.guards import Diverged, Interrupted, StopOnDivergence, StopOnSignal
 from attnlab.model import AttentionModel
 from attnlab.module import AttentionLM
 from attnlab.tasks import make_task
@@ -42,18 +43,36 @@ def build(cfg: DictConfig):
     return task, module, data
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) -> dict[str, float]:
     """Train as cfg says, writing event files, checkpoints/last.ckpt and metrics.json into run_dir.
-    Returns the final validation metrics."""
+    Returns the final validation metrics. `extra_callbacks` are added to the trainer's (scripts/bench.py times
+    steps with one). With cfg.ckpt_path, training goes on from that checkpoint's step. Raises guards.Interrupted
+    (on SIGINT/SIGTERM, after saving a checkpoint) and guards.Diverged (NaN/inf loss)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # first: the initial weights are drawn in build
     task, module, data = build(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path, start_step = cfg.get("ckpt_path"), 0
+    if ckpt_path:
+        checkpoint = resume.load_checkpoint(ckpt_path)
+        resume.check_matches(checkpoint, module, ckpt_path)
+        start_step = checkpoint["global_step"]
+        del checkpoint
 
-    logger = TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False)
-    logger.experiment.add_text(tags.CONFIG, "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
+    # purge_step: on resume TensorBoard hides what the stopped process logged after its checkpoint's step, so
+    # the curves go on without a fold.
+    logger = TensorBoardLogger(
+        run_dir, name="", version="", default_hp_metric=False, purge_step=start_step + 1 if ckpt_path else None
+    )
+    logger.experiment.add_text(
+        tags.CONFIG, "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "), global_step=start_step
+    )
+    stopper = StopOnSignal()
+    hint = f"Try a lower optim.lr (now {cfg.optim.lr:g}) or a warm-up (optim.warmup_steps, now {cfg.optim.warmup_steps})."
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
         LearningRateMonitor(logging_interval="step"),
         AlignmentScalars(task),
+        stopper,
+        StopOnDivergence(cfg.logging.every_n_steps, cfg.trainer.val_every_n_steps, hint),
     ]
     if cfg.logging.images_every_n_steps:
         scale = cfg.logging.weight_scale or 4 / math.sqrt(cfg.model.dim)
@@ -71,19 +90,31 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         accelerator=cfg.device.accelerator,
         devices=cfg.device.devices,
         precision=cfg.device.precision,
+        strategy=cfg.device.get("strategy", "auto"),  # ddp_spawn in the multi-process device options
         max_steps=cfg.trainer.max_steps,
-        max_epochs=-1,  # one endless "epoch" of fresh batches; max_steps ends it
+        max_epochs=-1,  # one "epoch" of max_steps fresh batches (see data.Batches)
         val_check_interval=cfg.trainer.val_every_n_steps,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.logging.every_n_steps,
         logger=logger,
-        callbacks=callbacks,
+        callbacks=callbacks + list(extra_callbacks),
         enable_model_summary=False,
         enable_progress_bar=cfg.logging.progress_bar,
         default_root_dir=run_dir,
     )
-    trainer.fit(module, datamodule=data)
+    try:
+        # weights_only: the checkpoint is loaded as tensors and plain values, never as arbitrary pickled objects.
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path or None, weights_only=True)
+    except Diverged as error:
+        last = run_dir / resume.CHECKPOINT
+        kept = "no checkpoint had been saved yet"
+        if last.is_file():
+            kept = f"{last} keeps the weights of step {resume.load_checkpoint(last)['global_step']}"
+        raise Diverged(f"{error} {kept}.") from None
+    if stopper.stopped_at is not None:
+        logger.finalize("interrupted")
+        raise Interrupted(stopper.signum, trainer.global_step)
 
     # Score the final weights once more, whatever step training stopped at, so metrics.json is the model saved.
     (final,) = trainer.validate(module, datamodule=data, verbose=False)

@@ -1,0 +1,82 @@
+"""Resuming a run: checking a checkpoint before anything is built, and turning `resume=RUN_DIR` on the command
+line into the Hydra arguments that continue that run in its own directory.
+
+Deliberately light (no Lightning import) so that bad input fails in a second or two."""
+
+import sys
+from pathlib import Path
+
+from attnlab.config import ConfigError
+
+CHECKPOINT = Path("checkpoints") / "last.ckpt"  # in a run directory
+CONFIG = Path(".hydra") / "config.yaml"  # the run's composed config, written by Hydra
+RESUMED_CONFIG = Path(".hydra") / "resume"  # where a resumed run's Hydra writes its files; the original stay
+
+
+def load_checkpoint(path, field: str = "ckpt_path") -> dict:
+    """The checkpoint at `path`, loaded as plain tensors and values only (torch.load(weights_only=True): nothing
+    is unpickled that could run code), or a ConfigError naming the path and what is wrong with it."""
+    import torch  # here, not at the top: the checks before it need no torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{field}: no checkpoint file at {path} (allowed: a .ckpt written by a run, such as <run dir>/{CHECKPOINT})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not a torch file, or holding objects other than tensors and plain values
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{field}: {path} is not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(checkpoint, dict) or not {"state_dict", "global_step", "loops"} <= checkpoint.keys():
+        raise ConfigError(f"{field}: {path} is not a training checkpoint written by a run (no state_dict/global_step/loops)")
+    return checkpoint
+
+
+def check_matches(checkpoint: dict, module, path) -> None:
+    """ConfigError unless the checkpoint's weights fit `module` (same model.* and task sizes as when saved)."""
+    ours = module.state_dict()
+    theirs = checkpoint["state_dict"]
+    if ours.keys() != theirs.keys():
+        raise ConfigError(f"ckpt_path: {path} holds a different model (layers or parts differ); resume with the config it was trained with")
+    for name, tensor in ours.items():
+        if tensor.shape != theirs[name].shape:
+            raise ConfigError(
+                f"ckpt_path: {path} holds {name} of shape {list(theirs[name].shape)}, this config makes "
+                f"{list(tensor.shape)}; resume with the model.* and data.* sizes it was trained with"
+            )
+
+
+def resume_arguments(argv: list[str]) -> list[str]:
+    """Hydra's command-line arguments for `resume=RUN_DIR ...`: that run's own composed config (not today's
+    defaults), its last checkpoint and its directory, so the run goes on in place and in the same TensorBoard run.
+    Other key=value overrides on the line apply on top (say trainer.max_steps=6000 to train longer). Hydra's files
+    for the resumed part go to .hydra/resume/, so the original .hydra/ stays as it was. argv without resume= is
+    returned as it is."""
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given:
+        return argv
+    if len(given) > 1 or "-m" in argv or "--multirun" in argv:
+        raise ConfigError("resume: give one run directory, without -m (a sweep's jobs are resumed one by one)")
+    run_dir = Path(given[0].split("=", 1)[1]).expanduser().resolve()
+    config_dir = next((d for d in (run_dir / RESUMED_CONFIG, run_dir / CONFIG.parent) if (d / CONFIG.name).is_file()), None)
+    if config_dir is None:
+        raise ConfigError(f"resume: {run_dir} is not a run directory (allowed: a directory under outputs/ that has {CONFIG})")
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        raise ConfigError(
+            f"resume: {run_dir} has no {CHECKPOINT} (a run saves it at its first validation); start that config afresh"
+        )
+    if "'" in str(run_dir):
+        raise ConfigError(f"resume: {run_dir}: a run directory with ' in its path cannot be passed to Hydra")
+    rest = [a for a in argv if a not in given]
+    return [
+        *rest,
+        f"--config-path={config_dir}",
+        "--config-name=config",
+        f"++ckpt_path='{checkpoint}'",
+        f"hydra.run.dir='{run_dir}'",
+        f"hydra.output_subdir={RESUMED_CONFIG}",
+    ]
+
+
+def how_to_resume(run_dir: Path) -> str:
+    return f"python {sys.argv[0]} resume={run_dir}"
