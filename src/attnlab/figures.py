@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from attnlab.inspection import Example, alignment, circuits, direct_circuits, head_weights
+from attnlab.inspection import Example, circuits, direct_circuits, head_weights
 from attnlab.model import AttentionModel
 
 INCHES_PER_CELL = 0.22  # matrices larger than ~12 cells grow their panel; smaller ones keep MIN_PANEL
@@ -44,7 +44,8 @@ def attention_figure(names: list[str], example: Example, title: str) -> Figure:
             if column < heads:
                 weights = example.attention[layer][column]  # [query, key]
                 image = ax.imshow(weights.numpy(), vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
-                score = "" if target is None else f"  (alignment {alignment(weights, target):.2f})"
+                align = example.alignment[layer]
+                score = "" if align is None else f"  (alignment {align[column]:.2f})"
                 ax.set_title(f"layer {layer} head {column}{score}", fontsize=9)
             elif target is not None:
                 ax.imshow(target.numpy(), vmin=0, vmax=1, cmap="viridis", interpolation="nearest")

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from attnlab import alignment
 from attnlab.attention import SelfAttention
 from attnlab.config import ConfigError
 from attnlab.model import AttentionModel
@@ -91,6 +92,7 @@ class Example:
     predictions: Tensor  # [pos] the model's argmax, teacher-forced (each from the true tokens before it)
     attention: list[Tensor]  # per layer [head, query, key]
     target_attention: list[Tensor | None]  # per layer [query, key], None where the task has no known pattern
+    alignment: list[Tensor | None]  # per layer [head]: share of attention on the target cells (attnlab.alignment)
 
     @property
     def answer_known(self) -> bool:
@@ -113,14 +115,8 @@ def run_example(run: Run, example: Batch) -> Example:
         logits[0].argmax(-1),
         [weights[0] for weights in attention],
         [None if target is None else target[0] for target in targets_attention],
+        [None if t is None else alignment.alignment(w, t) for w, t in zip(attention, targets_attention)],
     )
-
-
-def alignment(weights: Tensor, target: Tensor) -> float:
-    """Share of attention mass on the target cells, averaged over the rows that have a target (TransformerLens's
-    "mul" head-detector score): 1 for the target itself.  weights, target: [query, key]"""
-    rows = target.sum(-1) > 0
-    return float((weights * target).sum(-1)[rows].mean())
 
 
 def head_weights(attention: SelfAttention) -> dict[str, list[Tensor]]:

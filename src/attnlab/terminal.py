@@ -92,7 +92,9 @@ def attention_maps(names: list[str], example: Example, style: str, columns: int 
 
     panels: list[tuple[str, Tensor | None]] = []
     for layer, (weights, target) in enumerate(zip(example.attention, example.target_attention)):
-        panels += [(f"layer {layer} head {h}", w) for h, w in enumerate(weights)]
+        align = example.alignment[layer]
+        panels += [(f"layer {layer} head {h}" + ("" if align is None else f" align {align[h]:.2f}"), w)
+                   for h, w in enumerate(weights)]
         if target is not None:
             panels.append((f"layer {layer} target", target))
     panel_width = width * len(inputs)
