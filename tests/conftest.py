@@ -1,0 +1,34 @@
+"""Fixtures shared by several test files."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A short real run: 2 layers x 2 heads, attention and weight images every 2 steps (13 frames per tag, more than the
+# 10 TensorBoard keeps by default), validation every 8 steps.
+TINY_RUN = [
+    "device=cpu", "data=reverse", "data.seq_len=4", "data.batch_size=32", "data.val_size=64",
+    "model.dim=16", "model.heads=2", "model.layers=2",
+    "trainer.max_steps=24", "trainer.val_every_n_steps=8", "trainer.stop_at=null",
+    "logging.every_n_steps=4", "logging.images_every_n_steps=2", "logging.progress_bar=false",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The run directory of TINY_RUN, trained in this process (a scripts/train.py subprocess would pay Lightning's
+    import again; tests/test_train.py covers the script itself). Laid out as scripts/train.py lays it out:
+    .hydra/config.yaml, event files, checkpoints/last.ckpt, metrics.json."""
+    from attnlab.train import run
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=TINY_RUN)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    run(cfg, run_dir)
+    return run_dir
