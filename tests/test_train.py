@@ -78,7 +78,7 @@ def test_attention_and_weight_images_at_several_steps(events):
 def test_histograms(events):
     histograms = events.Tags()["histograms"]
     for name in tags.WEIGHTS:
-        assert len(events.Histograms(tags.weight(0, name))) >= 3
+        assert len(events.Histograms(tags.weight_histogram(0, name))) >= 3
 
 
 def test_text_config_and_probe_tokens(events):

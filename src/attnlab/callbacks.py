@@ -95,4 +95,4 @@ class AttentionImages(L.Callback):
                 matrix = getattr(block.attention, name)
                 writer.add_image(tags.weight(layer, name), viz.weight_image(matrix, self.weight_scale), step)
                 if self.histograms:
-                    writer.add_histogram(tags.weight(layer, name), matrix.detach().cpu(), step)
+                    writer.add_histogram(tags.weight_histogram(layer, name), matrix.detach().cpu(), step)

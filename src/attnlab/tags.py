@@ -20,6 +20,12 @@ def weight(layer: int, name: str) -> str:
     return f"weights/layer{layer}/{name}"
 
 
+def weight_histogram(layer: int, name: str) -> str:
+    # Not the image's tag: TensorBoard's data server keeps one kind of data per tag, and an image and a histogram
+    # under one tag showed neither (TensorBoard 2.21; tests/test_tensorboard_server.py asks a real server).
+    return f"weights/layer{layer}/{name}/histogram"
+
+
 # Alignment with the task's target pattern (attnlab.alignment), at every validation; final values in metrics.json.
 ALIGN_BEST = "align/best"  # the weakest layer's best head: every step of the mechanism has a head that does it
 

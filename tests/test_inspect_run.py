@@ -1,0 +1,152 @@
+"""scripts/inspect_run.py on a real (tiny) run: what it prints, the PNGs it draws, and how it turns down bad input.
+The script's main() runs in this process (one Lightning import for the whole file); one test runs it as a
+subprocess."""
+
+import math
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from attnlab.inspection import CHECKPOINT_FILE, CONFIG_FILE, circuits, load_run, run_example
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "inspect_run.py"
+main = runpy.run_path(str(SCRIPT))["main"]  # the script's own main(argv)
+
+
+def inspect(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def row(out: str, label: str) -> list[str]:
+    """The cells of the example table's row `label` (input, target, predicted)."""
+    return next(line for line in out.splitlines() if line.split()[:1] == [label]).split()[1:]
+
+
+def assert_png(path: Path, min_size: tuple[int, int]) -> Image.Image:
+    assert path.is_file(), path
+    with Image.open(path) as image:
+        image.verify()  # a complete, uncorrupted PNG
+    image = Image.open(path)
+    assert image.format == "PNG"
+    assert image.width >= min_size[0] and image.height >= min_size[1], image.size
+    assert image.width <= 4000 and image.height <= 4000, image.size
+    assert len(image.convert("RGB").getcolors(1 << 20)) > 50  # a picture, not a blank canvas
+    return image
+
+
+def test_probe_example(tiny_run, capsys):
+    code, out, err = inspect(capsys, tiny_run, "--color", "never")
+    assert code == 0, err
+    run = load_run(tiny_run)
+    names = run.task.token_names()
+    inputs, targets, mask = run.probe
+    assert row(out, "input") == [names[t] for t in inputs[0].tolist()]
+    assert row(out, "target") == [names[t] if m else "·" for t, m in zip(targets[0].tolist(), mask[0].tolist())]
+    for layer in range(2):
+        for head in range(2):
+            assert f"layer {layer} head {head}" in out
+    assert "layer 0 target" in out and "layer 1 target" not in out  # reverse has a target for layer 0 only
+    assert "\x1b[" not in out  # not a terminal: plain shade characters, no escape codes
+    assert any(shade in out for shade in "░▒▓█")
+
+    image = assert_png(tiny_run / "inspect" / "attention-probe.png", (700, 450))
+    assert image.width > image.height  # 2 layers x (2 heads + target): wider than tall
+
+
+def test_user_input_teacher_forced(tiny_run, capsys):
+    code, out, err = inspect(capsys, tiny_run, "--input", "3, 1 0 2", "--color", "always")
+    assert code == 0, err
+    # reverse with x = 3 1 0 2: the model reads x then y = 2 0 1 3 shifted by one, and is scored on y.
+    assert row(out, "input") == "3 1 0 2 2 0 1".split()
+    assert row(out, "target") == "· · · 2 0 1 3".split()
+    run = load_run(tiny_run)
+    logits, _ = run.model(torch.tensor([[3, 1, 0, 2, 2, 0, 1]]))
+    assert row(out, "predicted") == ["·"] * 3 + [str(t) for t in logits[0, 3:].argmax(-1).tolist()]
+    assert "\x1b[48;5;" in out  # --color always: 256-colour backgrounds
+    assert_png(tiny_run / "inspect" / "attention-3_1_0_2.png", (700, 450))
+
+
+def test_attention_and_circuits_are_the_models(tiny_run):
+    """The maps shown are the checkpoint's, and the QK/OV circuits drawn by --weights reproduce layer 0 exactly."""
+    run = load_run(tiny_run)
+    state = torch.load(tiny_run / CHECKPOINT_FILE, weights_only=True)["state_dict"]
+    assert torch.equal(run.model.blocks[1].attention.W_V, state["model.blocks.1.attention.W_V"])
+
+    example = run_example(run, run.probe)
+    tokens = run.probe[0]  # [1, pos]
+    attention = run.model.blocks[0].attention
+    x = run.model.embedding(tokens) + run.model.positions[: tokens.shape[1]]  # [1, pos, dim]: layer 0's input
+    c = circuits(attention)
+    causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1)
+    output = 0
+    for head in range(attention.heads):
+        scores = (x[0] @ c["QK"][head] @ x[0].T / math.sqrt(attention.d_head)).masked_fill(causal, -math.inf)
+        weights = scores.softmax(-1)  # [query, key]
+        torch.testing.assert_close(weights, example.attention[0][head])
+        output = output + weights @ x[0] @ c["OV"][head]  # what the head writes: A x W_V W_O
+    torch.testing.assert_close(output, attention(x)[0][0].detach())
+
+
+def test_weights_pngs(tiny_run, tmp_path, capsys):
+    code, out, err = inspect(capsys, tiny_run, "--weights", "--out", tmp_path)
+    assert code == 0, err
+    assert_png(tmp_path / "attention-probe.png", (700, 450))
+    for layer in range(2):
+        # heads as rows: W_Q W_K W_V W_O; QK OV (layer 0 also token QK, position QK, token OV)
+        weights = assert_png(tmp_path / f"weights-layer{layer}.png", (700, 400))
+        circuits_png = assert_png(tmp_path / f"circuits-layer{layer}.png", (500, 400))
+        assert str(tmp_path / f"circuits-layer{layer}.png") in out
+    assert Image.open(tmp_path / "circuits-layer0.png").width > Image.open(tmp_path / "circuits-layer1.png").width
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("--input=3 1 0 X", "--input: 'X' is not a token of task reverse (tokens: 0 1 2 3 4 5 6 7 8 9)"),
+        ("--input=3 1 0 10", "--input: '10' is not a token of task reverse"),
+        ("--input=3 1 0", "--input: task reverse takes 4 tokens, got 3"),
+        ("--input=3 1 0 2 1", "--input: task reverse takes 4 tokens, got 5"),
+        ("missing", "is not a directory"),
+        ("empty", "is not a run directory: it has no .hydra/config.yaml"),
+        ("parent", "it holds runs: pass one of them"),
+        ("no checkpoint", "has no checkpoints/last.ckpt"),
+        ("truncated checkpoint", "checkpoints/last.ckpt: cannot load it into the model"),
+    ],
+)
+def test_bad_input(tiny_run, tmp_path, capsys, case, message):
+    run_dir, args = tiny_run, [case] if case.startswith("--") else []
+    if case == "missing":
+        run_dir = tmp_path / "nowhere"
+    elif case == "empty":
+        run_dir = tmp_path
+    elif case == "parent":
+        shutil.copytree(tiny_run / ".hydra", tmp_path / "run" / ".hydra")
+        run_dir = tmp_path
+    elif case.endswith("checkpoint"):
+        run_dir = tmp_path / "run"
+        shutil.copytree(tiny_run / ".hydra", run_dir / CONFIG_FILE.parent)
+        if case == "truncated checkpoint":
+            (run_dir / CHECKPOINT_FILE).parent.mkdir()
+            (run_dir / CHECKPOINT_FILE).write_bytes((tiny_run / CHECKPOINT_FILE).read_bytes()[:2000])
+    before = sorted(p for p in tmp_path.rglob("*"))
+    code, out, err = inspect(capsys, run_dir, *args, "--out", tmp_path / "pictures")
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err  # one line
+    assert message in err
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_script_subprocess(tmp_path):
+    """The script as a user runs it: exit status 2 and one line on stderr for a directory that is not a run."""
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == f"error: RUN_DIR: {tmp_path} is not a run directory: it has no .hydra/config.yaml\n"
