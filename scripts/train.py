@@ -7,6 +7,7 @@
 
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -15,7 +16,6 @@ from omegaconf import DictConfig
 
 from attnlab import config, resume
 from attnlab.config import ConfigError
-from attnlab.tasks import make_task
 
 
 def stop_before_training(error: ConfigError, run_dir: Path):
@@ -30,8 +30,11 @@ def stop_before_training(error: ConfigError, run_dir: Path):
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:  # what can be checked without Lightning, whose import takes seconds: bad input fails at once
+    # Bad input fails at once: what can be checked is, before the imports that take seconds (torch, Lightning).
+    try:
         config.check(cfg)
+        from attnlab.tasks import make_task
+
         make_task(cfg.data)
         if cfg.get("ckpt_path"):
             resume.load_checkpoint(cfg.ckpt_path)
@@ -40,13 +43,16 @@ def main(cfg: DictConfig) -> float:
     from attnlab.guards import Diverged, Interrupted
     from attnlab.train import run
 
+    # TensorBoard's writer thread hands a failed write (disk full) on to the main thread, which reports it below
+    # once; the thread's own traceback would only repeat it.
+    threading.excepthook = lambda a: None if issubclass(a.exc_type, OSError) else threading.__excepthook__(a)
     try:
         metrics = run(cfg, run_dir)
     except ConfigError as error:  # found while building: the device, a checkpoint that does not fit the model
         stop_before_training(error, run_dir)
     except Interrupted as stop:
         print(
-            f"Stopped at step {stop.step} ({stop}); checkpoint saved: {run_dir / resume.CHECKPOINT}\n"
+            f"Training {stop}; checkpoint saved: {run_dir / resume.CHECKPOINT}\n"
             f"Resume with:  {resume.how_to_resume(run_dir)}",
             file=sys.stderr,
         )

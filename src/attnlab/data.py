@@ -29,6 +29,14 @@ class Batches:
         for _ in range(self.steps):
             yield self.task.sample(self.batch_size, self.generator)
 
+    # The generator's state goes into checkpoints (Lightning saves a loader's state_dict with its loop state), so
+    # a resumed run draws the batches it would have drawn.
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
 
 class Chunks:
     """The validation set in slices of `size` examples (an iterable object: Lightning reads a plain list as
@@ -49,12 +57,17 @@ class TaskDataModule(L.LightningDataModule):
     def __init__(self, task: Task, batch_size: int, val_size: int, seed: int):
         super().__init__()
         self.task, self.batch_size, self.val_size = task, batch_size, val_size
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.validation: Batch | None = None
 
     def setup(self, stage: str) -> None:
         if self.validation is None:  # made once, however often fit/validate call setup
             self.validation = self.task.validation_set(self.val_size, torch.Generator().manual_seed(VALIDATION_SEED))
+        if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
+            # Multi-process training: each rank draws its own batches (rank 0 the single-process stream), else
+            # every rank would compute the same gradient.
+            self.generator.manual_seed(self.seed + self.trainer.global_rank * 2**32)
 
     def train_dataloader(self) -> Batches:
         # One "epoch" is the whole run. A resumed run gets a fresh iterator, which goes on where the restored
@@ -64,15 +77,16 @@ class TaskDataModule(L.LightningDataModule):
     def val_dataloader(self) -> "Chunks":
         return Chunks(self.validation, VALIDATION_BATCH)
 
+    # ddp_spawn pickles the datamodule to each rank, and torch.multiprocessing cannot send a torch.Generator:
+    # send its state instead.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "generator": self.generator.get_state()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, generator=torch.Generator().set_state(state["generator"]))
+
     def probe(self) -> Batch:
         """The one fixed example whose attention is drawn: the first of the validation set."""
         self.setup("fit")
         inputs, targets, mask = self.validation
         return inputs[:1], targets[:1], mask[:1]
-
-    # The generator's state goes into checkpoints, so a resumed run draws the batches it would have drawn.
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])

@@ -18,7 +18,7 @@ class Interrupted(Exception):
 
     def __init__(self, signum: int, step: int):
         self.signum, self.step = signum, step
-        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
 
 
 class Diverged(RuntimeError):
