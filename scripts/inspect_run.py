@@ -56,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     example = run_example(run, batch)
     names = run.task.token_names()
     style = terminal.choose_style(sys.stdout, args.color)
-    source = "the probe example (the first validation example, as in TensorBoard)" if args.input is None else "--input"
+    source = "the probe example (the first validation example, as in TensorBoard)" if args.input is None else f"--input {args.input!r}"
     print(f"run      {run.dir}\n         {describe(run)}\nexample  {source}\n")
     print(terminal.example_table(names, example) + "\n")
     print(terminal.attention_maps(names, example, style, shutil.get_terminal_size((120, 24)).columns))
 
     out = args.out or run.dir / "inspect"
     tokens = " ".join(names[t] for t in example.inputs.tolist())
-    title = f"{run.dir} · {describe(run)}\ninput: {tokens}"
+    title = f"{Path(*run.dir.resolve().parts[-2:])} · {describe(run)}\ninput: {tokens}"  # the run's last two names
     written = [figures.save(figures.attention_figure(names, example, title), out / f"{file_stem(args.input)}.png")]
     if args.weights:
         for layer in range(len(run.model.blocks)):

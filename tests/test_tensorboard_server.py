@@ -6,19 +6,12 @@ Two servers run side by side on the same run: one as the README tells users to s
 keeps 10 frames per image tag (the reason for the flag)."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from attnlab import tags
+from attnlab.tensorboard_server import TensorBoardServer, images_path
 
-TENSORBOARD = Path(sys.executable).parent / "tensorboard"  # the venv's own, next to this Python
 README_FLAGS = ["--samples_per_plugin", "images=1000"]
 STEPS, IMAGE_EVERY = 24, 2  # tests/conftest.py TINY_RUN
 FRAMES = list(range(0, STEPS + 1, IMAGE_EVERY))  # images at step 0, every 2 steps and the last
@@ -26,68 +19,23 @@ LAYERS, HEADS = 2, 2
 START_TIMEOUT, LOAD_TIMEOUT = 60, 60  # seconds; a server that is not up (or has not read the run) by then fails
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, logdir: Path, flags: list[str], log: Path):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = log
-        command = [str(TENSORBOARD), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1]]
-        self.process = subprocess.Popen(command + flags, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-
-    def get(self, path: str, body: dict | None = None):
-        """JSON (or bytes for images) from the data API; POST with a JSON body where one is given (hparams)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-        return raw if response.headers.get_content_type().startswith("image/") else json.loads(raw)
-
-    def wait_until(self, path: str, ready, timeout: float):
-        """Poll `path` until ready(answer) (the server reads event files in the background after it starts)."""
-        deadline, answer = time.monotonic() + timeout, None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"tensorboard exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                answer = self.get(path)
-                if ready(answer):
-                    return answer
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass  # not listening yet
-            time.sleep(0.25)
-        return answer  # the test's own asserts say what is missing
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def images(server: Server, tag: str) -> list[dict]:
-    return server.get(f"/data/plugin/images/images?run=.&tag={urllib.request.quote(tag)}&sample=0")
+def all_frames(frames) -> bool:
+    return bool(frames) and frames[-1]["step"] == STEPS
 
 
 @pytest.fixture(scope="module")
 def servers(tiny_run, tmp_path_factory):
     logs = tmp_path_factory.mktemp("tensorboard")
-    started = {"readme": Server(tiny_run, README_FLAGS, logs / "readme.log"), "default": Server(tiny_run, [], logs / "default.log")}
+    started = {
+        "readme": TensorBoardServer(tiny_run, *README_FLAGS, log=logs / "readme.log"),
+        "default": TensorBoardServer(tiny_run, log=logs / "default.log"),
+    }
     try:
         for server in started.values():
             assert server.wait_until("/data/runs", lambda runs: runs == ["."], START_TIMEOUT) == ["."]
         # Loaded once the last frame of the last tag written is there.
         last_tag = tags.weight(LAYERS - 1, tags.WEIGHTS[-1])
-        started["readme"].wait_until(
-            f"/data/plugin/images/images?run=.&tag={urllib.request.quote(last_tag)}&sample=0",
-            lambda frames: bool(frames) and frames[-1]["step"] == STEPS, LOAD_TIMEOUT,
-        )
+        started["readme"].wait_until(images_path(last_tag), all_frames, LOAD_TIMEOUT)
         yield started
     finally:
         for server in started.values():
@@ -109,10 +57,10 @@ def test_images_at_every_step(servers):
     wanted += [tags.weight(layer, name) for layer in range(LAYERS) for name in tags.WEIGHTS]
     assert set(wanted) <= set(image_tags), set(wanted) - set(image_tags)
     for tag in wanted:
-        frames = images(server, tag)
+        frames = server.get(images_path(tag))
         assert [frame["step"] for frame in frames] == FRAMES, tag
     # The frames are real pictures that change as training goes.
-    frames = images(server, tags.attention(0, 0))
+    frames = server.get(images_path(tags.attention(0, 0)))
     first, last = (server.get(f"/data/plugin/images/individualImage?{frames[i]['query']}") for i in (0, -1))
     assert first.startswith(b"\x89PNG\r\n\x1a\n") and last.startswith(b"\x89PNG\r\n\x1a\n")
     assert first != last
@@ -120,11 +68,7 @@ def test_images_at_every_step(servers):
 
 def test_default_keeps_ten_frames(servers):
     """Why the README gives --samples_per_plugin: without it TensorBoard samples 10 of the 13 frames."""
-    servers["default"].wait_until(
-        f"/data/plugin/images/images?run=.&tag={urllib.request.quote(tags.attention(0, 0))}&sample=0",
-        lambda frames: bool(frames) and frames[-1]["step"] == STEPS, LOAD_TIMEOUT,
-    )
-    frames = images(servers["default"], tags.attention(0, 0))
+    frames = servers["default"].wait_until(images_path(tags.attention(0, 0)), all_frames, LOAD_TIMEOUT)
     assert len(frames) == 10 < len(FRAMES)
     assert {frame["step"] for frame in frames} < set(FRAMES)
 

@@ -74,7 +74,10 @@ def parse_example(task: Task, text: str) -> Batch:
         raise ConfigError(f"--input: {unknown[0]!r} is not a token of task {task.name} (tokens: {_listing(names)})")
     if len(words) != task.example_length:
         raise ConfigError(f"--input: task {task.name} takes {task.example_length} tokens, got {len(words)}")
-    return task.example(torch.tensor([[index[word] for word in words]]))
+    try:
+        return task.example(torch.tensor([[index[word] for word in words]]))
+    except ConfigError as error:  # tokens the task does not take there (say a tied majority)
+        raise ConfigError(f"--input: {error}") from None
 
 
 def _listing(names: list[str], most: int = 20) -> str:
