@@ -96,6 +96,16 @@ def test_attention_and_circuits_are_the_models(tiny_run):
     torch.testing.assert_close(output, attention(x)[0][0].detach())
 
 
+def test_run_trained_on_a_gpu_opens_on_the_cpu(tiny_run, tmp_path):
+    run_dir = tmp_path / "gpu_run"
+    shutil.copytree(tiny_run, run_dir)
+    config = run_dir / CONFIG_FILE
+    config.write_text(config.read_text().replace("accelerator: cpu", "accelerator: gpu"))
+    assert "accelerator: gpu" in config.read_text()
+    run = load_run(run_dir)
+    assert run.step == 24 and next(run.model.parameters()).device.type == "cpu"
+
+
 def test_weights_pngs(tiny_run, tmp_path, capsys):
     code, out, err = inspect(capsys, tiny_run, "--weights", "--out", tmp_path)
     assert code == 0, err

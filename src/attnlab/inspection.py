@@ -49,6 +49,8 @@ def load_run(run_dir: str | Path) -> Run:
         raise ConfigError(f"RUN_DIR: {run_dir} has no {CHECKPOINT_FILE} (did its training finish?)")
 
     cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+    # Inspection runs on the CPU wherever the run trained: a run from a GPU machine opens on a laptop.
+    cfg.device.accelerator = "cpu"
     # Imported here, after the cheap checks above: attnlab.train imports Lightning (seconds).
     from attnlab.train import build
 
