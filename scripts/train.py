@@ -71,5 +71,6 @@ if __name__ == "__main__":
     try:
         sys.argv[1:] = resume.resume_arguments(sys.argv[1:])  # resume=RUN_DIR: that run's config and checkpoint
     except ConfigError as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -16,11 +16,11 @@ RESUMED_CONFIG = Path(".hydra") / "resume"  # where a resumed run's Hydra writes
 def load_checkpoint(path, field: str = "ckpt_path") -> dict:
     """The checkpoint at `path`, loaded as plain tensors and values only (torch.load(weights_only=True): nothing
     is unpickled that could run code), or a ConfigError naming the path and what is wrong with it."""
-    import torch  # here, not at the top: the checks before it need no torch
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{field}: no checkpoint file at {path} (allowed: a .ckpt written by a run, such as <run dir>/{CHECKPOINT})")
+    import torch  # here, not at the top: a wrong path is reported without torch's import (seconds)
+
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, or holding objects other than tensors and plain values

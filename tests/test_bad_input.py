@@ -1,0 +1,108 @@
+"""Bad invocations of scripts/train.py: each exits non-zero before training with one clear message that names
+the field or path and what is allowed, and leaves no run directory behind.
+
+Every case is a real subprocess. They run side by side in one fixture (each costs about a second of CPU: the
+checks come before torch's and Lightning's imports), and each case is then its own test."""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (id, overrides, exit code, what stderr must say). {tmp} is the case's own temporary directory.
+# Exit 2: attnlab's checks (one line starting "error:"); exit 1: Hydra's own (unknown option, mistyped key).
+CASES = [
+    ("dim-not-a-number", ["model.dim=abc"], 2, ["model.dim must be an integer", "'abc'"]),
+    ("dim-zero", ["model.dim=0"], 2, ["model.dim must be >= 1", "got 0"]),
+    ("dim-negative", ["model.dim=-8"], 2, ["model.dim must be >= 1", "got -8"]),
+    ("dim-float", ["model.dim=32.5"], 2, ["model.dim must be an integer", "32.5"]),
+    ("heads-not-dividing", ["model.dim=32", "model.heads=3"], 2, ["model.heads must divide model.dim=32", "[1, 2, 4, 8, 16, 32]", "got 3"]),
+    ("heads-zero", ["model.heads=0"], 2, ["model.heads must be >= 1"]),
+    ("layers-zero", ["model.layers=0"], 2, ["model.layers must be >= 1"]),
+    ("positions-unknown", ["model.positions=rotary"], 2, ["model.positions must be one of learned, sinusoidal, none", "'rotary'"]),
+    ("seq-len-too-short", ["data.seq_len=1"], 2, ["data.seq_len must be in [2, 1024]", "got 1"]),
+    ("vocab-too-small", ["data.vocab_size=1"], 2, ["data.vocab_size must be in [2,"]),
+    ("batch-size-zero", ["data.batch_size=0"], 2, ["data.batch_size must be >= 1"]),
+    ("task-unknown", ["data.task=palindrome"], 2, ["data.task must be one of", "reverse", "'palindrome'"]),
+    ("lr-zero", ["optim.lr=0"], 2, ["optim.lr must be a number > 0", "got 0"]),
+    ("lr-negative", ["optim.lr=-1e-3"], 2, ["optim.lr must be a number > 0", "-0.001"]),
+    ("lr-not-a-number", ["optim.lr=fast"], 2, ["optim.lr must be a number > 0", "'fast'"]),
+    ("schedule-unknown", ["optim.schedule=linear"], 2, ["optim.schedule must be one of constant, cosine"]),
+    ("max-steps-zero", ["trainer.max_steps=0"], 2, ["trainer.max_steps must be >= 1", "got 0"]),
+    ("max-steps-negative", ["trainer.max_steps=-5"], 2, ["trainer.max_steps must be >= 1", "got -5"]),
+    ("val-every-zero", ["trainer.val_every_n_steps=0"], 2, ["trainer.val_every_n_steps must be >= 1"]),
+    ("stop-at-above-one", ["trainer.stop_at=2"], 2, ["trainer.stop_at must be null or a number in (0, 1]"]),
+    ("log-every-zero", ["logging.every_n_steps=0"], 2, ["logging.every_n_steps must be >= 1"]),
+    ("seed-negative", ["seed=-1"], 2, ["seed must be >= 0"]),
+    # Checkpoints to resume from: loaded as tensors and plain values only, before anything is built.
+    ("ckpt-missing", ["ckpt_path={tmp}/nowhere.ckpt"], 2, ["ckpt_path: no checkpoint file at {tmp}/nowhere.ckpt", "allowed:"]),
+    ("ckpt-truncated", ["ckpt_path={tmp}/truncated.ckpt"], 2, ["ckpt_path: {tmp}/truncated.ckpt is not a readable checkpoint"]),
+    ("ckpt-unsafe-object", ["ckpt_path={tmp}/unsafe.ckpt"], 2, ["ckpt_path: {tmp}/unsafe.ckpt is not a readable checkpoint", "Weights only load failed"]),
+    ("ckpt-not-a-run", ["ckpt_path={tmp}/weights.pt"], 2, ["ckpt_path: {tmp}/weights.pt is not a training checkpoint"]),
+    ("resume-not-a-run", ["resume={tmp}"], 2, ["resume: {tmp} is not a run directory", "allowed:"]),
+    ("resume-no-checkpoint", ["resume={tmp}/started"], 2, ["resume: {tmp}/started has no checkpoints/last.ckpt"]),
+    # Hydra's own checks: the message names the group or key; for a group it lists the options.
+    ("task-group-unknown", ["data=palindrome"], 1, ["Could not find 'data/palindrome'", "Available options in 'data'", "reverse"]),
+    ("device-unknown", ["device=tpu"], 1, ["Could not find 'device/tpu'", "Available options in 'device'", "cpu"]),
+    ("logging-unknown", ["logging=verbose"], 1, ["Could not find 'logging/verbose'", "Available options in 'logging'", "off"]),
+    ("launcher-unknown", ["hydra/launcher=cluster"], 1, ["Could not find 'hydra/launcher/cluster'", "Available options in 'hydra/launcher'", "basic"]),
+    ("key-typo", ["model.dimm=64"], 1, ["Could not override 'model.dimm'", "Key 'dimm' is not in struct"]),
+    ("key-typo-trainer", ["trainer.max_step=10"], 1, ["Could not override 'trainer.max_step'"]),
+    ("output-dir-unwritable", ["hydra.run.dir={tmp}/a_file/run"], 1, ["Not a directory", "{tmp}/a_file/run"]),
+]
+if not torch.cuda.is_available():
+    CASES.append(("device-gpu-without-cuda", ["device=gpu"], 2, ["device=gpu: no CUDA GPU found", "use device=cpu or device=auto"]))
+
+
+def prepare(tmp: Path) -> None:
+    """The files the checkpoint and resume cases point at."""
+    from attnlab.model import AttentionModel
+
+    (tmp / "a_file").write_text("a file where a directory should be\n")
+    model = {f"model.{k}": v for k, v in AttentionModel(10, 15, 16, 1, 1, "learned", True, False, False).state_dict().items()}
+    torch.save({"state_dict": model, "global_step": 100, "loops": {}, "epoch": 0}, tmp / "run.ckpt")
+    (tmp / "truncated.ckpt").write_bytes((tmp / "run.ckpt").read_bytes()[:3000])  # as a disk-full write leaves it
+    torch.save({"state_dict": model, "global_step": 100, "loops": {}, "saved": Path("/x")}, tmp / "unsafe.ckpt")
+    torch.save(model, tmp / "weights.pt")
+    (tmp / "started" / ".hydra").mkdir(parents=True)
+    (tmp / "started" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("bad_input")
+    prepare(tmp)
+
+    def invoke(case):
+        name, overrides, _, _ = case
+        args = [o.replace("{tmp}", str(tmp)) for o in overrides]
+        if not any(a.startswith("hydra.run.dir=") for a in args):
+            args.append(f"hydra.run.dir={tmp}/runs/{name}")
+        return subprocess.run(
+            [sys.executable, "scripts/train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        done = dict(zip([c[0] for c in CASES], pool.map(invoke, CASES)))
+    return {"tmp": tmp, **done}
+
+
+@pytest.mark.parametrize("name, overrides, code, says", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_stops_before_training(results, name, overrides, code, says):
+    tmp, result = results["tmp"], results[name]
+    assert result.returncode == code, result.stderr[-2000:]
+    for text in says:
+        assert text.replace("{tmp}", str(tmp)) in result.stderr, result.stderr[-2000:]
+    if code == 2:  # ours: one line, no traceback
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    # Before any training step and nothing left that looks like a run: the case's directory is gone (or was
+    # never made), and nothing anywhere under tmp holds event files, metrics or a checkpoint it wrote.
+    assert not (tmp / "runs" / name).exists()
+    assert not list(tmp.rglob("events.out.tfevents*")) and not list(tmp.rglob("metrics.json"))
+    assert "Run saved in" not in result.stdout
