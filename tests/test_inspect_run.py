@@ -130,6 +130,7 @@ def test_weights_pngs(tiny_run, tmp_path, capsys):
         ("parent", "it holds runs: pass one of them"),
         ("no checkpoint", "has no checkpoints/last.ckpt"),
         ("truncated checkpoint", "checkpoints/last.ckpt: cannot load it into the model"),
+        ("damaged config", ".hydra/config.yaml: not a config this version of attnlab can build"),
     ],
 )
 def test_bad_input(tiny_run, tmp_path, capsys, case, message):
@@ -141,6 +142,12 @@ def test_bad_input(tiny_run, tmp_path, capsys, case, message):
     elif case == "parent":
         shutil.copytree(tiny_run / ".hydra", tmp_path / "run" / ".hydra")
         run_dir = tmp_path
+    elif case == "damaged config":
+        run_dir = tmp_path / "run"
+        shutil.copytree(tiny_run / ".hydra", run_dir / CONFIG_FILE.parent)
+        (run_dir / CHECKPOINT_FILE).parent.mkdir()
+        (run_dir / CHECKPOINT_FILE).write_bytes((tiny_run / CHECKPOINT_FILE).read_bytes())
+        (run_dir / CONFIG_FILE).write_text((run_dir / CONFIG_FILE).read_text().split("model:")[0])  # no model
     elif case.endswith("checkpoint"):
         run_dir = tmp_path / "run"
         shutil.copytree(tiny_run / ".hydra", run_dir / CONFIG_FILE.parent)

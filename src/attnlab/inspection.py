@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
 from attnlab import alignment
@@ -48,13 +50,17 @@ def load_run(run_dir: str | Path) -> Run:
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise ConfigError(f"RUN_DIR: {run_dir} has no {CHECKPOINT_FILE} (did its training finish?)")
 
-    cfg = OmegaConf.load(run_dir / CONFIG_FILE)
-    # Inspection runs on the CPU wherever the run trained: a run from a GPU machine opens on a laptop.
-    cfg.device.accelerator = "cpu"
     # Imported here, after the cheap checks above: attnlab.train imports Lightning (seconds).
     from attnlab.train import build
 
-    task, module, data = build(cfg)
+    try:
+        cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+        # Inspection runs on the CPU wherever the run trained: a run from a GPU machine opens on a laptop.
+        cfg.device.accelerator = "cpu"
+        task, module, data = build(cfg)
+    except (OmegaConfBaseException, yaml.YAMLError) as error:  # an edited or damaged config.yaml
+        first_line = str(error).strip().splitlines()[0]
+        raise ConfigError(f"{run_dir / CONFIG_FILE}: not a config this version of attnlab can build: {first_line}") from None
     try:
         checkpoint = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint["state_dict"])
