@@ -2,6 +2,7 @@
 and colour bars, drawn with matplotlib's Agg backend straight to PNG (no window, no pyplot state). Training logs
 cheap colormap-lookup images instead (viz.py); these are drawn once per call."""
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,12 @@ def _ticks(ax, labels: list[str] | None, axis: str) -> None:
     set_ticks(range(len(labels)))
     long = max(len(label) for label in labels) > 2
     set_labels(labels, fontsize=7, rotation=90 if axis == "x" and long else 0)
+
+
+def _suptitle(fig: Figure, title: str) -> None:
+    """The title, wrapped to the figure's width (about 11 characters per inch at this size)."""
+    width = max(20, int(fig.get_figwidth() * 11))
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.splitlines()), fontsize=10)
 
 
 def attention_figure(names: list[str], example: Example, title: str) -> Figure:
@@ -63,7 +70,7 @@ def attention_figure(names: list[str], example: Example, title: str) -> Figure:
             if column == 0:
                 ax.set_ylabel("query", fontsize=8)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
-    fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     return fig
 
 
@@ -104,7 +111,7 @@ def matrices_figure(columns: list[Matrices], title: str) -> Figure:
             if head == heads - 1:
                 ax.set_xlabel(column.xlabel + (f"\n{column.note}" if column.note else ""), fontsize=7)
         fig.colorbar(image, ax=[axes[h][j] for h in range(heads)], shrink=0.8, location="bottom", aspect=15)
-    fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     return fig
 
 

@@ -97,17 +97,20 @@ def attention_maps(names: list[str], example: Example, style: str, columns: int 
                    for h, w in enumerate(weights)]
         if target is not None:
             panels.append((f"layer {layer} target", target))
-    panel_width = width * len(inputs)
+    # A panel is as wide as its cells, or its title where that is longer (short sequences); cells are padded to it.
+    cells_width = width * len(inputs)
+    panel_width = max([cells_width] + [len(title) for title, _ in panels])
+    padding = " " * (panel_width - cells_width)
     per_line = max(1, (columns - label_width) // (panel_width + 3))
 
     out = []
     for start in range(0, len(panels), per_line):
         chunk = panels[start : start + per_line]
-        out.append(" " * label_width + "   ".join(title[:panel_width].ljust(panel_width) for title, _ in chunk))
-        out.append(" " * label_width + "   ".join(header for _ in chunk))
+        out.append(" " * label_width + "   ".join(title.ljust(panel_width) for title, _ in chunk))
+        out.append(" " * label_width + "   ".join(header + padding for _ in chunk))
         for q, label in enumerate(labels):
-            cells = ["".join(cell(float(v), width, style) for v in values[q].tolist()) for _, values in chunk]
+            cells = ["".join(cell(float(v), width, style) for v in values[q].tolist()) + padding for _, values in chunk]
             out.append(label.ljust(label_width) + "   ".join(cells))
         out.append("")
     out.append(f"rows: queries (position, token, {arrow}the token it should predict); columns: keys; " + legend(style))
-    return "\n".join(out)
+    return "\n".join(line.rstrip() for line in out)
