@@ -20,7 +20,7 @@ from attnlab import alignment
 from attnlab.attention import SelfAttention
 from attnlab.config import ConfigError
 from attnlab.model import AttentionModel
-from attnlab.tasks import Batch, Task
+from attnlab.tasks import LOADER_FIELDS, Batch, Task
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 CHECKPOINT_FILE = Path("checkpoints") / "last.ckpt"
@@ -173,6 +173,6 @@ def direct_circuits(model: AttentionModel, layer: int = 0) -> dict[str, list[Ten
 
 def describe(run: Run) -> str:
     """One line: which task, which model, which step."""
-    data = ", ".join(f"{k}={v}" for k, v in run.cfg.data.items() if k not in ("task", "batch_size", "val_size"))
+    data = ", ".join(f"{k}={v}" for k, v in run.cfg.data.items() if k not in LOADER_FIELDS)  # the task's own fields
     m = run.cfg.model
     return f"task {run.task.name} ({data}) · {m.layers} layer(s) × {m.heads} head(s), dim {m.dim} · step {run.step}"
