@@ -62,10 +62,10 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         start_step = checkpoint["global_step"]
         del checkpoint
 
-    # purge_step: on resume TensorBoard hides what the stopped process logged after its checkpoint's step, so
-    # the curves go on without a fold.
+    # purge_step: on resume TensorBoard hides what the stopped process logged after its checkpoint (Lightning logs
+    # step s's scalars at s-1, so those are steps >= the checkpoint's), and the curves go on without a fold.
     logger = TensorBoardLogger(
-        run_dir, name="", version="", default_hp_metric=False, purge_step=start_step + 1 if ckpt_path else None
+        run_dir, name="", version="", default_hp_metric=False, purge_step=start_step if ckpt_path else None
     )
     logger.experiment.add_text(
         tags.CONFIG, "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "), global_step=start_step
@@ -73,7 +73,12 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
     stopper = StopOnSignal()
     hint = f"Try a lower optim.lr (now {cfg.optim.lr:g}) or a warm-up (optim.warmup_steps, now {cfg.optim.warmup_steps})."
     callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+        # checkpoints/last.ckpt at every validation (written atomically, overwriting the one before), so a crash
+        # loses at most trainer.val_every_n_steps steps; and once more after fit (below) for the final weights.
+        ModelCheckpoint(
+            dirpath=run_dir / resume.CHECKPOINT.parent, filename=resume.CHECKPOINT.stem, save_top_k=1,
+            enable_version_counter=False,
+        ),
         LearningRateMonitor(logging_interval="step"),
         AlignmentScalars(task),
         stopper,
@@ -117,6 +122,7 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         if last.is_file():
             kept = f"{last} keeps the weights of step {resume.load_checkpoint(last)['global_step']}"
         raise Diverged(f"{error} {kept}.") from None
+    trainer.save_checkpoint(run_dir / resume.CHECKPOINT)  # the weights training ended with, whatever the step
     if stopper.stopped_at is not None:
         logger.finalize("interrupted")
         raise Interrupted(stopper.signum, trainer.global_step)

@@ -1,0 +1,117 @@
+"""Interruption and resume, with real signals to real scripts/train.py processes: SIGINT or SIGTERM saves a
+checkpoint and says how to resume; resuming goes on from the same step, in the same run directory and TensorBoard
+run, and ends with the metrics and weights of a run that was never stopped."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from attnlab import tags
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 120
+RUN = [
+    "device=cpu", "data.batch_size=32", "data.val_size=64", "model.dim=16", f"trainer.max_steps={STEPS}",
+    "trainer.val_every_n_steps=10", "trainer.stop_at=null", "logging.every_n_steps=5",
+    "logging.images_every_n_steps=20", "logging.progress_bar=false",
+]
+
+
+def train(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "scripts/train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def interrupt(run_dir: Path, signum: int) -> dict:
+    """Start a run, send `signum` once it has saved its first checkpoint (so it is mid-training), and record
+    what it left."""
+    process = train(*RUN, f"hydra.run.dir={run_dir}")
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=180)
+    saved = torch.load(checkpoint, weights_only=True)
+    return {
+        "code": process.returncode, "stderr": err, "step": saved["global_step"],
+        "metrics_written": (run_dir / "metrics.json").exists(), "files": sorted(p.name for p in run_dir.iterdir()),
+    }
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err[-3000:]
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("resume")
+    dirs = {name: tmp / name for name in ("whole", "sigint", "sigterm")}
+    reference = train(*RUN, f"hydra.run.dir={dirs['whole']}")
+    with ThreadPoolExecutor(2) as pool:
+        sigint = pool.submit(interrupt, dirs["sigint"], signal.SIGINT)
+        sigterm = pool.submit(interrupt, dirs["sigterm"], signal.SIGTERM)
+        stopped = {"sigint": sigint.result(), "sigterm": sigterm.result()}
+    # Go on with the SIGINT run in its own directory. (ckpt_path= into a new directory, which resume= builds on, is
+    # checked in process by tests/test_reliability.py.)
+    resumed = train(f"resume={dirs['sigint']}")
+    return {"dirs": dirs, "stopped": stopped, "whole": finish(reference), "resumed": finish(resumed)}
+
+
+@pytest.mark.parametrize("name, signum", [("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM)])
+def test_signal_saves_a_checkpoint_and_says_how_to_resume(runs, name, signum):
+    stopped, run_dir = runs["stopped"][name], runs["dirs"][name]
+    assert stopped["code"] == 128 + signum, stopped["stderr"][-3000:]
+    assert 10 <= stopped["step"] < STEPS  # stopped mid-training, at the step its checkpoint holds
+    said = stopped["stderr"]
+    assert f"{signal.Signals(signum).name} received: stopping after this step and saving a checkpoint" in said
+    assert f"stopped by {signal.Signals(signum).name} at step {stopped['step']}" in said
+    assert f"Resume with:  python scripts/train.py resume={run_dir}" in said
+    assert "Traceback" not in said
+    # A stopped run does not look finished: no metrics.json until it is resumed to the end.
+    assert not stopped["metrics_written"] and "checkpoints" in stopped["files"]
+
+
+def test_resumed_run_ends_as_if_never_stopped(runs):
+    whole, resumed = runs["dirs"]["whole"], runs["dirs"]["sigint"]
+    assert json.loads((resumed / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
+    ours = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    theirs = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ours["global_step"] == theirs["global_step"] == STEPS
+    assert ours["state_dict"].keys() == theirs["state_dict"].keys()
+    for key, tensor in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][key], tensor), key
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0}).Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_resume_goes_on_in_the_same_run_directory_and_tensorboard_run(runs):
+    whole, resumed, step = runs["dirs"]["whole"], runs["dirs"]["sigint"], runs["stopped"]["sigint"]["step"]
+    assert f"Run saved in {resumed}" in runs["resumed"].stdout
+    assert len(list(resumed.glob("events.out.tfevents.*"))) >= 2  # one per process, side by side in one run
+    # The curves read back from the resumed directory are the uninterrupted run's, point for point: the stopped
+    # process logged up to its step, the resumed one from there on, nothing twice, nothing missing. The one extra
+    # point allowed is at the stop itself (Lightning logs and validates when asked to stop; it logs step s at s-1).
+    for tag in tags.metric("train", "loss"), tags.metric("val", "seq_acc"):
+        ours, theirs = scalars(resumed, tag), dict(scalars(whole, tag))
+        assert {s: v for s, v in ours if s in theirs} == theirs, tag
+        assert {s for s, _ in ours} - set(theirs) <= {step - 1}, tag
+    train_steps = [s for s, _ in scalars(resumed, tags.metric("train", "loss"))]
+    assert len(train_steps) == len(set(train_steps))
+    # The original Hydra files stay; the resumed part's are beside them.
+    assert (resumed / ".hydra" / "overrides.yaml").read_text() == (whole / ".hydra" / "overrides.yaml").read_text()
+    assert (resumed / ".hydra" / "resume" / "config.yaml").is_file()
