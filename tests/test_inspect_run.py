@@ -2,6 +2,7 @@
 The script's main() runs in this process (one Lightning import for the whole file); one test runs it as a
 subprocess."""
 
+import io
 import math
 import runpy
 import shutil
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from attnlab import terminal
 from attnlab.inspection import CHECKPOINT_FILE, CONFIG_FILE, circuits, load_run, run_example
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,3 +169,27 @@ def test_script_subprocess(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr == f"error: RUN_DIR: {tmp_path} is not a run directory: it has no .hydra/config.yaml\n"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_styles(tiny_run, monkeypatch):
+    """Colour on a terminal unless NO_COLOR; shade characters in a pipe; plain ASCII where unicode cannot be encoded."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert terminal.choose_style(Terminal()) == "color"
+    assert terminal.choose_style(Terminal(), "never") == "shade"
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert terminal.choose_style(Terminal()) == "shade"
+    ascii_pipe = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    assert terminal.choose_style(ascii_pipe) == "ascii"
+
+    run = load_run(tiny_run)
+    example = run_example(run, run.probe)
+    text = terminal.attention_maps(run.task.token_names(), example, "ascii", columns=80)
+    text.encode("ascii")  # raises if any character is not ASCII
+    assert all(len(line) <= 80 for line in text.splitlines()[:-1])  # panels wrap to the width (not the legend)
+    assert "layer 1 head 1" in text and "@" in text  # the first query attends only to itself: weight 1

@@ -27,7 +27,7 @@ def choose_style(stream: TextIO, color: str = "auto") -> str:
     ):
         return "color"
     try:
-        SHADES["shade"].encode(stream.encoding or "ascii")
+        SHADES["shade"].encode(getattr(stream, "encoding", None) or "utf-8")  # None: a str buffer takes any text
         return "shade"
     except (UnicodeEncodeError, LookupError):
         return "ascii"
