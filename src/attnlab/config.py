@@ -44,6 +44,8 @@ def check(cfg: DictConfig) -> None:
     choice(m.causal, "model.causal", (None, True, False))
     choice(m.mlp, "model.mlp", (True, False))
     choice(m.norm, "model.norm", (True, False))
+    if cfg.device.get("threads") is not None:
+        integer(cfg.device.threads, "device.threads")
     integer(cfg.data.batch_size, "data.batch_size")
     integer(cfg.data.val_size, "data.val_size")
     positive_number(cfg.optim.lr, "optim.lr")

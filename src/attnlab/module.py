@@ -12,13 +12,19 @@ from attnlab.model import AttentionModel
 from attnlab.tasks import Batch
 
 
-def scores(logits: Tensor, targets: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """Loss and accuracies over masked positions only. No boolean indexing: that would sync with the device."""
+def loss(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """Mean cross-entropy over masked positions only. No boolean indexing: that would sync with the device."""
     weight = mask.float()
     per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [batch, pos]
+    return (per_token * weight).sum() / weight.sum()
+
+
+def scores(logits: Tensor, targets: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Loss and accuracies over masked positions only."""
+    weight = mask.float()
     right = (logits.argmax(-1) == targets) | ~mask  # positions outside the mask count as right
     return {
-        "loss": (per_token * weight).sum() / weight.sum(),
+        "loss": loss(logits, targets, mask),
         "acc": ((right & mask).float().sum() / weight.sum()),
         "seq_acc": right.all(dim=1).float().mean(),
     }
@@ -39,8 +45,17 @@ class AttentionLM(L.LightningModule):
         return scores(logits, targets, mask)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        result = self._scores(batch)
-        self.log_dict({tags.metric("train", k): v for k, v in result.items()})
+        inputs, targets, mask = batch
+        logits, _ = self.model(inputs)  # need_weights=False: the fused attention kernel
+        n = self.trainer.log_every_n_steps
+        if self.logger is None or not n or (self.global_step + 1) % n:
+            return loss(logits, targets, mask)  # accuracies only where they are written
+        result = scores(logits, targets, mask)
+        # Straight to the logger, at the steps and under the names Lightning's self.log would write them:
+        # self.log's bookkeeping (it walks its whole result collection) cost more per call than a default-size
+        # training step (docs/bench.md), and a per-step train scalar needs none of it. One host sync for three.
+        values = torch.stack(list(result.values())).tolist()
+        self.logger.log_metrics({tags.metric("train", k): v for k, v in zip(result, values)}, step=self.global_step)
         return result["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

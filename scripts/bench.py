@@ -1,0 +1,493 @@
+"""How fast is attnlab? Measures, side by side in one run, and writes one report (docs/bench.md, and the summary
+into README.md between the bench markers):
+
+1. loop       framework (train.run, logging off) vs a hand-written PyTorch loop: steps/s, same model, batches,
+              optimiser and device, runs alternated, at the default size and a larger one
+2. logging    the default TensorBoard logging (scalars, attention maps, weight images and histograms, progress
+              bar) as a share of a run's wall time, against logging=off
+3. startup    launching scripts/train.py to its first training step, vs a bare `import lightning.pytorch`
+4. attention  the article's explicit steps vs F.scaled_dot_product_attention, forward + backward, outputs and
+              gradients checked equal
+5. sweep      2 short jobs under Hydra's basic launcher vs the joblib launcher
+6. solve      the default config (a user's `python scripts/train.py`) until val/seq_acc >= 0.99
+
+    python scripts/bench.py                    # everything (~10 min on 2 CPU cores); writes docs/bench.md, README
+    python scripts/bench.py --sections loop,startup
+    python scripts/bench.py --quick --out /tmp/bench.md --readme none   # tiny sizes: checks the script runs
+
+The machine may be shared: every comparison alternates its two sides round by round and reports the median of
+the per-round ratios, so a burst of load from elsewhere hits both sides alike.
+"""
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch import Tensor
+
+from attnlab.attention import SelfAttention
+from attnlab.train import build, run
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT / "scripts" / "train.py"
+SECTIONS = ("loop", "logging", "startup", "attention", "sweep", "solve")
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+# The larger model of the loop comparison: 4x the width, 2 layers, sequences 4x as long.
+LARGER = ["model.dim=128", "model.heads=4", "model.layers=2", "data.seq_len=32"]
+
+
+@dataclass
+class Sizes:
+    """How long each section runs. --quick shrinks everything to check the script, not to measure."""
+
+    rounds: int = 5  # alternated rounds per comparison
+    loop_steps: int = 400
+    loop_steps_larger: int = 150
+    warmup_steps: int = 20  # steps not timed at the start of every run
+    logging_steps: int = 300
+    startup_rounds: int = 3
+    attention_dims: tuple = (64, 128, 256, 512)
+    attention_lengths: tuple = (16, 64, 256, 1024)
+    attention_tokens: int = 2048  # batch = tokens // seq_len
+    attention_repeats: int = 3
+    sweep_steps: int = 300
+    sweep_rounds: int = 2
+    solve: bool = True
+
+
+QUICK = Sizes(
+    rounds=1, loop_steps=12, loop_steps_larger=8, warmup_steps=2, logging_steps=12, startup_rounds=1,
+    attention_dims=(64,), attention_lengths=(16, 32), attention_tokens=64, attention_repeats=1,
+    sweep_steps=2, sweep_rounds=1, solve=False,
+)  # fmt: skip
+
+
+@dataclass
+class Report:
+    summary: list = field(default_factory=list)  # rows: what, measured, target, met
+    details: list = field(default_factory=list)  # markdown blocks, one per section
+    notes: list = field(default_factory=list)
+
+    def target(self, what: str, measured: str, target: str, met: bool | None) -> None:
+        self.summary.append((what, measured, target, {True: "yes", False: "**no**", None: "-"}[met]))
+
+
+def table(header: list[str], rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def say(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. framework vs hand-written loop
+
+
+class StepTimer(L.Callback):
+    """Wall and CPU time from the start of training step `skip` to the end of step `last`. The clocks are read
+    at those two steps only: reading the process CPU clock is a system call (~0.1 ms in a VM), which timing
+    every step would add to the framework's side alone."""
+
+    def __init__(self, skip: int, last: int):
+        self.skip, self.last, self.start, self.end = skip, last, None, None
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.skip:
+            self.start = (time.perf_counter(), time.process_time())
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.last:
+            self.end = (time.perf_counter(), time.process_time())
+
+    def rates(self) -> tuple[float, float]:
+        """(steps per wall second, steps per CPU second)"""
+        steps = self.last - self.skip
+        return steps / (self.end[0] - self.start[0]), steps / (self.end[1] - self.start[1])
+
+
+def framework_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
+    timer = StepTimer(skip, cfg.trainer.max_steps)
+    with tempfile.TemporaryDirectory() as run_dir, quiet():
+        run(cfg, Path(run_dir), extra_callbacks=[timer])
+    return timer.rates()
+
+
+def hand_written_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
+    """The fastest plain loop for the same model: the same build (model, seeded batch stream), the same AdamW."""
+    L.seed_everything(cfg.seed, verbose=False)  # as train.run does: the same initial weights
+    task, module, data = build(cfg)
+    model = module.model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    for step in range(cfg.trainer.max_steps):
+        if step == skip:
+            start = (time.perf_counter(), time.process_time())
+        inputs, targets, mask = task.sample(cfg.data.batch_size, data.generator)  # the run's batch stream
+        logits, _ = model(inputs)  # [batch, pos, vocab]
+        weight = mask.float()
+        loss = (F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * weight).sum() / weight.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    steps = cfg.trainer.max_steps - skip
+    return steps / (time.perf_counter() - start[0]), steps / (time.process_time() - start[1])
+
+
+@contextlib.contextmanager
+def quiet():
+    """Lightning's banner lines and progress bar go to a buffer, not into the benchmark's output."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def alternate(a, b, rounds: int) -> tuple[list, list]:
+    """a() and b() `rounds` times each in the order a b, b a, a b, ... (so neither side always goes first)."""
+    results_a, results_b = [], []
+    for r in range(rounds):
+        for side in ((a, b) if r % 2 == 0 else (b, a)):
+            (results_a if side is a else results_b).append(side())
+    return results_a, results_b
+
+
+def bench_loop(sizes: Sizes, report: Report) -> None:
+    rows = []
+    for name, extra, steps in (("default", [], sizes.loop_steps), ("larger", LARGER, sizes.loop_steps_larger)):
+        cfg = config(
+            ["logging=off", "device=cpu", "trainer.stop_at=null", f"trainer.max_steps={steps}",
+             f"trainer.val_every_n_steps={steps}", "data.val_size=64", *extra]
+        )  # fmt: skip
+        say(f"loop/{name}: {sizes.rounds} rounds of {steps} steps, framework and hand-written alternated")
+        fw, hand = alternate(
+            lambda: framework_rates(cfg, sizes.warmup_steps), lambda: hand_written_rates(cfg, sizes.warmup_steps), sizes.rounds
+        )
+        wall = statistics.median(f[0] / h[0] for f, h in zip(fw, hand))
+        cpu = statistics.median(f[1] / h[1] for f, h in zip(fw, hand))
+        m = cfg.model
+        rows.append(
+            (f"{name}: dim {m.dim}, {m.heads} head(s), {m.layers} layer(s), seq {cfg.data.seq_len}, batch {cfg.data.batch_size}",
+             f"{statistics.median(h[0] for h in hand):.0f}", f"{statistics.median(f[0] for f in fw):.0f}",
+             f"{wall:.2f}x", f"{cpu:.2f}x")
+        )  # fmt: skip
+        if name == "default":
+            report.target("framework / hand-written loop, steps/s (default size)", f"{wall:.2f}x (CPU time: {cpu:.2f}x)", ">= 0.9x", wall >= 0.9)
+        else:
+            report.target("framework / hand-written loop, steps/s (larger size)", f"{wall:.2f}x (CPU time: {cpu:.2f}x)", ">= 0.9x", wall >= 0.9)
+    report.details.append(
+        "### 1. Framework vs hand-written loop (logging=off, device=cpu)\n\n"
+        f"Median of {sizes.rounds} alternated rounds; steps/s over all but the first {sizes.warmup_steps} steps of a run. "
+        "The ratio is median(framework/hand) per round; the CPU-time ratio counts process CPU seconds, which "
+        "other people's load on a shared machine disturbs less than wall time.\n\n"
+        + table(["model", "hand-written steps/s", "framework steps/s", "ratio (wall)", "ratio (CPU time)"], rows)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. logging cost
+
+
+def run_seconds(cfg: DictConfig) -> float:
+    with tempfile.TemporaryDirectory() as run_dir, quiet():
+        start = time.perf_counter()
+        run(cfg, Path(run_dir))
+        return time.perf_counter() - start
+
+
+def bench_logging(sizes: Sizes, report: Report) -> None:
+    steps = sizes.logging_steps
+    common = ["device=cpu", "trainer.stop_at=null", f"trainer.max_steps={steps}"]
+    on, off = config(common), config(common + ["logging=off"])
+    say(f"logging: {sizes.rounds} rounds of {steps}-step runs, default logging and logging=off alternated")
+    with_logging, without = alternate(lambda: run_seconds(on), lambda: run_seconds(off), sizes.rounds)
+    share = statistics.median((w - o) / w for w, o in zip(with_logging, without))
+    lg = on.logging
+    report.target("default logging, share of a run's wall time", f"{100 * share:.1f}%", "<= 5%", share <= 0.05)
+    report.details.append(
+        "### 2. Logging cost\n\n"
+        f"Whole `train.run` of {steps} steps (validation every {on.trainer.val_every_n_steps}), default logging "
+        f"(scalars every {lg.every_n_steps} steps; attention maps, weight images and histograms every "
+        f"{lg.images_every_n_steps}; progress bar) vs `logging=off`; median of {sizes.rounds} alternated rounds.\n\n"
+        + table(
+            ["run", "wall s (median)"],
+            [("default logging", f"{statistics.median(with_logging):.2f}"), ("logging=off", f"{statistics.median(without):.2f}"),
+             ("logging share", f"{100 * share:.1f}%")],
+        )  # fmt: skip
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. start-up
+
+
+def first_step_time(run_dir: Path) -> float:
+    """Wall-clock time of the first training-step event in a run's TensorBoard files: the learning rate, which
+    LearningRateMonitor writes at the start of a step, or train/* written at its end, whichever is earlier."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    times = []
+    for events in run_dir.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events.parent))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            if tag.startswith(("lr-", "train/")):
+                times += [e.wall_time for e in accumulator.Scalars(tag)]
+    if not times:
+        raise RuntimeError(f"no training-step scalar in {run_dir}")
+    return min(times)
+
+
+def bench_startup(sizes: Sizes, report: Report) -> None:
+    def bare_import() -> float:
+        start = time.time()
+        subprocess.run([sys.executable, "-c", "import lightning.pytorch"], check=True)
+        return time.time() - start
+
+    def to_first_step() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.time()
+            command = [sys.executable, str(TRAIN), f"hydra.run.dir={tmp}", "trainer.max_steps=1", "logging.every_n_steps=1"]
+            subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+            return first_step_time(Path(tmp)) - start
+
+    say(f"startup: {sizes.startup_rounds} rounds of a bare import and scripts/train.py to its first step")
+    bare, train = alternate(bare_import, to_first_step, sizes.startup_rounds)
+    extra = statistics.median(t - b for t, b in zip(train, bare))
+    report.target("start-up: scripts/train.py to first step, minus bare import", f"+{extra:.2f} s", "<= +1.5 s", extra <= 1.5)
+    report.details.append(
+        "### 3. Start-up\n\n"
+        f"Median of {sizes.startup_rounds} alternated rounds. First step: the earliest training-step scalar in the "
+        "run's event file (written with `logging.every_n_steps=1`), against the launch time.\n\n"
+        + table(
+            ["", "wall s (median)"],
+            [('`python -c "import lightning.pytorch"`', f"{statistics.median(bare):.2f}"),
+             ("`python scripts/train.py` to its first training step", f"{statistics.median(train):.2f}"),
+             ("difference (median of rounds)", f"{extra:.2f}")],
+        )  # fmt: skip
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. attention paths
+
+
+def attention_seconds(layer: SelfAttention, x: Tensor, need_weights: bool) -> tuple[float, Tensor, list[Tensor]]:
+    """One forward + backward; returns (seconds, output, gradients of x and the four weights)."""
+    x = x.detach().requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    output, _ = layer(x, need_weights)
+    output.square().sum().backward()
+    seconds = time.perf_counter() - start
+    return seconds, output.detach(), [x.grad] + [p.grad for p in (layer.W_Q, layer.W_K, layer.W_V, layer.W_O)]
+
+
+def bench_attention(sizes: Sizes, report: Report) -> None:
+    rows, all_equal = [], True
+    say(f"attention: dims {sizes.attention_dims} x lengths {sizes.attention_lengths}, explicit and fused alternated")
+    torch.manual_seed(0)
+    for dim in sizes.attention_dims:
+        heads = max(1, dim // 64)  # d_head 64, as in most transformers
+        layer = SelfAttention(dim, heads, causal=True)
+        for length in sizes.attention_lengths:
+            batch = max(1, sizes.attention_tokens // length)
+            x = torch.randn(batch, length, dim)
+            _, explicit_out, explicit_grads = attention_seconds(layer, x, True)  # warm-up, and the check
+            _, fused_out, fused_grads = attention_seconds(layer, x, False)
+            difference = max((a - b).abs().max().item() for a, b in zip([explicit_out] + explicit_grads, [fused_out] + fused_grads))
+            scale = max(t.abs().max().item() for t in [explicit_out] + explicit_grads)
+            equal = difference <= 1e-4 * max(1.0, scale)
+            all_equal &= equal
+            explicit, fused = alternate(
+                lambda: attention_seconds(layer, x, True)[0], lambda: attention_seconds(layer, x, False)[0], sizes.attention_repeats
+            )
+            e, f = statistics.median(explicit), statistics.median(fused)
+            rows.append(
+                (dim, heads, length, batch, f"{1e3 * e:.2f}", f"{1e3 * f:.2f}", f"{e / f:.2f}x",
+                 f"{batch * length / f / 1e3:.0f}k", f"{difference:.1e}" + ("" if equal else " **differ**"))
+            )  # fmt: skip
+    longest = [r for r in rows if r[2] == max(sizes.attention_lengths)]
+    report.target(
+        f"fused / explicit attention speed-up at seq {max(sizes.attention_lengths)} (fwd+bwd)",
+        ", ".join(f"dim {r[0]}: {r[6]}" for r in longest), "-", None,
+    )
+    report.target("explicit and fused attention: same outputs and gradients", "yes" if all_equal else "NO", "equal", all_equal)
+    report.details.append(
+        "### 4. Attention paths (one causal SelfAttention layer, forward + backward, float32)\n\n"
+        f"Batch = {sizes.attention_tokens} tokens / seq len; median of {sizes.attention_repeats} alternated repeats. "
+        "Max |difference| over the output and the gradients of x, W_Q, W_K, W_V, W_O.\n\n"
+        + table(
+            ["dim", "heads", "seq len", "batch", "explicit ms", "fused ms", "speed-up", "fused tokens/s", "max |diff|"], rows
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. sweep throughput
+
+
+def joblib_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+
+
+def bench_sweep(sizes: Sizes, report: Report) -> None:
+    if not joblib_available():
+        report.notes.append("Sweep throughput skipped: hydra-joblib-launcher is not installed.")
+        report.target("2 jobs: joblib launcher / basic launcher, throughput", "skipped", ">= 1.6x", None)
+        return
+    common = ["-m", "seed=0,1", "logging=off", "trainer.stop_at=null", f"trainer.max_steps={sizes.sweep_steps}"]
+
+    def sweep(launcher: list[str]) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.time()
+            command = [sys.executable, str(TRAIN), *common, *launcher, f"hydra.sweep.dir={tmp}"]
+            subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+            return time.time() - start
+
+    say(f"sweep: {sizes.sweep_rounds} rounds of 2 jobs x {sizes.sweep_steps} steps, basic and joblib alternated")
+    basic, joblib = alternate(
+        lambda: sweep([]), lambda: sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]), sizes.sweep_rounds
+    )
+    speedup = statistics.median(b / j for b, j in zip(basic, joblib))
+    report.target("2 jobs: joblib launcher / basic launcher, throughput", f"{speedup:.2f}x", ">= 1.6x", speedup >= 1.6)
+    report.details.append(
+        "### 5. Sweep throughput\n\n"
+        f"`python scripts/train.py -m seed=0,1 logging=off trainer.stop_at=null trainer.max_steps={sizes.sweep_steps}`, "
+        f"whole command, with the basic launcher and with `hydra/launcher=joblib hydra.launcher.n_jobs=2`; median of "
+        f"{sizes.sweep_rounds} alternated rounds.\n\n"
+        + table(
+            ["launcher", "wall s (median)"],
+            [("basic (jobs one after another)", f"{statistics.median(basic):.1f}"),
+             ("joblib, 2 workers", f"{statistics.median(joblib):.1f}"), ("throughput ratio", f"{speedup:.2f}x")],
+        )  # fmt: skip
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. time to solve
+
+
+def bench_solve(sizes: Sizes, report: Report) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not sizes.solve:
+        report.notes.append("Time to solve skipped (--quick).")
+        return
+    say("solve: the default config until val/seq_acc >= 0.99")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.time()
+        subprocess.run([sys.executable, str(TRAIN), f"hydra.run.dir={tmp}"], check=True, capture_output=True, cwd=ROOT)
+        total = time.time() - start
+        first = first_step_time(Path(tmp))
+        solved = None
+        for events in Path(tmp).rglob("events.out.tfevents.*"):
+            accumulator = EventAccumulator(str(events.parent))
+            accumulator.Reload()
+            if "val/seq_acc" in accumulator.Tags()["scalars"]:
+                solved = next((e for e in accumulator.Scalars("val/seq_acc") if e.value >= 0.99), None)
+    if solved is None:
+        report.target("default config: launch to val/seq_acc >= 0.99", "not reached", "-", False)
+        return
+    report.target("default config: launch to val/seq_acc >= 0.99", f"{solved.wall_time - start:.1f} s (step {solved.step})", "-", None)
+    report.details.append(
+        "### 6. Time to solve\n\n`python scripts/train.py` (default config and logging), one run.\n\n"
+        + table(
+            ["", "wall s"],
+            [("launch to first training step", f"{first - start:.1f}"),
+             (f"launch to val/seq_acc >= 0.99 (step {solved.step}, val/seq_acc {solved.value:.3f})", f"{solved.wall_time - start:.1f}"),
+             ("launch to exit (stops at trainer.stop_at, then final validation and checkpoint)", f"{total:.1f}")],
+        )  # fmt: skip
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{cores} CPU cores ({cpu}), no GPU used; torch {torch.__version__} ({torch.get_num_threads()} intra-op "
+        f"threads), lightning {lightning.__version__}, Python {platform.python_version()}"
+    )
+
+
+def render(report: Report, sections: list[str], quick: bool, load: tuple[float, float], command: str) -> tuple[str, str]:
+    """(the full report for docs/bench.md, the summary for README.md)"""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    head = (
+        f"Measured {when} with `{command}`{' (QUICK: tiny sizes, not a measurement)' if quick else ''}.\n\n"
+        f"Machine: {machine()}. Load average {load[0]:.1f} at the start, {load[1]:.1f} at the end "
+        f"({'shared with other work: absolute times are noisy, ratios less so' if max(load) > 1.5 else 'mostly idle'}). "
+        "GPU figures: not measured (no GPU on this machine).\n\n"
+        + table(["what", "measured", "target (2 CPU cores)", "met"], report.summary)
+    )
+    notes = "".join(f"\n\n{n}" for n in report.notes)
+    full = "# Benchmark\n\n" + head + notes + "\n\n" + "\n\n".join(report.details) + "\n"
+    return full, head + notes
+
+
+def update_readme(readme: Path, summary: str) -> None:
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"error: {readme} has no {README_START} ... {README_END} markers to put the results between")
+    readme.write_text(text[: start + len(README_START)] + "\n" + summary + "\n" + text[end:])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs (figures are meaningless)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "bench.md"), help="where the full report goes")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose bench section is replaced; 'none' to leave it")
+    args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
+    if args.quick and args.readme != "none" and Path(args.readme).resolve() == (ROOT / "README.md"):
+        parser.error("--quick figures are meaningless: pass --readme none (or another file) with --quick")
+
+    sizes = QUICK if args.quick else Sizes()
+    report = Report()
+    load_start = os.getloadavg()[0]
+    benches = {"loop": bench_loop, "logging": bench_logging, "startup": bench_startup,
+               "attention": bench_attention, "sweep": bench_sweep, "solve": bench_solve}  # fmt: skip
+    for name in SECTIONS:
+        if name in sections:
+            benches[name](sizes, report)
+    command = "python scripts/bench.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    full, summary = render(report, sections, args.quick, (load_start, os.getloadavg()[0]), command)
+    print(full)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(full)
+    if args.readme != "none":
+        update_readme(Path(args.readme), summary + f"\n\nDetails per section: [{Path(args.out).name}]({os.path.relpath(args.out, Path(args.readme).parent)}).")
+
+
+if __name__ == "__main__":
+    main()
