@@ -1,0 +1,93 @@
+"""The fast path (F.scaled_dot_product_attention, no weights) computes what the article's explicit steps compute,
+forwards and backwards; training steps take it, and logging/probing take the explicit path."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab import attention
+from attnlab.attention import SelfAttention
+from attnlab.model import AttentionModel
+from attnlab.module import AttentionLM
+
+
+def outputs_and_gradients(module: torch.nn.Module, x: torch.Tensor, need_weights: bool):
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(x.is_floating_point())
+    output, weights = module(x, need_weights)
+    output.square().sum().backward()  # a loss that depends on every output element
+    grads = {name: p.grad.clone() for name, p in module.named_parameters()}
+    return output.detach(), weights, grads, x.grad
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dim,heads,length", [(8, 1, 5), (32, 4, 15), (64, 2, 33)])
+def test_layer_fast_and_explicit_paths_agree(causal, dim, heads, length):
+    torch.manual_seed(0)
+    layer = SelfAttention(dim, heads, causal)
+    x = torch.randn(3, length, dim)
+    explicit, weights, explicit_grads, explicit_dx = outputs_and_gradients(layer, x, need_weights=True)
+    fast, no_weights, fast_grads, fast_dx = outputs_and_gradients(layer, x, need_weights=False)
+
+    assert weights.shape == (3, heads, length, length) and no_weights is None
+    torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_dx, explicit_dx, rtol=1e-4, atol=1e-5)
+    assert set(fast_grads) == {"W_Q", "W_K", "W_V", "W_O"}
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], explicit_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    # The gradients are real, not all zero (a detached path would pass the comparisons above).
+    assert all(g.abs().sum() > 0 for g in fast_grads.values())
+    if causal:  # the explicit weights respect the mask the fused kernel was given
+        assert torch.all(weights.triu(1) == 0)
+
+
+def test_model_fast_and_explicit_paths_agree():
+    torch.manual_seed(0)
+    model = AttentionModel(
+        vocab_size=10, seq_len=15, dim=32, heads=2, layers=2, positions="learned", causal=True, mlp=True, norm=True
+    )
+    tokens = torch.randint(10, (4, 15))
+    results = {}
+    for need_weights in (True, False):
+        model.zero_grad(set_to_none=True)
+        logits, attention_maps = model(tokens, need_weights)
+        F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
+        results[need_weights] = logits.detach(), attention_maps, {n: p.grad.clone() for n, p in model.named_parameters()}
+    (explicit, maps, explicit_grads), (fast, no_maps, fast_grads) = results[True], results[False]
+    assert len(maps) == 2 and no_maps == []
+    torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
+    for name in explicit_grads:
+        torch.testing.assert_close(fast_grads[name], explicit_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_training_steps_take_the_fused_kernel_and_logging_the_explicit_path(tmp_path, monkeypatch):
+    """A real short run with attention images on: every attention call made with gradients on (a training step)
+    asks for no weights, so it goes through F.scaled_dot_product_attention; the logging callbacks ask for them."""
+    from hydra import compose, initialize_config_dir
+
+    from attnlab.train import run
+    from conftest import ROOT, TINY_RUN
+
+    calls = []  # (grad enabled, need_weights, fused kernel called) per SelfAttention.forward
+    forward, sdpa = SelfAttention.forward, F.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls[-1][2] = True
+        return sdpa(*args, **kwargs)
+
+    def recording_forward(self, x, need_weights=True):
+        calls.append([torch.is_grad_enabled(), need_weights, False])
+        return forward(self, x, need_weights)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counting_sdpa)
+    monkeypatch.setattr(SelfAttention, "forward", recording_forward)
+    overrides = [o for o in TINY_RUN if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=4"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    run(cfg, tmp_path)
+
+    training = [c for c in calls if c[0]]
+    assert len(training) == 4 * cfg.model.layers  # 4 steps, one call per layer
+    assert all(not need_weights and fused for _, need_weights, fused in training)
+    logging = [c for c in calls if c[1]]
+    assert logging and all(not grad and not fused for grad, _, fused in logging)
