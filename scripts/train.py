@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from attnlab import config, resume
+from attnlab import config, resume, sweep
 from attnlab.config import ConfigError
 
 
@@ -28,7 +28,14 @@ def stop_before_training(error: ConfigError, run_dir: Path):
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    if sweep.in_sweep():  # -m: a failing job is recorded in its job.json, and the sweep goes on
+        return sweep.isolated(train, cfg, Path(HydraConfig.get().runtime.output_dir))
+    return train(cfg)
+
+
+def train(cfg: DictConfig) -> float:
+    """One run; returns cfg.optimized_metric (the value a sweeper such as Optuna optimises)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # Bad input fails at once: what can be checked is, before the imports that take seconds (torch, Lightning).
     try:
@@ -47,7 +54,8 @@ def main(cfg: DictConfig) -> float:
     # once; the thread's own traceback would only repeat it.
     threading.excepthook = lambda a: None if issubclass(a.exc_type, OSError) else threading.__excepthook__(a)
     try:
-        metrics = run(cfg, run_dir)
+        with sweep.threads_for(cfg):  # parallel jobs share the cores instead of each taking them all
+            metrics = run(cfg, run_dir)
     except ConfigError as error:  # found while building: the device, a checkpoint that does not fit the model
         stop_before_training(error, run_dir)
     except Interrupted as stop:
@@ -64,7 +72,11 @@ def main(cfg: DictConfig) -> float:
         print(f"error: writing the run in {run_dir} failed: {error}. What was written before is kept.", file=sys.stderr)
         sys.exit(4)
     print(f"\nRun saved in {run_dir}\nView it with:  tensorboard --logdir {run_dir}")
-    return metrics["val/seq_acc"]
+    if cfg.optimized_metric not in metrics:
+        print(f"error: optimized_metric must be one of {', '.join(metrics)}, got {cfg.optimized_metric!r} "
+              f"(the run itself is saved in {run_dir})", file=sys.stderr)
+        sys.exit(2)
+    return metrics[cfg.optimized_metric]
 
 
 if __name__ == "__main__":

@@ -77,13 +77,14 @@ class TaskDataModule(L.LightningDataModule):
     def val_dataloader(self) -> "Chunks":
         return Chunks(self.validation, VALIDATION_BATCH)
 
-    # ddp_spawn pickles the datamodule to each rank, and torch.multiprocessing cannot send a torch.Generator:
-    # send its state instead.
+    # ddp_spawn pickles the datamodule to each rank, and torch.multiprocessing fails to send a torch.Generator
+    # (its state is a temporary tensor, freed before the rank reads it): send the state as plain bytes.
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "generator": self.generator.get_state()}
+        return {**self.__dict__, "generator": self.generator.get_state().numpy().tobytes()}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, generator=torch.Generator().set_state(state["generator"]))
+        generator = torch.Generator().set_state(torch.frombuffer(bytearray(state["generator"]), dtype=torch.uint8))
+        self.__dict__.update(state, generator=generator)
 
     def probe(self) -> Batch:
         """The one fixed example whose attention is drawn: the first of the validation set."""

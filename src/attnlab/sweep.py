@@ -1,0 +1,301 @@
+"""Sweeps: each job's record on disk, failure isolation, threads per job, and the summary of a sweep directory.
+
+Every job of a multirun leaves job.json in its directory (status, error, wall time, overrides), next to the
+metrics.json a finished run writes. The summary (summary.csv, summary.png, a table on the terminal) is made from
+those files only, so it works the same whichever launcher ran the jobs (in this process, joblib workers, submitit
+processes, SLURM nodes), and for a sweep directory long after it ran (scripts/summarize_sweep.py).
+
+Imported by Hydra for every run (the callback below): nothing heavy (torch, matplotlib) at the top.
+"""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from attnlab.config import ConfigError, integer
+
+JOB_FILE = "job.json"
+METRICS_FILE = "metrics.json"  # written by attnlab.train.run
+SUMMARY_CSV = "summary.csv"
+SUMMARY_PLOT = "summary.png"
+DEFAULT_METRIC = "val/seq_acc"
+
+
+# ---- the job side --------------------------------------------------------------------------------------------------
+
+
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def write_job_record(run_dir: Path, status: str, wall_s: float, error: str | None = None, code: int | None = None):
+    hydra = HydraConfig.get()
+    record = {
+        "status": status,  # ok | failed | interrupted
+        "error": error,
+        "exit_code": code,
+        "wall_s": round(wall_s, 3),
+        "job": hydra.job.num,
+        "overrides": list(hydra.overrides.task),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)  # a job stopped by bad input has had its directory removed
+    (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+class _Tee(io.TextIOBase):
+    """stderr as it is, keeping a copy: the job's own one-line message is its error in the summary."""
+
+    def __init__(self, stream):
+        self.stream, self.text = stream, []
+
+    def write(self, s: str) -> int:
+        self.text.append(s)
+        return self.stream.write(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def last_line(self) -> str | None:
+        lines = [line.strip() for line in "".join(self.text).splitlines() if line.strip()]
+        return lines[-1].removeprefix("error: ") if lines else None
+
+
+def isolated(train: Callable[[DictConfig], float], cfg: DictConfig, run_dir: Path) -> float | None:
+    """Run one job of a sweep so that its failure does not end the sweep: whatever stops it (bad input, an
+    exception, the entry point's sys.exit) is written to job.json and the job returns None, which the basic and
+    joblib launchers pass over and the Optuna sweeper records as a failed trial. A signal (Ctrl-C, SIGTERM) still
+    stops the whole sweep, as the user asked."""
+    start = time.perf_counter()
+    tee = _Tee(sys.stderr)
+    try:
+        with contextlib.redirect_stderr(tee):
+            value = train(cfg)
+    except SystemExit as stop:  # the entry point printed its one line, then exited
+        code = stop.code if isinstance(stop.code, int) else 1
+        signalled = code > 128
+        write_job_record(run_dir, "interrupted" if signalled else "failed", time.perf_counter() - start,
+                         tee.last_line() or f"exit code {code}", code)
+        if signalled:
+            raise
+        print(f"[sweep] job {HydraConfig.get().job.num} failed; the sweep goes on", file=sys.stderr)
+        return None
+    except Exception as error:  # unexpected: keep the traceback on the terminal, the message in job.json
+        traceback.print_exc()
+        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        write_job_record(run_dir, "failed", time.perf_counter() - start, message)
+        print(f"[sweep] job {HydraConfig.get().job.num} failed; the sweep goes on", file=sys.stderr)
+        return None
+    write_job_record(run_dir, "ok", time.perf_counter() - start)
+    return value
+
+
+def torch_threads(cfg: DictConfig) -> int | None:
+    """Threads for this job's torch ops: `threads` if set; in a sweep whose launcher runs jobs side by side, this
+    machine's cores shared among them (joblib: hydra.launcher.n_jobs; submitit: hydra.launcher.cpus_per_task);
+    else None (torch's default, all cores)."""
+    if cfg.get("threads") is not None:
+        return integer(cfg.threads, "threads")
+    if not in_sweep():
+        return None
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if "joblib" in target:
+        n_jobs = launcher.get("n_jobs") or 1
+        parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 all cores, -2 all but one
+        return max(1, cores // parallel)
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    return None
+
+
+@contextlib.contextmanager
+def threads_for(cfg: DictConfig):
+    """Set torch's threads for this job (and for its training processes, which read OMP_NUM_THREADS when they
+    start), and put things back after, since the next job may run in this same process."""
+    threads = torch_threads(cfg)
+    if threads is None:
+        yield
+        return
+    import torch
+
+    processes = cfg.device.devices if cfg.device.get("strategy", "auto") != "auto" else 1
+    before_torch, before_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads // processes))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before_torch)
+        if before_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before_env
+
+
+# ---- the summary ---------------------------------------------------------------------------------------------------
+
+
+def _value(text: str) -> Any:
+    """An override's value as a number where it is one (for the plot's axis)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+
+
+def read_jobs(sweep_dir: Path) -> list[dict]:
+    """One dict per job directory under sweep_dir (any depth: an override value may hold a '/')."""
+    jobs = []
+    for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
+        run_dir = hydra_dir.parent
+        record_file, metrics_file = run_dir / JOB_FILE, run_dir / METRICS_FILE
+        if record_file.is_file():
+            record = json.loads(record_file.read_text())
+        else:  # the job's process ended without a word (killed, out of memory, a node lost)
+            record = {"status": "failed", "error": "no job.json: the job's process ended without reporting"}
+        if "overrides" not in record:
+            from omegaconf import OmegaConf
+
+            record["overrides"] = list(OmegaConf.load(hydra_dir / "overrides.yaml"))
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        if record["status"] == "ok" and not metrics:
+            record.update(status="failed", error=f"no {METRICS_FILE}")
+        jobs.append({**record, "metrics": metrics, "run_dir": run_dir})
+    # job.json of a run whose config was refused has no .hydra next to it (the entry point removed it)
+    for record_file in sorted(sweep_dir.rglob(JOB_FILE)):
+        if not (record_file.parent / ".hydra").is_dir():
+            jobs.append({**json.loads(record_file.read_text()), "metrics": {}, "run_dir": record_file.parent})
+    for job in jobs:
+        job["params"] = {}
+        for override in job["overrides"]:
+            key, _, value = override.lstrip("+~").partition("=")
+            job["params"][key] = _value(value)
+    return sorted(jobs, key=lambda job: (job.get("job") is None, job.get("job") or 0, str(job["run_dir"])))
+
+
+def swept_keys(jobs: list[dict]) -> list[str]:
+    """The overrides that differ between jobs: the sweep's axes."""
+    keys = []
+    for job in jobs:
+        keys += [k for k in job["params"] if k not in keys]
+    return [k for k in keys if len({repr(job["params"].get(k)) for job in jobs}) > 1]
+
+
+def metric_names(jobs: list[dict]) -> list[str]:
+    names = []
+    for job in jobs:
+        names += [k for k in job["metrics"] if k not in names]
+    return sorted(names, key=lambda name: (not name.startswith("val/"), names.index(name)))
+
+
+def write_csv(jobs: list[dict], sweep_dir: Path, path: Path) -> None:
+    axes, metrics = swept_keys(jobs), metric_names(jobs)
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["job", "status", "overrides", *axes, *metrics, "wall_s", "error", "run_dir"])
+        for job in jobs:
+            out.writerow([
+                job.get("job"), job["status"], " ".join(job["overrides"]),
+                *(job["params"].get(k, "") for k in axes),
+                *(job["metrics"].get(m, "") for m in metrics),
+                job.get("wall_s", ""), job.get("error") or "", job["run_dir"].relative_to(sweep_dir).as_posix() or ".",
+            ])
+
+
+def table(jobs: list[dict], metric: str) -> str:
+    """The summary for the terminal: one row per job, the swept values, the val metrics and the main one."""
+    axes = swept_keys(jobs)
+    shown = [m for m in metric_names(jobs) if m.startswith("val/")]
+    shown += [metric] if metric not in shown else []
+    head = ["job", "status", *axes, *shown, "wall_s"]
+    rows = []
+    for job in jobs:
+        cells = [job.get("job", ""), job["status"], *(job["params"].get(k, "") for k in axes)]
+        cells += [job["metrics"].get(m, "") for m in shown] + [job.get("wall_s", "")]
+        rows.append(["" if c is None else f"{c:.4g}" if isinstance(c, float) else str(c) for c in cells])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines += [f"job {job.get('job', '?')} {job['status']}: {job.get('error')}" for job in jobs if job["status"] != "ok"]
+    return "\n".join(lines)
+
+
+def plot(jobs: list[dict], metric: str, path: Path) -> None:
+    """The main metric against each swept value, one panel per swept key; failed jobs as red crosses at the
+    bottom. Drawn once per sweep, so a matplotlib figure (Agg: no display needed) is fine here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_keys = swept_keys(jobs) or ["job"]
+    fig, axes = plt.subplots(1, len(axes_keys), figsize=(4 * len(axes_keys), 3.4), squeeze=False, sharey=True)
+    for ax, key in zip(axes[0], axes_keys):
+        values = [job.get("job") if key == "job" else job["params"].get(key) for job in jobs]
+        numeric = all(isinstance(v, (int, float)) for v in values)
+        if numeric:
+            x = [float(v) for v in values]
+            if min(x) > 0 and max(x) / min(x) >= 10:
+                ax.set_xscale("log")
+        else:  # categories in the order first seen
+            labels = list(dict.fromkeys(map(str, values)))
+            x = [labels.index(str(v)) for v in values]
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ok = [(xi, job["metrics"][metric]) for xi, job in zip(x, jobs) if metric in job["metrics"]]
+        failed = [xi for xi, job in zip(x, jobs) if job["status"] != "ok"]
+        if ok:
+            ax.scatter(*zip(*ok), s=30, alpha=0.7)
+        if failed:  # on the axis' bottom edge, whatever the metric's range
+            ax.plot(failed, [0.02] * len(failed), "rx", transform=ax.get_xaxis_transform(), label="failed")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    fig.suptitle(f"{metric}, {len(jobs)} jobs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summarize(sweep_dir: Path, metric: str | None = None) -> list[dict]:
+    """Write summary.csv and summary.png into sweep_dir and print the table. The metric defaults to the sweep's
+    optimized_metric (multirun.yaml), else val/seq_acc."""
+    sweep_dir = Path(sweep_dir)
+    if metric is None:
+        metric = DEFAULT_METRIC
+        if (sweep_dir / "multirun.yaml").is_file():
+            from omegaconf import OmegaConf
+
+            metric = OmegaConf.load(sweep_dir / "multirun.yaml").get("optimized_metric") or metric
+    jobs = read_jobs(sweep_dir)
+    if not jobs:
+        raise ConfigError(f"no runs found in {sweep_dir}: expected job directories holding .hydra/ (a multirun's sweep dir)")
+    write_csv(jobs, sweep_dir, sweep_dir / SUMMARY_CSV)
+    plot(jobs, metric, sweep_dir / SUMMARY_PLOT)
+    failed = sum(job["status"] != "ok" for job in jobs)
+    print(f"\n{table(jobs, metric)}\n\n{len(jobs)} jobs, {failed} failed. Summary: {sweep_dir / SUMMARY_CSV}, "
+          f"{sweep_dir / SUMMARY_PLOT}\nCompare them with:  tensorboard --logdir {sweep_dir}")
+    return jobs
+
+
+class SweepSummary(Callback):
+    """Hydra callback (conf/train.yaml, hydra.callbacks): the summary of the sweep when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            summarize(sweep_dir, config.get("optimized_metric"))
