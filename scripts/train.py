@@ -43,6 +43,7 @@ def train(cfg: DictConfig) -> float:
         from attnlab.tasks import make_task
 
         make_task(cfg.data)
+        config.check_device(cfg.device)
         if cfg.get("ckpt_path"):
             resume.load_checkpoint(cfg.ckpt_path)
     except ConfigError as error:

@@ -60,3 +60,13 @@ def check(cfg: DictConfig) -> None:
     integer(cfg.logging.every_n_steps, "logging.every_n_steps")
     integer(cfg.logging.images_every_n_steps, "logging.images_every_n_steps", minimum=0)
     integer(cfg.seed, "seed", minimum=0)
+
+
+def check_device(device: DictConfig) -> None:
+    """The accelerator asked for exists on this machine."""
+    import torch  # here: config checks that need no torch run before its import (seconds)
+
+    if device.accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("device=gpu: no CUDA GPU found on this machine; use device=cpu or device=auto")
+    if device.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps: no Apple MPS device found on this machine; use device=cpu or device=auto")

@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from attnlab import config, resume, tags
 from attnlab.alignment_callback import AlignmentScalars
 from attnlab.callbacks import AttentionImages
-from attnlab.config import ConfigError
 from attnlab.data import TaskDataModule
 from attnlab.guards import Diverged, Interrupted, StopOnDivergence, StopOnSignal
 from attnlab.model import AttentionModel
@@ -23,17 +22,10 @@ from attnlab.tasks import make_task
 METRICS_FILE = "metrics.json"
 
 
-def check_device(device: DictConfig) -> None:
-    if device.accelerator == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("device=gpu: no CUDA GPU found on this machine; use device=cpu or device=auto")
-    if device.accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps: no Apple MPS device found on this machine; use device=cpu or device=auto")
-
-
 def build(cfg: DictConfig):
     """The task, model and data, checked before anything is written."""
     config.check(cfg)
-    check_device(cfg.device)
+    config.check_device(cfg.device)
     task = make_task(cfg.data)
     m = cfg.model
     causal = task.causal if m.causal is None else m.causal
