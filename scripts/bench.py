@@ -139,6 +139,8 @@ def framework_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
 def hand_written_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
     """The fastest plain loop for the same model: the same build (model, seeded batch stream), the same AdamW."""
     L.seed_everything(cfg.seed, verbose=False)  # as train.run does: the same initial weights
+    if cfg.device.get("threads"):
+        torch.set_num_threads(cfg.device.threads)  # as train.run does
     task, module, data = build(cfg)
     model = module.model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -473,6 +475,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--quick figures are meaningless: pass --readme none (or another file) with --quick")
 
     sizes = QUICK if args.quick else Sizes()
+    threads = config([]).device.get("threads")
+    if threads:  # the attention kernels run with the threads a default run uses
+        torch.set_num_threads(threads)
     report = Report()
     load_start = os.getloadavg()[0]
     benches = {"loop": bench_loop, "logging": bench_logging, "startup": bench_startup,

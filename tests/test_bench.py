@@ -1,0 +1,53 @@
+"""scripts/bench.py runs at tiny sizes and writes its report and the README section. No timing is asserted: the
+figures of a --quick run mean nothing; only that every section ran and reported is checked."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT
+
+BENCH = ROOT / "scripts" / "bench.py"
+
+
+def test_quick_bench_writes_report_and_readme_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nbefore\n<!-- bench:start -->\nold figures\n<!-- bench:end -->\nafter\n")
+    out = tmp_path / "docs" / "bench.md"
+    command = [sys.executable, str(BENCH), "--quick", "--sections", "loop,logging,attention",
+               "--out", str(out), "--readme", str(readme)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = out.read_text()
+    assert report == result.stdout.strip() + "\n"  # printed and written alike
+    for heading in ("### 1. Framework vs hand-written loop", "### 2. Logging cost", "### 4. Attention paths"):
+        assert heading in report
+    assert "### 3." not in report and "### 5." not in report  # sections not asked for do not run
+    # Every loop row has positive rates and ratios; the attention check found the paths equal.
+    ratios = re.findall(r"\| (\d+\.\d+)x \| (\d+\.\d+)x \|\n", report)
+    assert len(ratios) == 2 and all(float(r) > 0 for pair in ratios for r in pair)
+    assert "explicit and fused attention: same outputs and gradients | yes | equal | yes" in report
+    assert re.search(r"default logging, share of a run's wall time \| -?\d+\.\d%", report)
+    assert "QUICK" in report and "GPU figures: not measured" in report
+
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n<!-- bench:start -->\n") and text.endswith("<!-- bench:end -->\nafter\n")
+    assert "old figures" not in text and "| framework / hand-written loop, steps/s (default size) |" in text
+    assert "Machine: " in text and "torch " in text
+
+
+def test_first_step_time_is_the_first_training_scalar(tiny_run):
+    """The start-up section's clock stop: the earliest lr-/train/ scalar of a run, after the run's first event
+    (the config text, written before training) and no later than the first train/loss."""
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    first_step = bench.first_step_time(tiny_run)
+    events = EventAccumulator(str(tiny_run)).Reload()
+    assert first_step <= events.Scalars("train/loss")[0].wall_time
+    assert first_step >= events.FirstEventTimestamp()
