@@ -89,8 +89,8 @@ def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Te
         for layer, (weights, target) in enumerate(zip(attention, layer_targets)):
             entropies[layer] = entropies[layer] + entropy(weights).cpu() * len(chunk)
             if target is not None:
-                total, count = row_shares(weights.cpu(), target)
-                sums[layer], rows[layer] = sums[layer] + total, rows[layer] + count
+                total, count = row_shares(weights, target.to(weights.device))
+                sums[layer], rows[layer] = sums[layer] + total.cpu(), rows[layer] + count.item()
     model.train(was_training)
     align = [None if total is None or count == 0 else total / count for total, count in zip(sums, rows)]
     return Report(align, [e / len(inputs) for e in entropies])
