@@ -53,7 +53,9 @@ CASES = [
     ("launcher-unknown", ["hydra/launcher=cluster"], 1, ["Could not find 'hydra/launcher/cluster'", "Available options in 'hydra/launcher'", "basic"]),
     ("key-typo", ["model.dimm=64"], 1, ["Could not override 'model.dimm'", "Key 'dimm' is not in struct"]),
     ("key-typo-trainer", ["trainer.max_step=10"], 1, ["Could not override 'trainer.max_step'"]),
-    ("output-dir-unwritable", ["hydra.run.dir={tmp}/a_file/run"], 1, ["Not a directory", "{tmp}/a_file/run"]),
+    # The run or sweep directory: checked before Hydra makes it (attnlab.config.OutputDirCheck).
+    ("output-dir-unwritable", ["hydra.run.dir={tmp}/a_file/run"], 2, ["hydra.run.dir: cannot write to {tmp}/a_file/run (Not a directory)"]),
+    ("sweep-dir-unwritable", ["-m", "model.dim=16,32", "hydra.sweep.dir={tmp}/a_file/sweep"], 2, ["hydra.sweep.dir: cannot write to {tmp}/a_file/sweep"]),
 ]
 if not torch.cuda.is_available():
     CASES.append(("device-gpu-without-cuda", ["device=gpu"], 2, ["device=gpu: no CUDA GPU found", "use device=cpu or device=auto"]))

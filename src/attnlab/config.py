@@ -1,7 +1,11 @@
 """Checks on the composed config, so that bad input stops before anything is built or written."""
 
+import sys
+import tempfile
 from numbers import Integral, Real
+from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
@@ -70,3 +74,33 @@ def check_device(device: DictConfig) -> None:
         raise ConfigError("device=gpu: no CUDA GPU found on this machine; use device=cpu or device=auto")
     if device.accelerator == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device=mps: no Apple MPS device found on this machine; use device=cpu or device=auto")
+
+
+def writable_dir(path, field: str) -> None:
+    """Makes the directory `path` (and its parents) and writes a file in it, or a ConfigError naming `field`."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(f"{field}: cannot write to {path} ({reason}); allowed: a directory that can be made and written") from None
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback (conf/train.yaml): the run or sweep directory can be made and written, checked before Hydra
+    makes it (Hydra's own failure there is a traceback)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self.check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def check(path, field: str) -> None:
+        try:
+            writable_dir(path, field)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)  # SystemExit, which Hydra lets through: one line, no traceback
