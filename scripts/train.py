@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> float:
     # once; the thread's own traceback would only repeat it.
     threading.excepthook = lambda a: None if issubclass(a.exc_type, OSError) else threading.__excepthook__(a)
     try:
-        with sweep.threads_for(cfg):  # parallel jobs share the cores instead of each taking them all
+        with sweep.job_process(cfg):  # parallel jobs share the cores instead of each taking them all
             metrics = run(cfg, run_dir)
     except ConfigError as error:  # found while building: the device, a checkpoint that does not fit the model
         stop_before_training(error, run_dir)

@@ -66,8 +66,9 @@ class TaskDataModule(L.LightningDataModule):
             self.validation = self.task.validation_set(self.val_size, torch.Generator().manual_seed(VALIDATION_SEED))
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Multi-process training: each rank draws its own batches (rank 0 the single-process stream), else
-            # every rank would compute the same gradient.
-            self.generator.manual_seed(self.seed + self.trainer.global_rank * 2**32)
+            # every rank would compute the same gradient. The CPU generator keeps 32 bits of a seed; the stride
+            # (2^32 / golden ratio) keeps the ranks' seeds far from the small seeds of other runs.
+            self.generator.manual_seed((self.seed + self.trainer.global_rank * 0x9E3779B9) % 2**32)
 
     def train_dataloader(self) -> Batches:
         # One "epoch" is the whole run. A resumed run gets a fresh iterator, which goes on where the restored

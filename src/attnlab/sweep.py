@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -122,9 +123,13 @@ def torch_threads(cfg: DictConfig) -> int | None:
 
 
 @contextlib.contextmanager
-def threads_for(cfg: DictConfig):
-    """Set torch's threads for this job (and for its training processes, which read OMP_NUM_THREADS when they
-    start), and put things back after, since the next job may run in this same process."""
+def job_process(cfg: DictConfig):
+    """This process set up for one run: torch's threads (and its training processes', which read OMP_NUM_THREADS
+    when they start), put back after, since the next job of a sweep may run in this same process."""
+    # A joblib (loky) worker sets multiprocessing's start method to "loky", which the processes that ddp_spawn
+    # starts cannot look up ("cannot find context for 'loky'"); they need only the standard one.
+    if multiprocessing.get_start_method(allow_none=True) == "loky":
+        multiprocessing.set_start_method("spawn", force=True)
     threads = torch_threads(cfg)
     if threads is None:
         yield

@@ -17,6 +17,7 @@ from attnlab.data import TaskDataModule
 from attnlab.guards import Diverged, Interrupted, StopOnDivergence, StopOnSignal
 from attnlab.model import AttentionModel
 from attnlab.module import AttentionLM
+from attnlab.ranks import RankRecord
 from attnlab.tasks import make_task
 
 METRICS_FILE = "metrics.json"
@@ -85,6 +86,8 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
                 probe, task.token_names(), cfg.logging.images_every_n_steps, cfg.logging.histograms, scale, targets
             )
         )
+    if cfg.device.get("strategy", "auto") != "auto":  # several processes: each writes what it trains with
+        callbacks.append(RankRecord(run_dir))
     if cfg.trainer.stop_at is not None:
         callbacks.append(EarlyStopping("val/seq_acc", mode="max", stopping_threshold=cfg.trainer.stop_at, patience=10**9))
 
