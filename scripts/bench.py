@@ -139,8 +139,6 @@ def framework_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
 def hand_written_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
     """The fastest plain loop for the same model: the same build (model, seeded batch stream), the same AdamW."""
     L.seed_everything(cfg.seed, verbose=False)  # as train.run does: the same initial weights
-    if cfg.device.get("threads"):
-        torch.set_num_threads(cfg.device.threads)  # as train.run does
     task, module, data = build(cfg)
     model = module.model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -165,8 +163,11 @@ def quiet():
         yield
 
 
-def alternate(a, b, rounds: int) -> tuple[list, list]:
-    """a() and b() `rounds` times each in the order a b, b a, a b, ... (so neither side always goes first)."""
+def alternate(a, b, rounds: int, warmup: bool = False) -> tuple[list, list]:
+    """a() and b() `rounds` times each in the order a b, b a, a b, ... (so neither side always goes first).
+    With warmup, each runs once untimed first: one-time costs (lazy imports, caches) are not what is compared."""
+    if warmup:
+        a(), b()
     results_a, results_b = [], []
     for r in range(rounds):
         for side in ((a, b) if r % 2 == 0 else (b, a)):
@@ -183,7 +184,8 @@ def bench_loop(sizes: Sizes, report: Report) -> None:
         )  # fmt: skip
         say(f"loop/{name}: {sizes.rounds} rounds of {steps} steps, framework and hand-written alternated")
         fw, hand = alternate(
-            lambda: framework_rates(cfg, sizes.warmup_steps), lambda: hand_written_rates(cfg, sizes.warmup_steps), sizes.rounds
+            lambda: framework_rates(cfg, sizes.warmup_steps), lambda: hand_written_rates(cfg, sizes.warmup_steps),
+            sizes.rounds, warmup=name == "default",
         )
         wall = statistics.median(f[0] / h[0] for f, h in zip(fw, hand))
         cpu = statistics.median(f[1] / h[1] for f, h in zip(fw, hand))
@@ -222,7 +224,7 @@ def bench_logging(sizes: Sizes, report: Report) -> None:
     common = ["device=cpu", "trainer.stop_at=null", f"trainer.max_steps={steps}"]
     on, off = config(common), config(common + ["logging=off"])
     say(f"logging: {sizes.rounds} rounds of {steps}-step runs, default logging and logging=off alternated")
-    with_logging, without = alternate(lambda: run_seconds(on), lambda: run_seconds(off), sizes.rounds)
+    with_logging, without = alternate(lambda: run_seconds(on), lambda: run_seconds(off), sizes.rounds, warmup=True)
     share = statistics.median((w - o) / w for w, o in zip(with_logging, without))
     lg = on.logging
     report.target("default logging, share of a run's wall time", f"{100 * share:.1f}%", "<= 5%", share <= 0.05)
@@ -476,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
 
     sizes = QUICK if args.quick else Sizes()
     threads = config([]).device.get("threads")
-    if threads:  # the attention kernels run with the threads a default run uses
+    if threads:  # every side of every comparison with the threads a default run has (attnlab/sweep.py sets them)
         torch.set_num_threads(threads)
     report = Report()
     load_start = os.getloadavg()[0]

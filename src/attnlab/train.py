@@ -43,11 +43,6 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
     (on SIGINT/SIGTERM, after saving a checkpoint) and guards.Diverged (NaN/inf loss)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # first: the initial weights are drawn in build
     task, module, data = build(cfg)
-    if cfg.device.get("threads"):
-        # Toy-sized ops gain nothing from a second thread, and when the cores are busy (parallel sweep jobs,
-        # other people's work) idle OpenMP threads spin: 2 threads ran ~20x slower than 1 on a loaded 2-core
-        # machine (docs/bench.md).
-        torch.set_num_threads(cfg.device.threads)
     ckpt_path, start_step = cfg.get("ckpt_path"), 0
     if ckpt_path:
         checkpoint = resume.load_checkpoint(ckpt_path)
