@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from attnlab import tags
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 120
+STEPS = 80
 RUN = [
     "device=cpu", "data.batch_size=32", "data.val_size=64", "model.dim=16", f"trainer.max_steps={STEPS}",
     "trainer.val_every_n_steps=10", "trainer.stop_at=null", "logging.every_n_steps=5",
