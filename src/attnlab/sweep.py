@@ -103,11 +103,11 @@ def isolated(train: Callable[[DictConfig], float], cfg: DictConfig, run_dir: Pat
 
 
 def torch_threads(cfg: DictConfig) -> int | None:
-    """Threads for this job's torch ops: `threads` if set; in a sweep whose launcher runs jobs side by side, this
-    machine's cores shared among them (joblib: hydra.launcher.n_jobs; submitit: hydra.launcher.cpus_per_task);
-    else None (torch's default, all cores)."""
-    if cfg.get("threads") is not None:
-        return integer(cfg.threads, "threads")
+    """Threads for this job's torch ops: device.threads if set; else, in a sweep whose launcher runs jobs side by
+    side, this machine's cores shared among them (joblib: hydra.launcher.n_jobs; submitit:
+    hydra.launcher.cpus_per_task); else None (torch's default, one per core)."""
+    if cfg.device.get("threads") is not None:
+        return integer(cfg.device.threads, "device.threads")
     if not in_sweep():
         return None
     launcher = HydraConfig.get().launcher
@@ -124,8 +124,9 @@ def torch_threads(cfg: DictConfig) -> int | None:
 
 @contextlib.contextmanager
 def job_process(cfg: DictConfig):
-    """This process set up for one run: torch's threads (and its training processes', which read OMP_NUM_THREADS
-    when they start), put back after, since the next job of a sweep may run in this same process."""
+    """This process set up for one run: torch's threads, and its training processes' (ddp_spawn: they read
+    OMP_NUM_THREADS when they start, and share the job's threads), put back after, since the next job of a sweep
+    may run in this same process."""
     # A joblib (loky) worker sets multiprocessing's start method to "loky", which the processes that ddp_spawn
     # starts cannot look up ("cannot find context for 'loky'"); they need only the standard one.
     if multiprocessing.get_start_method(allow_none=True) == "loky":
@@ -256,6 +257,8 @@ def plot(jobs: list[dict], metric: str, path: Path) -> None:
             x = [float(v) for v in values]
             if min(x) > 0 and max(x) / min(x) >= 10:
                 ax.set_xscale("log")
+            elif len(set(x)) <= 8:  # a grid's few values (dim 16, 32, 64): tick each
+                ax.set_xticks(sorted(set(x)), [f"{v:g}" for v in sorted(set(x))])
         else:  # categories in the order first seen
             labels = list(dict.fromkeys(map(str, values)))
             x = [labels.index(str(v)) for v in values]
@@ -280,15 +283,15 @@ def summarize(sweep_dir: Path, metric: str | None = None) -> list[dict]:
     """Write summary.csv and summary.png into sweep_dir and print the table. The metric defaults to the sweep's
     optimized_metric (multirun.yaml), else val/seq_acc."""
     sweep_dir = Path(sweep_dir)
-    if metric is None:
-        metric = DEFAULT_METRIC
-        if (sweep_dir / "multirun.yaml").is_file():
-            from omegaconf import OmegaConf
-
-            metric = OmegaConf.load(sweep_dir / "multirun.yaml").get("optimized_metric") or metric
     jobs = read_jobs(sweep_dir)
     if not jobs:
         raise ConfigError(f"no runs found in {sweep_dir}: expected job directories holding .hydra/ (a multirun's sweep dir)")
+    if metric is None:  # the one the jobs returned (the Optuna sweeper writes no multirun.yaml: ask a job)
+        from omegaconf import OmegaConf
+
+        configs = [sweep_dir / "multirun.yaml", *(job["run_dir"] / ".hydra" / "config.yaml" for job in jobs)]
+        found = [OmegaConf.load(path).get("optimized_metric") for path in configs if path.is_file()]
+        metric = next((m for m in found if m), DEFAULT_METRIC)
     write_csv(jobs, sweep_dir, sweep_dir / SUMMARY_CSV)
     plot(jobs, metric, sweep_dir / SUMMARY_PLOT)
     failed = sum(job["status"] != "ok" for job in jobs)

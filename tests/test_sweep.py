@@ -1,0 +1,128 @@
+"""A multirun end to end with the basic launcher: one directory per job named by its overrides, event files, the
+HPARAMS data read back, summary.csv and summary.png, a failing job isolated, and a 2-process (ddp_spawn) job
+inside the sweep whose ranks trained the same hyperparameters on different batches."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "scripts" / "train.py"
+# Short real runs: 20 steps, validation at 10 and 20, no images.
+TINY = ["trainer.max_steps=20", "trainer.val_every_n_steps=10", "trainer.stop_at=null", "logging=off",
+        "data.val_size=64"]
+
+
+def train(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    # cwd: a tmp dir, so that a run or a rank writing to the default outputs/ would show there (and not in the repo)
+    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def hparams(run_dir: Path) -> tuple[dict, dict]:
+    """(hyperparameters, final metrics) as TensorBoard's HPARAMS tab reads them from the run's event files."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    values = {}
+    for name, value in start.hparams.items():
+        kind = value.WhichOneof("kind")
+        values[name] = getattr(value, kind) if kind else None
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metrics = {}
+    for info in experiment.metric_infos:  # the metrics the tab shows: scalars of the same name in the run
+        tag = info.name.tag
+        metrics[tag] = events.Scalars(tag)[-1].value
+    return values, metrics
+
+
+def rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_multirun_summary_failure_and_ddp(tmp_path):
+    sweep = tmp_path / "sweep"
+    # 4 jobs: heads=3 does not divide dim=32, so 2 fail at once; device=cpu_ddp trains with 2 processes.
+    result = train(["-m", "model.heads=1,3", "device=cpu,cpu_ddp", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists()  # no rank re-ran the sweep into a directory of its own
+
+    # one directory per job, named by its overrides (Hydra sorts them)
+    dirs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert dirs == sorted(",".join(sorted([f"model.heads={h}", f"device={d}", *TINY])) for h in (1, 3) for d in ("cpu", "cpu_ddp"))
+
+    table = {(r["model.heads"], r["device"]): r for r in rows(sweep / "summary.csv")}
+    assert set(table) == {("1", "cpu"), ("1", "cpu_ddp"), ("3", "cpu"), ("3", "cpu_ddp")}
+    for device in ("cpu", "cpu_ddp"):
+        failed = table[("3", device)]
+        assert failed["status"] == "failed"
+        assert "model.heads must divide model.dim=32" in failed["error"]
+        assert failed["val/seq_acc"] == ""
+        assert json.loads((sweep / failed["run_dir"] / "job.json").read_text())["status"] == "failed"
+
+        row = table[("1", device)]
+        run_dir = sweep / row["run_dir"]
+        assert row["status"] == "ok" and float(row["wall_s"]) > 0
+        assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "checkpoints" / "last.ckpt").is_file()
+        final = json.loads((run_dir / "metrics.json").read_text())
+        for name, value in final.items():  # every metric of metrics.json is a column, align/... included
+            assert float(row[name]) == pytest.approx(value)
+        assert final["val/loss"] < math.log(10)  # 20 steps learned something: below chance (10 tokens)
+
+        # HPARAMS: the job's hyperparameters and its final metrics, as TensorBoard shows them
+        values, metrics = hparams(run_dir)
+        assert values["model/heads"] == 1 and values["model/dim"] == 32
+        assert values["device/devices"] == (2 if device == "cpu_ddp" else 1)
+        assert set(final) <= set(metrics)
+        assert metrics["val/seq_acc"] == pytest.approx(final["val/seq_acc"])
+        assert metrics["val/loss"] == pytest.approx(final["val/loss"])
+
+    # the 2-process job: both ranks trained what the job says, on batches of their own
+    ranks = [json.loads(p.read_text()) for p in sorted((sweep / table[("1", "cpu_ddp")]["run_dir"]).glob("ranks/*.json"))]
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["world_size"] for r in ranks} == {2}
+    same = ["dim", "heads", "layers", "lr", "weight_decay", "batch_size", "seed", "max_steps"]
+    assert [r[k] for k in same for r in ranks[:1]] == [r[k] for k in same for r in ranks[1:]]
+    assert ranks[0]["heads"] == 1 and ranks[0]["max_steps"] == 20
+    assert ranks[0]["first_batch"] != ranks[1]["first_batch"]
+
+    assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "4 jobs, 2 failed" in result.stdout
+    assert "model.heads must divide" in result.stdout  # the table names each failure
+
+    # scripts/summarize_sweep.py makes the same summary again from the directory alone
+    before = (sweep / "summary.csv").read_text()
+    (sweep / "summary.csv").unlink()
+    (sweep / "summary.png").unlink()
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(sweep)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert (sweep / "summary.csv").read_text() == before and (sweep / "summary.png").is_file()
+
+
+def test_single_run_failure_still_exits(tmp_path):
+    """Outside -m nothing changes: bad input is one line, exit code 2, and no run directory."""
+    run_dir = tmp_path / "run"
+    result = train(["model.heads=3", f"hydra.run.dir={run_dir}"], tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: model.heads must divide model.dim=32 (allowed: [1, 2, 4, 8, 16, 32]), got 3"
+    ]
+    assert not run_dir.exists()
+
+
+def test_summarize_sweep_bad_dir(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: no runs found in {tmp_path}: expected job directories "
+                                                  "holding .hydra/ (a multirun's sweep dir)"]

@@ -1,0 +1,86 @@
+"""Sweeps under the other launchers and the Optuna sweeper: joblib (jobs side by side, threads shared),
+submitit_local (each job a process of its own, as on SLURM), each with a 2-process (ddp_spawn) job and a failing
+one; Optuna with 3 trials into a sqlite study."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from test_sweep import TINY, rows, train
+
+SAME = ["dim", "heads", "layers", "lr", "weight_decay", "batch_size", "seed", "max_steps", "world_size", "threads"]
+
+
+def check_ddp_and_failure(sweep: Path) -> dict:
+    """heads=2 trained with 2 ranks that hold the same hyperparameters and draw different batches; heads=3 failed
+    and is in the summary with its error. Returns the ranks' records."""
+    table = {r["model.heads"]: r for r in rows(sweep / "summary.csv")}
+    assert set(table) == {"2", "3"}
+    assert table["3"]["status"] == "failed" and "model.heads must divide model.dim=32" in table["3"]["error"]
+    ok = table["2"]
+    assert ok["status"] == "ok" and float(ok["val/loss"]) == pytest.approx(
+        json.loads((sweep / ok["run_dir"] / "metrics.json").read_text())["val/loss"]
+    )
+    ranks = [json.loads(p.read_text()) for p in sorted((sweep / ok["run_dir"] / "ranks").glob("rank*.json"))]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert {k: ranks[0][k] for k in SAME} == {k: ranks[1][k] for k in SAME}
+    assert ranks[0]["heads"] == 2 and ranks[0]["world_size"] == 2 and ranks[0]["max_steps"] == 20
+    assert ranks[0]["first_batch"] != ranks[1]["first_batch"]
+    return ranks
+
+
+@pytest.mark.slow
+def test_joblib_parallel_jobs_with_ddp(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = train(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "device=cpu_ddp", "model.heads=2,3",
+                    *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    assert not (tmp_path / "outputs").exists()
+    ranks = check_ddp_and_failure(sweep)
+    # 2 jobs side by side, 2 processes each: each process gets its share of this machine's cores
+    assert ranks[0]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2 // 2)
+
+
+@pytest.mark.slow
+def test_submitit_local_with_ddp(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = train(["-m", "hydra/launcher=submitit_local", "device=cpu_ddp", "model.heads=2,3", *TINY,
+                    f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists()
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit ran each job in a process
+    check_ddp_and_failure(sweep)
+
+
+@pytest.mark.slow
+def test_optuna_three_trials(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    sweep, db = tmp_path / "sweep", tmp_path / "study.db"
+    # val/loss, not val/seq_acc: after 20 steps every trial's seq_acc is still 0, the loss differs
+    result = train(["-m", "+hparams_search=lr_dim_heads", "hydra.sweeper.n_trials=3", "optimized_metric=val/loss",
+                    "hydra.sweeper.direction=minimize", f"hydra.sweeper.storage=sqlite:///{db}",
+                    "hydra.sweeper.study_name=test", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    table = rows(sweep / "summary.csv")
+    assert len(table) == 3 and {r["status"] for r in table} == {"ok"}
+    assert all(Path(r["run_dir"]).name.startswith(f"trial{r['job']}_") for r in table)
+    for r in table:  # the sampled point is inside the search space, and valid
+        assert 1e-4 <= float(r["optim.lr"]) <= 3e-2
+        assert int(r["model.dim"]) in (16, 32, 64) and int(r["model.heads"]) in (1, 2, 4)
+
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    losses = {r["job"]: float(r["val/loss"]) for r in table}
+    assert best.best_value == pytest.approx(min(losses.values()))
+    best_row = next(r for r in table if float(r["val/loss"]) == pytest.approx(best.best_value))
+    assert int(best.best_params["model.dim"]) == int(best_row["model.dim"])
+
+    # the study in sqlite: 3 finished trials, each valued with its run's metrics.json
+    study = optuna.load_study(study_name="test", storage=f"sqlite:///{db}")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert sorted(t.value for t in trials) == pytest.approx(sorted(losses.values()))
