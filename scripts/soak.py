@@ -66,7 +66,7 @@ def main() -> None:
     samples = []  # (wall time, RSS MB, event files MB)
     while process.poll() is None:
         rss = resident_mb(process.pid)
-        if rss is not None:
+        if rss:  # None once the process has ended; 0 while it is still starting
             samples.append((time.time(), rss, events_mb(args.run_dir)))
         time.sleep(args.every)
     stderr = process.stderr.read()
