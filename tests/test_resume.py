@@ -65,7 +65,7 @@ def runs(tmp_path_factory) -> dict:
         stopped = {"sigint": sigint.result(), "sigterm": sigterm.result()}
     # Go on with the SIGINT run in its own directory. (ckpt_path= into a new directory, which resume= builds on, is
     # checked in process by tests/test_reliability.py.)
-    resumed = train(f"resume={dirs['sigint']}")
+    resumed = train(f"resume={dirs['sigint']}", "logging.progress_bar=false")  # other overrides go on top
     return {"dirs": dirs, "stopped": stopped, "whole": finish(reference), "resumed": finish(resumed)}
 
 

@@ -68,10 +68,10 @@ def resume_arguments(argv: list[str]) -> list[str]:
     if "'" in str(run_dir):
         raise ConfigError(f"resume: {run_dir}: a run directory with ' in its path cannot be passed to Hydra")
     rest = [a for a in argv if a not in given]
-    return [
-        *rest,
+    return [  # Hydra's flags first: argparse takes no flag after the first of the positional overrides
         f"--config-path={config_dir}",
         "--config-name=config",
+        *rest,
         f"++ckpt_path='{checkpoint}'",
         f"hydra.run.dir='{run_dir}'",
         f"hydra.output_subdir={RESUMED_CONFIG}",
