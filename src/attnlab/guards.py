@@ -93,16 +93,18 @@ class StopOnDivergence(L.Callback):
         if math.isfinite(loss):
             self.last_finite = (step, loss)
         else:
-            self.fail(trainer, f"train/loss is {loss} at step {step}")
+            self.fail(f"train/loss is {loss} at step {step}")
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         bad = [name for name, p in module.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            self.fail(trainer, f"weights are not finite at step {trainer.global_step} ({', '.join(bad)})")
+            self.fail(f"weights are not finite at step {trainer.global_step} ({', '.join(bad)})")
 
-    def fail(self, trainer: L.Trainer, what: str) -> None:
-        last = "no finite loss was seen" if self.last_finite is None else "last finite train/loss: %.4g at step %d"
-        last = last if self.last_finite is None else last % self.last_finite[::-1]
+    def fail(self, what: str) -> None:
+        last = "no finite loss was seen"
+        if self.last_finite is not None:
+            step, loss = self.last_finite
+            last = f"last finite train/loss: {loss:.4g} at step {step}"
         raise Diverged(f"training diverged: {what} ({last}). {self.hint}")
