@@ -5,6 +5,7 @@ inside the sweep whose ranks trained the same hyperparameters on different batch
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,24 @@ def test_summarize_sweep_bad_dir(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: no runs found in {tmp_path}: expected job directories "
                                                   "holding .hydra/ (a multirun's sweep dir)"]
+
+
+def test_launcher_and_search_configs_compose():
+    """The SLURM launcher and the Optuna search space as Hydra composes them (no cluster here: submitit_local runs
+    the same launcher code in tests/test_sweep_launchers.py)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        search = compose("train", overrides=["+hparams_search=lr_dim_heads"], return_hydra_config=True)
+    launcher = slurm.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.tasks_per_node == 1 and launcher.gpus_per_node == 1 and launcher.partition is None
+    sweeper = search.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert search.optimized_metric == "val/seq_acc"
+    assert set(sweeper.params) == {"optim.lr", "model.dim", "model.heads"}
+    # every (dim, heads) pair of the search space is valid: heads divides dim
+    dims, heads = ([int(v) for v in re.findall(r"\d+", sweeper.params[k])] for k in ("model.dim", "model.heads"))
+    assert dims == [16, 32, 64] and heads == [1, 2, 4]
+    assert all(d % h == 0 for d in dims for h in heads)

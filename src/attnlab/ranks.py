@@ -45,3 +45,15 @@ class RankRecord(L.Callback):
         path = self.run_dir / RANKS_DIR / f"rank{trainer.global_rank}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+class FinalCheckpoint(L.Callback):
+    """The checkpoint of the weights training ended with, saved by the ranks themselves (rank 0 writes it): under
+    ddp_spawn the job's own process gets the weights back but neither the optimiser nor the loop state, so a
+    checkpoint saved there would not resume."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)  # on every rank: Lightning writes from rank 0 only
