@@ -81,7 +81,8 @@ def per_layer(align: dict) -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| recipe | layers/heads/dim | steps | wall (s) | solved after (s, step) | val/seq_acc | align/best (per layer) | targets met |",
+        "| recipe | layers/heads/dim | steps | wall (s) | solved after (s, step) | val/seq_acc | align/best (per layer) "
+        "| targets met |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -112,7 +113,8 @@ def main() -> None:
     if args.only:
         unknown = set(args.only.split(",")) - set(names)
         if unknown:
-            sys.exit(f"error: --only: no recipe {', '.join(sorted(unknown))} in conf/experiment/ (have: {', '.join(names)})")
+            sys.exit(f"error: --only: no recipe {', '.join(sorted(unknown))} in conf/experiment/ "
+                     f"(have: {', '.join(names)})")
         names = [n for n in names if n in args.only.split(",")]
     out = ROOT / "outputs" / "experiments" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}"
     out.mkdir(parents=True)

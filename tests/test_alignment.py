@@ -72,7 +72,8 @@ def test_entropy():
 
 def test_measure_over_a_model_in_chunks():
     t = task("induction")
-    model = AttentionModel(t.vocab, t.length, dim=16, heads=2, layers=3, positions="learned", causal=True, mlp=False, norm=False)
+    model = AttentionModel(t.vocab, t.length, dim=16, heads=2, layers=3, positions="learned", causal=True, mlp=False,
+                           norm=False)
     inputs, _, _ = t.sample(alignment.CHUNK + 50, torch.Generator().manual_seed(0))  # two chunks, unequal
     report = alignment.measure(model, t, inputs)
     _, attention = model(inputs, need_weights=True)
@@ -97,7 +98,8 @@ def test_measure_over_a_model_in_chunks():
 def test_no_target_no_alignment():
     t = make_task(OmegaConf.create({"task": "modular_addition", "p": 5, "train_fraction": 0.5, "split_seed": 0,
                                     "batch_size": 4, "val_size": 8}))
-    model = AttentionModel(t.vocab, t.length, dim=8, heads=2, layers=1, positions="learned", causal=True, mlp=True, norm=False)
+    model = AttentionModel(t.vocab, t.length, dim=8, heads=2, layers=1, positions="learned", causal=True, mlp=True,
+                           norm=False)
     report = alignment.measure(model, t, t.validation_set(100, torch.Generator())[0])
     assert report.align == [None] and report.best() is None
     assert set(report.scalars()) == {tags.entropy(0, 0), tags.entropy(0, 1)}

@@ -89,7 +89,8 @@ class AttentionImages(L.Callback):
         if positions.any():  # all zero with model.positions=none: nothing to show
             for head, scores in enumerate(positional_qk(module.model.blocks[0].attention, positions)):
                 # Each frame on its own symmetric scale (scores grow as training goes): the pattern is the point.
-                writer.add_image(tags.qk_positional(0, head), viz.weight_image(scores, scores.abs().max().item() or 1.0), step)
+                scale = scores.abs().max().item() or 1.0
+                writer.add_image(tags.qk_positional(0, head), viz.weight_image(scores, scale), step)
         for layer, block in enumerate(module.model.blocks):
             for name in tags.WEIGHTS:
                 matrix = getattr(block.attention, name)
