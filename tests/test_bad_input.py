@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = [
     ("dim-not-a-number", ["model.dim=abc"], 2, ["model.dim must be an integer", "'abc'"]),
     ("dim-zero", ["model.dim=0"], 2, ["model.dim must be >= 1", "got 0"]),
-    ("dim-negative", ["model.dim=-8"], 2, ["model.dim must be >= 1", "got -8"]),
     ("dim-float", ["model.dim=32.5"], 2, ["model.dim must be an integer", "32.5"]),
     ("heads-not-dividing", ["model.dim=32", "model.heads=3"], 2, ["model.heads must divide model.dim=32", "[1, 2, 4, 8, 16, 32]", "got 3"]),
     ("heads-zero", ["model.heads=0"], 2, ["model.heads must be >= 1"]),
@@ -30,11 +29,9 @@ CASES = [
     ("batch-size-zero", ["data.batch_size=0"], 2, ["data.batch_size must be >= 1"]),
     ("task-unknown", ["data.task=palindrome"], 2, ["data.task must be one of", "reverse", "'palindrome'"]),
     ("lr-zero", ["optim.lr=0"], 2, ["optim.lr must be a number > 0", "got 0"]),
-    ("lr-negative", ["optim.lr=-1e-3"], 2, ["optim.lr must be a number > 0", "-0.001"]),
     ("lr-not-a-number", ["optim.lr=fast"], 2, ["optim.lr must be a number > 0", "'fast'"]),
     ("schedule-unknown", ["optim.schedule=linear"], 2, ["optim.schedule must be one of constant, cosine"]),
     ("max-steps-zero", ["trainer.max_steps=0"], 2, ["trainer.max_steps must be >= 1", "got 0"]),
-    ("max-steps-negative", ["trainer.max_steps=-5"], 2, ["trainer.max_steps must be >= 1", "got -5"]),
     ("val-every-zero", ["trainer.val_every_n_steps=0"], 2, ["trainer.val_every_n_steps must be >= 1"]),
     ("stop-at-above-one", ["trainer.stop_at=2"], 2, ["trainer.stop_at must be null or a number in (0, 1]"]),
     ("log-every-zero", ["logging.every_n_steps=0"], 2, ["logging.every_n_steps must be >= 1"]),
@@ -52,7 +49,6 @@ CASES = [
     ("logging-unknown", ["logging=verbose"], 1, ["Could not find 'logging/verbose'", "Available options in 'logging'", "off"]),
     ("launcher-unknown", ["hydra/launcher=cluster"], 1, ["Could not find 'hydra/launcher/cluster'", "Available options in 'hydra/launcher'", "basic"]),
     ("key-typo", ["model.dimm=64"], 1, ["Could not override 'model.dimm'", "Key 'dimm' is not in struct"]),
-    ("key-typo-trainer", ["trainer.max_step=10"], 1, ["Could not override 'trainer.max_step'"]),
     # The run or sweep directory: checked before Hydra makes it (attnlab.config.OutputDirCheck).
     ("output-dir-unwritable", ["hydra.run.dir={tmp}/a_file/run"], 2, ["hydra.run.dir: cannot write to {tmp}/a_file/run (Not a directory)"]),
     ("sweep-dir-unwritable", ["-m", "model.dim=16,32", "hydra.sweep.dir={tmp}/a_file/sweep"], 2, ["hydra.sweep.dir: cannot write to {tmp}/a_file/sweep"]),

@@ -123,7 +123,7 @@ class PoisonWeights(L.Callback):
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(Diverged) as caught:
-        train(tmp_path, "trainer.max_steps=60", callbacks=[PoisonWeights(at=23)])
+        train(tmp_path, "trainer.max_steps=30", callbacks=[PoisonWeights(at=23)])
     message = str(caught.value)
     # Caught at the next logging step (every 5): the step, the last finite loss, a hint, the checkpoint kept.
     assert "train/loss is nan at step 25" in message and "last finite train/loss:" in message and "at step 20" in message
