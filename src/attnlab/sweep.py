@@ -137,7 +137,8 @@ def job_process(cfg: DictConfig):
         return
     import torch
 
-    processes = cfg.device.devices if cfg.device.get("strategy", "auto") != "auto" else 1
+    devices = cfg.device.devices
+    processes = devices if cfg.device.get("strategy", "auto") != "auto" and isinstance(devices, int) else 1
     before_torch, before_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(max(1, threads // processes))

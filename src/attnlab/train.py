@@ -121,13 +121,24 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
     else:
         # ddp_spawn: rank 0 saved the final checkpoint (ranks.FinalCheckpoint); this process got the weights back
         # but not the loop state: take the step from that checkpoint, for the final validation and HParams.
-        trainer.fit_loop.load_state_dict(resume.load_checkpoint(run_dir / resume.CHECKPOINT)["loops"]["fit_loop"])
+        loops = resume.load_checkpoint(run_dir / resume.CHECKPOINT)["loops"]
+        trainer.fit_loop.load_state_dict(loops["fit_loop"])
     if stopper.stopped_at is not None:
         logger.finalize("interrupted")
         raise Interrupted(stopper.signum, trainer.global_step)
 
     # Score the final weights once more, whatever step training stopped at, so metrics.json is the model saved.
-    (final,) = trainer.validate(module, datamodule=data, verbose=False)
+    scorer = trainer
+    if trainer.world_size > 1:
+        # ddp_spawn would start its processes again (seconds each) for a set one process scores in milliseconds:
+        # score it here, with the same callbacks and logger, at the step training ended (for TensorBoard).
+        scorer = L.Trainer(
+            accelerator=cfg.device.accelerator, devices=1, precision=cfg.device.precision, logger=logger,
+            callbacks=trainer.callbacks, enable_model_summary=False, enable_progress_bar=False,
+            default_root_dir=run_dir,
+        )
+        scorer.fit_loop.load_state_dict(loops["fit_loop"])
+    (final,) = scorer.validate(module, datamodule=data, verbose=False)
     final = {name: float(value) for name, value in final.items()}
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics=final, step=trainer.global_step)
     logger.finalize("success")
