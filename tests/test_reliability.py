@@ -44,16 +44,33 @@ def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+class Crash(L.Callback):
+    """Fault injection: the run dies at step `at`, with no chance to save (as a killed process)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.at:
+            raise RuntimeError("simulated crash")
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("reliability")
-    dirs = {name: tmp / name for name in ("seed0", "seed0_again", "seed1", "first_half", "second_half")}
+    dirs = {name: tmp / name for name in ("seed0", "seed0_again", "seed1", "crashed")}
     train(dirs["seed0"], "seed=0")
     train(dirs["seed0_again"], "seed=0")
     train(dirs["seed1"], "seed=1")
-    train(dirs["first_half"], "seed=0", "trainer.max_steps=25")  # stops between two validations
-    train(dirs["second_half"], "seed=0", f"ckpt_path={dirs['first_half'] / 'checkpoints' / 'last.ckpt'}")
-    return dirs
+    # Crash at step 27, after the checkpoint of the validation at step 20 and the scalars of step 25; then go on
+    # in the same directory from that checkpoint, as resume= does.
+    checkpoint = dirs["crashed"] / "checkpoints" / "last.ckpt"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(dirs["crashed"], "seed=0", callbacks=[Crash(at=27)])
+    crashed = {"step": torch.load(checkpoint, weights_only=True)["global_step"], "metrics": (dirs["crashed"] / "metrics.json").exists()}
+    crashed["curve"] = [e.step for e in EventAccumulator(str(dirs["crashed"])).Reload().Scalars(tags.metric("train", "loss"))]
+    train(dirs["crashed"], "seed=0", f"ckpt_path={checkpoint}")
+    return {**dirs, "after_crash": crashed}
 
 
 def test_same_seed_gives_identical_metrics_and_weights(runs):
@@ -68,14 +85,17 @@ def test_different_seeds_differ(runs):
     assert all(not torch.equal(ours[k], theirs[k]) for k in ours)  # the initial weights differ, then the data
 
 
-def test_ckpt_path_goes_on_from_its_step_in_a_new_directory(runs):
-    assert torch.load(runs["first_half"] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 25
-    assert metrics(runs["second_half"]) == metrics(runs["seed0"])
-    ours, theirs = weights(runs["second_half"]), weights(runs["seed0"])
+def test_after_a_crash_the_run_goes_on_from_its_last_checkpoint_as_if_never_stopped(runs):
+    # The crash lost the steps after the last validation's checkpoint, and nothing looked finished.
+    assert runs["after_crash"] == {"step": 20, "metrics": False, "curve": [4, 9, 14, 19, 24]}
+    assert metrics(runs["crashed"]) == metrics(runs["seed0"])
+    ours, theirs = weights(runs["crashed"]), weights(runs["seed0"])
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    # The new directory's curve starts where the checkpoint left off (Lightning logs step s at s-1).
-    events = EventAccumulator(str(runs["second_half"]), size_guidance={"scalars": 0}).Reload()
-    assert [e.step for e in events.Scalars(tags.metric("train", "loss"))] == [29, 34, 39]
+    # In TensorBoard the run reads as one: what the crashed process logged after its checkpoint (step 24, Lightning
+    # logs step s at s-1) is hidden (purge_step), the steps logged again replace it, nothing twice, nothing missing.
+    for tag in tags.metric("train", "loss"), tags.metric("val", "seq_acc"):
+        read = lambda d: [(e.step, e.value) for e in EventAccumulator(str(d), size_guidance={"scalars": 0}).Reload().Scalars(tag)]  # noqa: E731
+        assert read(runs["crashed"]) == read(runs["seed0"]), tag
 
 
 def plain(value, where: str = "checkpoint") -> None:
@@ -91,7 +111,7 @@ def plain(value, where: str = "checkpoint") -> None:
         assert value is None or isinstance(value, (torch.Tensor, bool, int, float, str)), f"{where}: {type(value)}"
 
 
-@pytest.mark.parametrize("name", ["seed0", "first_half"])
+@pytest.mark.parametrize("name", ["seed0", "crashed"])
 def test_checkpoints_hold_tensors_and_plain_values_only(runs, name):
     # weights_only=True refuses anything but tensors and plain containers/values: nothing runs code on load.
     checkpoint = torch.load(runs[name] / "checkpoints" / "last.ckpt", weights_only=True)
