@@ -60,12 +60,13 @@ def train(cfg: DictConfig) -> float:
     except ConfigError as error:  # found while building: the device, a checkpoint that does not fit the model
         stop_before_training(error, run_dir)
     except Interrupted as stop:
-        print(
-            f"Training {stop}; checkpoint saved: {run_dir / resume.CHECKPOINT}\n"
-            f"Resume with:  {resume.how_to_resume(run_dir)}",
-            file=sys.stderr,
-        )
-        sys.exit(128 + stop.signum)  # the shell's convention for "ended by signal N"
+        checkpoint = run_dir / resume.CHECKPOINT
+        if stop.saved_step is None:
+            print(f"Training {stop}, before its first checkpoint: start it afresh", file=sys.stderr)
+        else:
+            saved = "saved" if stop.saved_step == stop.step else f"of step {stop.saved_step} kept"
+            print(f"Training {stop}; checkpoint {saved}: {checkpoint}\nResume with:  {resume.how_to_resume(run_dir)}", file=sys.stderr)
+        sys.exit(128 + stop.signum)  # the shell's convention for "ended by signal N"; a sweep stops too
     except Diverged as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)

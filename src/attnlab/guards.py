@@ -14,10 +14,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal at `step`, after saving a checkpoint."""
+    """Training stopped on a signal at `step`. `saved_step`: the step of checkpoints/last.ckpt, which is `step`
+    unless a second Ctrl+C stopped at once (then the last validation's, or None if there was none yet)."""
 
-    def __init__(self, signum: int, step: int):
-        self.signum, self.step = signum, step
+    def __init__(self, signum: int, step: int, saved_step: int | None):
+        self.signum, self.step, self.saved_step = signum, step, saved_step
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
 
 

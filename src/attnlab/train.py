@@ -116,6 +116,12 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         if last.is_file():
             kept = f"{last} keeps the weights of step {resume.load_checkpoint(last)['global_step']}"
         raise Diverged(f"{error} {kept}.") from None
+    except SystemExit:  # Lightning's answer to a second Ctrl+C: stopped at once, without saving
+        if stopper.signum is None:
+            raise
+        last = run_dir / resume.CHECKPOINT
+        saved = resume.load_checkpoint(last)["global_step"] if last.is_file() else None
+        raise Interrupted(stopper.signum, trainer.global_step, saved) from None
     if trainer.world_size == 1:
         trainer.save_checkpoint(run_dir / resume.CHECKPOINT)  # the weights training ended with, whatever the step
     else:
@@ -125,7 +131,7 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         trainer.fit_loop.load_state_dict(loops["fit_loop"])
     if stopper.stopped_at is not None:
         logger.finalize("interrupted")
-        raise Interrupted(stopper.signum, trainer.global_step)
+        raise Interrupted(stopper.signum, trainer.global_step, trainer.global_step)
 
     # Score the final weights once more, whatever step training stopped at, so metrics.json is the model saved.
     scorer = trainer
