@@ -35,6 +35,10 @@ class AttentionLM(L.LightningModule):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps, self.schedule = lr, weight_decay, warmup_steps, schedule
+        # training_step writes the optimiser step out, as a plain PyTorch loop does: Lightning's automatic
+        # optimisation wraps every step in a closure and a dozen more hook calls, ~10% of a default-size step
+        # (docs/bench.md).
+        self.automatic_optimization = False
 
     def forward(self, tokens: Tensor, need_weights: bool = False):
         return self.model(tokens, need_weights)
@@ -49,13 +53,20 @@ class AttentionLM(L.LightningModule):
         logits, _ = self.model(inputs)  # need_weights=False: the fused attention kernel
         n = self.trainer.log_every_n_steps
         if self.logger is None or not n or (self.global_step + 1) % n:
-            return loss(logits, targets, mask)  # accuracies only where they are written
-        result = scores(logits, targets, mask)
-        # Straight to the logger, at the steps and under the names Lightning's self.log would write them:
-        # self.log's bookkeeping (it walks its whole result collection) cost more per call than a default-size
-        # training step (docs/bench.md), and a per-step train scalar needs none of it. One host sync for three.
-        values = torch.stack(list(result.values())).tolist()
-        self.logger.log_metrics({tags.metric("train", k): v for k, v in zip(result, values)}, step=self.global_step)
+            result = {"loss": loss(logits, targets, mask)}  # accuracies only where they are written
+        else:
+            result = scores(logits, targets, mask)
+            # Straight to the logger, at the steps and under the names Lightning's self.log would write them:
+            # self.log's bookkeeping (it walks its whole result collection) cost more per call than a default-size
+            # training step (docs/bench.md), and a per-step train scalar needs none of it. One host sync for three.
+            values = torch.stack(list(result.values())).tolist()
+            self.logger.log_metrics({tags.metric("train", k): v for k, v in zip(result, values)}, step=self.global_step)
+
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(result["loss"])
+        optimizer.step()
+        self.lr_schedulers().step()
         return result["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -75,4 +86,4 @@ class AttentionLM(L.LightningModule):
             return 1.0
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}  # stepped every training step, in training_step
