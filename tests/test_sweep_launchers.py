@@ -56,31 +56,48 @@ def test_submitit_local_with_ddp(tmp_path):
     check_ddp_and_failure(sweep)
 
 
+# The shipped search space with heads 3 allowed, which divides none of the dims: those trials fail.
+WITH_FAILURES = """# @package _global_
+defaults:
+  - lr_dim_heads
+hydra:
+  sweeper:
+    params:
+      model.heads: choice(2, 3)
+"""
+
+
 @pytest.mark.slow
 def test_optuna_three_trials(tmp_path):
     optuna = pytest.importorskip("optuna")
-    sweep, db = tmp_path / "sweep", tmp_path / "study.db"
+    sweep, db, conf = tmp_path / "sweep", tmp_path / "study.db", tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "with_failures.yaml").write_text(WITH_FAILURES)
     # val/loss, not val/seq_acc: after 20 steps every trial's seq_acc is still 0, the loss differs
-    result = train(["-m", "+hparams_search=lr_dim_heads", "hydra.sweeper.n_trials=3", "optimized_metric=val/loss",
-                    "hydra.sweeper.direction=minimize", f"hydra.sweeper.storage=sqlite:///{db}",
-                    "hydra.sweeper.study_name=test", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = train(["-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "+hparams_search=with_failures",
+                    "hydra.sweeper.n_trials=4", "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",
+                    f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *TINY,
+                    f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     table = rows(sweep / "summary.csv")
-    assert len(table) == 3 and {r["status"] for r in table} == {"ok"}
+    assert len(table) == 4
     assert all(Path(r["run_dir"]).name.startswith(f"trial{r['job']}_") for r in table)
-    for r in table:  # the sampled point is inside the search space, and valid
-        assert 1e-4 <= float(r["optim.lr"]) <= 3e-2
-        assert int(r["model.dim"]) in (16, 32, 64) and int(r["model.heads"]) in (1, 2, 4)
+    for r in table:  # the sampled point is inside the search space; heads=3 failed, with its error
+        assert 1e-4 <= float(r["optim.lr"]) <= 3e-2 and int(r["model.dim"]) in (16, 32, 64)
+        assert r["status"] == ("ok" if r["model.heads"] == "2" else "failed")
+        assert ("model.heads must divide" in r["error"]) if r["status"] == "failed" else r["error"] == ""
+    ok = [r for r in table if r["status"] == "ok"]
+    assert 0 < len(ok) < 4, "the seeded sampler should draw both heads"
 
     best = OmegaConf.load(sweep / "optimization_results.yaml")
-    losses = {r["job"]: float(r["val/loss"]) for r in table}
+    losses = {r["job"]: float(r["val/loss"]) for r in ok}
     assert best.best_value == pytest.approx(min(losses.values()))
-    best_row = next(r for r in table if float(r["val/loss"]) == pytest.approx(best.best_value))
+    best_row = next(r for r in ok if float(r["val/loss"]) == pytest.approx(best.best_value))
     assert int(best.best_params["model.dim"]) == int(best_row["model.dim"])
 
-    # the study in sqlite: 3 finished trials, each valued with its run's metrics.json
+    # the study in sqlite: the failed jobs are FAIL trials, the others valued with their run's metrics.json
     study = optuna.load_study(study_name="test", storage=f"sqlite:///{db}")
     trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
-    assert sorted(t.value for t in trials) == pytest.approx(sorted(losses.values()))
+    assert [t.state.name for t in trials] == ["COMPLETE" if r["status"] == "ok" else "FAIL" for r in table]
+    assert sorted(t.value for t in trials if t.value is not None) == pytest.approx(sorted(losses.values()))
