@@ -8,7 +8,6 @@ import math
 import resource
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -56,8 +55,8 @@ class Crash(L.Callback):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("reliability")
+def runs(tmp_path_factory, failing_runs) -> dict:
+    tmp = tmp_path_factory.mktemp("reliability")  # (failing_runs first: they train on the other core meanwhile)
     dirs = {name: tmp / name for name in ("seed0", "seed0_again", "seed1", "crashed")}
     train(dirs["seed0"], "seed=0")
     train(dirs["seed0_again"], "seed=0")
@@ -162,20 +161,30 @@ def limit_file_size():
 
 @pytest.fixture(scope="module")
 def failing_runs(tmp_path_factory) -> dict:
+    """Two scripts/train.py runs that fail as a user sees it, started at once and read when a test needs them."""
     tmp = tmp_path_factory.mktemp("failing")
 
-    def script(name, *overrides, preexec_fn=None):
+    def start(name, *overrides, preexec_fn=None):
         args = [sys.executable, "scripts/train.py", *SMALL, *overrides, f"hydra.run.dir={tmp / name}"]
-        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240, preexec_fn=preexec_fn)
+        log = open(tmp / f"{name}.stderr", "w+")
+        return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True, preexec_fn=preexec_fn), log
 
-    with ThreadPoolExecutor(2) as pool:
-        disk_full = pool.submit(script, "disk_full", "trainer.max_steps=200", preexec_fn=limit_file_size)
-        diverged = pool.submit(script, "diverged", "optim.lr=1e30")
-        return {"tmp": tmp, "disk_full": disk_full.result(), "diverged": diverged.result()}
+    return {
+        "tmp": tmp,
+        "disk_full": start("disk_full", "trainer.max_steps=200", preexec_fn=limit_file_size),
+        "diverged": start("diverged", "optim.lr=1e30"),
+    }
+
+
+def finished(failing_runs: dict, name: str) -> subprocess.CompletedProcess:
+    process, log = failing_runs[name]
+    process.wait(timeout=300)
+    log.seek(0)
+    return subprocess.CompletedProcess(process.args, process.returncode, "", log.read())
 
 
 def test_diverged_run_exits_with_one_line(failing_runs):
-    result, run_dir = failing_runs["diverged"], failing_runs["tmp"] / "diverged"
+    result, run_dir = finished(failing_runs, "diverged"), failing_runs["tmp"] / "diverged"
     assert result.returncode == 3, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
@@ -184,7 +193,7 @@ def test_diverged_run_exits_with_one_line(failing_runs):
 
 
 def test_disk_full_mid_run_is_one_clear_error_and_keeps_what_was_written(failing_runs):
-    result, run_dir = failing_runs["disk_full"], failing_runs["tmp"] / "disk_full"
+    result, run_dir = finished(failing_runs, "disk_full"), failing_runs["tmp"] / "disk_full"
     assert result.returncode == 4, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: writing the run in {run_dir} failed: [Errno 27] File too large. What was written before is kept."]

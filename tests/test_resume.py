@@ -59,14 +59,18 @@ def runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("resume")
     dirs = {name: tmp / name for name in ("whole", "sigint", "sigterm")}
     reference = train(*RUN, f"hydra.run.dir={dirs['whole']}")
+
+    def stop_then_resume():
+        # Go on with the SIGINT run in its own directory; other overrides on the line go on top. (ckpt_path=,
+        # which resume= builds on, is also checked in process, after a crash, by tests/test_reliability.py.)
+        stopped = interrupt(dirs["sigint"], signal.SIGINT)
+        return stopped, finish(train(f"resume={dirs['sigint']}", "logging.progress_bar=false"))
+
     with ThreadPoolExecutor(2) as pool:
-        sigint = pool.submit(interrupt, dirs["sigint"], signal.SIGINT)
+        sigint = pool.submit(stop_then_resume)
         sigterm = pool.submit(interrupt, dirs["sigterm"], signal.SIGTERM)
-        stopped = {"sigint": sigint.result(), "sigterm": sigterm.result()}
-    # Go on with the SIGINT run in its own directory. (ckpt_path= into a new directory, which resume= builds on, is
-    # checked in process by tests/test_reliability.py.)
-    resumed = train(f"resume={dirs['sigint']}", "logging.progress_bar=false")  # other overrides go on top
-    return {"dirs": dirs, "stopped": stopped, "whole": finish(reference), "resumed": finish(resumed)}
+        (stopped, resumed), stopped_term = sigint.result(), sigterm.result()
+    return {"dirs": dirs, "stopped": {"sigint": stopped, "sigterm": stopped_term}, "whole": finish(reference), "resumed": resumed}
 
 
 @pytest.mark.parametrize("name, signum", [("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM)])
