@@ -73,12 +73,14 @@ def train(cfg: DictConfig) -> float:
     except OSError as error:  # disk full, run directory removed or made read-only while training
         print(f"error: writing the run in {run_dir} failed: {error}. What was written before is kept.", file=sys.stderr)
         sys.exit(4)
-    print(f"\nRun saved in {run_dir}\nView it with:  tensorboard --logdir {run_dir}")
-    if cfg.optimized_metric not in metrics:
-        print(f"error: optimized_metric must be one of {', '.join(metrics)}, got {cfg.optimized_metric!r} "
+    # images=1000: TensorBoard keeps only 10 frames per image tag by default (and images=0 shows none in 2.21).
+    print(f"\nRun saved in {run_dir}\nView it with:  tensorboard --logdir {run_dir} --samples_per_plugin images=1000")
+    metric = cfg.get("optimized_metric", "val/seq_acc")  # runs made before the key existed can be resumed
+    if metric not in metrics:
+        print(f"error: optimized_metric must be one of {', '.join(metrics)}, got {metric!r} "
               f"(the run itself is saved in {run_dir})", file=sys.stderr)
         sys.exit(2)
-    return metrics[cfg.optimized_metric]
+    return metrics[metric]
 
 
 if __name__ == "__main__":
