@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from attnlab import alignment, tags
+from attnlab import alignment, sweep, tags
 from attnlab.train import build, run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -22,7 +22,8 @@ def train(tmp_path, *overrides):
     task, module, data = build(cfg)
     data.setup("fit")
     untrained = alignment.measure(module.model, task, data.validation[0]).best()
-    metrics = run(cfg, tmp_path)
+    with sweep.job_process(cfg):  # device.threads, as scripts/train.py runs it
+        metrics = run(cfg, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
     return metrics, untrained
 
