@@ -3,6 +3,7 @@ into README.md between the bench markers):
 
 1. loop       framework (train.run, logging off) vs a hand-written PyTorch loop: steps/s, same model, batches,
               optimiser and device, runs alternated, at the default size and a larger one
+1b. threads   the hand-written loop with device.threads (1) vs torch's default, one thread per core
 2. logging    the default TensorBoard logging (scalars, attention maps, weight images and histograms, progress
               bar) as a share of a run's wall time, against logging=off
 3. startup    launching scripts/train.py to its first training step, vs a bare `import lightning.pytorch`
@@ -24,6 +25,7 @@ import contextlib
 import io
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,11 +47,11 @@ from attnlab.train import build, run
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "scripts" / "train.py"
-SECTIONS = ("loop", "logging", "startup", "attention", "sweep", "solve")
+SECTIONS = ("loop", "threads", "logging", "startup", "attention", "sweep", "solve")
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
-# The larger model of the loop comparison: 4x the width, 2 layers, sequences 4x as long.
-LARGER = ["model.dim=128", "model.heads=4", "model.layers=2", "data.seq_len=32"]
+# The larger model of the loop comparison: 4x the width, 4 heads, 2 layers, sequences twice as long.
+LARGER = ["model.dim=128", "model.heads=4", "model.layers=2", "data.seq_len=16"]
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Sizes:
 
     rounds: int = 5  # alternated rounds per comparison
     loop_steps: int = 400
-    loop_steps_larger: int = 150
+    loop_steps_larger: int = 60
     warmup_steps: int = 20  # steps not timed at the start of every run
     logging_steps: int = 300
     startup_rounds: int = 3
@@ -66,13 +68,14 @@ class Sizes:
     attention_lengths: tuple = (16, 64, 256, 1024)
     attention_tokens: int = 2048  # batch = tokens // seq_len
     attention_repeats: int = 3
-    sweep_steps: int = 300
+    sweep_steps: int = 1000
     sweep_rounds: int = 2
+    threads_steps: int = 100
     solve: bool = True
 
 
 QUICK = Sizes(
-    rounds=1, loop_steps=12, loop_steps_larger=8, warmup_steps=2, logging_steps=12, startup_rounds=1,
+    rounds=1, loop_steps=12, loop_steps_larger=8, warmup_steps=2, threads_steps=6, logging_steps=12, startup_rounds=1,
     attention_dims=(64,), attention_lengths=(16, 32), attention_tokens=64, attention_repeats=1,
     sweep_steps=2, sweep_rounds=1, solve=False,
 )  # fmt: skip
@@ -182,10 +185,11 @@ def bench_loop(sizes: Sizes, report: Report) -> None:
             ["logging=off", "device=cpu", "trainer.stop_at=null", f"trainer.max_steps={steps}",
              f"trainer.val_every_n_steps={steps}", "data.val_size=64", *extra]
         )  # fmt: skip
-        say(f"loop/{name}: {sizes.rounds} rounds of {steps} steps, framework and hand-written alternated")
+        say(f"loop/{name}: {sizes.rounds if name == 'default' else min(sizes.rounds, 3)} rounds of {steps} steps, framework and hand-written alternated")
+        rounds = sizes.rounds if name == "default" else min(sizes.rounds, 3)  # the larger one takes long
         fw, hand = alternate(
             lambda: framework_rates(cfg, sizes.warmup_steps), lambda: hand_written_rates(cfg, sizes.warmup_steps),
-            sizes.rounds, warmup=name == "default",
+            rounds, warmup=name == "default",
         )
         wall = statistics.median(f[0] / h[0] for f, h in zip(fw, hand))
         cpu = statistics.median(f[1] / h[1] for f, h in zip(fw, hand))
@@ -201,10 +205,47 @@ def bench_loop(sizes: Sizes, report: Report) -> None:
             report.target("framework / hand-written loop, steps/s (larger size)", f"{wall:.2f}x (CPU time: {cpu:.2f}x)", ">= 0.9x", wall >= 0.9)
     report.details.append(
         "### 1. Framework vs hand-written loop (logging=off, device=cpu)\n\n"
-        f"Median of {sizes.rounds} alternated rounds; steps/s over all but the first {sizes.warmup_steps} steps of a run. "
+        f"Median of {sizes.rounds} alternated rounds (3 at the larger size); steps/s over all but the first "
+        f"{sizes.warmup_steps} steps of a run. "
         "The ratio is median(framework/hand) per round; the CPU-time ratio counts process CPU seconds, which "
         "other people's load on a shared machine disturbs less than wall time.\n\n"
         + table(["model", "hand-written steps/s", "framework steps/s", "ratio (wall)", "ratio (CPU time)"], rows)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1b. torch threads (device.threads)
+
+
+def bench_threads(sizes: Sizes, report: Report) -> None:
+    """The hand-written loop (no framework at all) at the default size, with device.threads (1) and with torch's
+    default of one thread per core: what the device.threads default is based on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    steps = sizes.threads_steps
+    cfg = config(["logging=off", "device=cpu", f"trainer.max_steps={steps}"])
+    chosen = cfg.device.threads
+
+    def at(threads: int) -> tuple[float, float]:
+        torch.set_num_threads(threads)
+        try:
+            return hand_written_rates(cfg, sizes.warmup_steps)
+        finally:
+            torch.set_num_threads(chosen)
+
+    say(f"threads: {min(sizes.rounds, 3)} rounds of {steps} hand-written steps at {chosen} and {cores} threads, alternated")
+    rounds = min(sizes.rounds, 3)  # at every core, a loaded machine makes this slow
+    one, all_cores = alternate(lambda: at(chosen), lambda: at(cores), rounds)
+    ratio = statistics.median(o[0] / a[0] for o, a in zip(one, all_cores))
+    report.target(f"default size, device.threads={chosen} / torch's default ({cores} threads), steps/s", f"{ratio:.1f}x", "-", None)
+    report.details.append(
+        "### 1b. Torch threads\n\n"
+        f"The hand-written loop at the default size, {steps} steps, with `device.threads={chosen}` (the default) and "
+        f"with torch's default of one thread per core ({cores}); median of {rounds} alternated rounds.\n\n"
+        + table(
+            ["threads", "steps/s (median)", "CPU time per step (median)"],
+            [(chosen, f"{statistics.median(o[0] for o in one):.0f}", f"{statistics.median(1 / o[1] for o in one) * 1e3:.1f} ms"),
+             (cores, f"{statistics.median(a[0] for a in all_cores):.0f}", f"{statistics.median(1 / a[1] for a in all_cores) * 1e3:.1f} ms")],
+        )  # fmt: skip
     )
 
 
@@ -245,6 +286,21 @@ def bench_logging(sizes: Sizes, report: Report) -> None:
 # 3. start-up
 
 
+def launch(command: list[str]) -> tuple[float, float]:
+    """Runs a command to its end: (wall seconds, CPU seconds of it and the processes it waited for). Output goes
+    to a file, not a pipe: a pipe would also wait for processes it leaves behind (joblib's idle workers)."""
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.time()
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        wall = time.time() - start
+        if done.returncode:
+            log.seek(0)
+            raise SystemExit(f"error: {' '.join(command)} failed:\n{log.read()[-3000:]}")
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+
+
 def first_step_time(run_dir: Path) -> float:
     """Wall-clock time of the first training-step event in a run's TensorBoard files: the learning rate, which
     LearningRateMonitor writes at the start of a step, or train/* written at its end, whichever is earlier."""
@@ -264,15 +320,12 @@ def first_step_time(run_dir: Path) -> float:
 
 def bench_startup(sizes: Sizes, report: Report) -> None:
     def bare_import() -> float:
-        start = time.time()
-        subprocess.run([sys.executable, "-c", "import lightning.pytorch"], check=True)
-        return time.time() - start
+        return launch([sys.executable, "-c", "import lightning.pytorch"])[0]
 
     def to_first_step() -> float:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.time()
-            command = [sys.executable, str(TRAIN), f"hydra.run.dir={tmp}", "trainer.max_steps=1", "logging.every_n_steps=1"]
-            subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+            launch([sys.executable, str(TRAIN), f"hydra.run.dir={tmp}", "trainer.max_steps=1", "logging.every_n_steps=1"])
             return first_step_time(Path(tmp)) - start
 
     say(f"startup: {sizes.startup_rounds} rounds of a bare import and scripts/train.py to its first step")
@@ -357,6 +410,11 @@ def joblib_available() -> bool:
     return importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
 
 
+def usage(runs: list[tuple[float, float]]) -> tuple[str, str, str]:
+    wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    return f"{wall:.1f}", f"{cpu:.1f}", f"{statistics.median(r[1] / r[0] for r in runs):.2f}"
+
+
 def bench_sweep(sizes: Sizes, report: Report) -> None:
     if not joblib_available():
         report.notes.append("Sweep throughput skipped: hydra-joblib-launcher is not installed.")
@@ -364,28 +422,26 @@ def bench_sweep(sizes: Sizes, report: Report) -> None:
         return
     common = ["-m", "seed=0,1", "logging=off", "trainer.stop_at=null", f"trainer.max_steps={sizes.sweep_steps}"]
 
-    def sweep(launcher: list[str]) -> float:
+    def sweep(launcher: list[str]) -> tuple[float, float]:
         with tempfile.TemporaryDirectory() as tmp:
-            start = time.time()
-            command = [sys.executable, str(TRAIN), *common, *launcher, f"hydra.sweep.dir={tmp}"]
-            subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
-            return time.time() - start
+            return launch([sys.executable, str(TRAIN), *common, *launcher, f"hydra.sweep.dir={tmp}"])
 
     say(f"sweep: {sizes.sweep_rounds} rounds of 2 jobs x {sizes.sweep_steps} steps, basic and joblib alternated")
     basic, joblib = alternate(
         lambda: sweep([]), lambda: sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]), sizes.sweep_rounds
     )
-    speedup = statistics.median(b / j for b, j in zip(basic, joblib))
+    speedup = statistics.median(b[0] / j[0] for b, j in zip(basic, joblib))
     report.target("2 jobs: joblib launcher / basic launcher, throughput", f"{speedup:.2f}x", ">= 1.6x", speedup >= 1.6)
     report.details.append(
         "### 5. Sweep throughput\n\n"
         f"`python scripts/train.py -m seed=0,1 logging=off trainer.stop_at=null trainer.max_steps={sizes.sweep_steps}`, "
         f"whole command, with the basic launcher and with `hydra/launcher=joblib hydra.launcher.n_jobs=2`; median of "
-        f"{sizes.sweep_rounds} alternated rounds.\n\n"
+        f"{sizes.sweep_rounds} alternated rounds. CPU s: what the command and its processes used; CPU s / wall s is "
+        "how many cores the sweep actually got (2 jobs side by side can use 2 only where 2 are free).\n\n"
         + table(
-            ["launcher", "wall s (median)"],
-            [("basic (jobs one after another)", f"{statistics.median(basic):.1f}"),
-             ("joblib, 2 workers", f"{statistics.median(joblib):.1f}"), ("throughput ratio", f"{speedup:.2f}x")],
+            ["launcher", "wall s (median)", "CPU s (median)", "cores used (CPU s / wall s)"],
+            [("basic (jobs one after another)", *usage(basic)), ("joblib, 2 workers", *usage(joblib)),
+             ("throughput ratio (basic wall / joblib wall)", f"{speedup:.2f}x", "", "")],
         )  # fmt: skip
     )
 
@@ -403,8 +459,7 @@ def bench_solve(sizes: Sizes, report: Report) -> None:
     say("solve: the default config until val/seq_acc >= 0.99")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.time()
-        subprocess.run([sys.executable, str(TRAIN), f"hydra.run.dir={tmp}"], check=True, capture_output=True, cwd=ROOT)
-        total = time.time() - start
+        total = launch([sys.executable, str(TRAIN), f"hydra.run.dir={tmp}"])[0]
         first = first_step_time(Path(tmp))
         solved = None
         for events in Path(tmp).rglob("events.out.tfevents.*"):
@@ -482,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(threads)
     report = Report()
     load_start = os.getloadavg()[0]
-    benches = {"loop": bench_loop, "logging": bench_logging, "startup": bench_startup,
+    benches = {"loop": bench_loop, "threads": bench_threads, "logging": bench_logging, "startup": bench_startup,
                "attention": bench_attention, "sweep": bench_sweep, "solve": bench_solve}  # fmt: skip
     for name in SECTIONS:
         if name in sections:
