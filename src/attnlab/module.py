@@ -36,8 +36,8 @@ class AttentionLM(L.LightningModule):
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps, self.schedule = lr, weight_decay, warmup_steps, schedule
         # training_step writes the optimiser step out, as a plain PyTorch loop does: Lightning's automatic
-        # optimisation wraps every step in a closure and a dozen more hook calls, ~10% of a default-size step
-        # (docs/bench.md).
+        # optimisation wraps every step in a closure and a dozen more hook calls, ~8% of a default-size step
+        # (issue 5).
         self.automatic_optimization = False
 
     def forward(self, tokens: Tensor, need_weights: bool = False):
@@ -58,7 +58,7 @@ class AttentionLM(L.LightningModule):
             result = scores(logits, targets, mask)
             # Straight to the logger, at the steps and under the names Lightning's self.log would write them:
             # self.log's bookkeeping (it walks its whole result collection) cost more per call than a default-size
-            # training step (docs/bench.md), and a per-step train scalar needs none of it. One host sync for three.
+            # training step (issue 5), and a per-step train scalar needs none of it. One host sync for three.
             values = torch.stack(list(result.values())).tolist()
             self.logger.log_metrics({tags.metric("train", k): v for k, v in zip(result, values)}, step=self.global_step)
 
