@@ -489,8 +489,8 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
-        f"{cores} CPU cores ({cpu}), no GPU used; torch {torch.__version__} ({torch.get_num_threads()} intra-op "
-        f"threads), lightning {lightning.__version__}, Python {platform.python_version()}"
+        f"{cores} CPU cores ({cpu}), no GPU used; torch {torch.__version__} (intra-op threads: {torch.get_num_threads()}"
+        f"), lightning {lightning.__version__}, Python {platform.python_version()}"
     )
 
 
