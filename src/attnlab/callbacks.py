@@ -1,5 +1,7 @@
 """What goes to TensorBoard beyond Lightning's scalars: the probe example's attention maps and the weights."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -33,6 +35,36 @@ def positional_qk(attention, positions: torch.Tensor) -> torch.Tensor:
     return scores
 
 
+class BackgroundWriter:
+    """The logger's SummaryWriter with add_image and add_histogram run on one thread of their own, in order.
+
+    PNG-encoding a frame's images (in torch's add_image) was most of what the default logging cost (issue 5);
+    PIL encodes with the GIL released, so on a thread it overlaps the training steps that follow. A failed write
+    is raised at the next frame or at close(), not lost."""
+
+    def __init__(self, writer):
+        self.writer, self.thread, self.pending = writer, ThreadPoolExecutor(max_workers=1), []
+
+    def submit(self, method, *args) -> None:
+        for done in [f for f in self.pending if f.done()]:
+            self.pending.remove(done)
+            done.result()  # raises what the write raised
+        self.pending.append(self.thread.submit(method, *args))
+
+    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        self.submit(self.writer.add_image, tag, image, step)
+
+    def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        # A copy: training goes on updating the weights in place while the histogram waits its turn.
+        self.submit(self.writer.add_histogram, tag, values.detach().cpu().clone(), step)
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True)
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
+
 class AttentionImages(L.Callback):
     """Every `every_n_steps` optimiser steps (and at the first and last), runs the probe example through the
     model with its attention weights and logs, per layer and head, the attention map, and per layer the
@@ -52,6 +84,7 @@ class AttentionImages(L.Callback):
         self.probe, self.token_names, self.targets = probe, token_names, targets
         self.every_n_steps, self.histograms, self.weight_scale = every_n_steps, histograms, weight_scale
         self.last_logged = -1
+        self.writer: BackgroundWriter | None = None  # made at the first frame, in the process that trains
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -70,6 +103,16 @@ class AttentionImages(L.Callback):
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.log_frame(trainer, module)
+        self.close()
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Waits for the frames still being written."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close()
 
     @torch.no_grad()
     def log_frame(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -77,7 +120,9 @@ class AttentionImages(L.Callback):
         if step == self.last_logged:
             return
         self.last_logged = step
-        writer = trainer.logger.experiment
+        if self.writer is None:
+            self.writer = BackgroundWriter(trainer.logger.experiment)
+        writer = self.writer
         was_training = module.training
         module.eval()
         _, attention = module(self.probe[0].to(module.device), need_weights=True)
