@@ -331,7 +331,7 @@ def bench_startup(sizes: Sizes, report: Report) -> None:
     say(f"startup: {sizes.startup_rounds} rounds of a bare import and scripts/train.py to its first step")
     bare, train = alternate(bare_import, to_first_step, sizes.startup_rounds)
     extra = statistics.median(t - b for t, b in zip(train, bare))
-    report.target("start-up: scripts/train.py to first step, minus bare import", f"+{extra:.2f} s", "<= +1.5 s", extra <= 1.5)
+    report.target("start-up: scripts/train.py to first step, minus bare import", f"{extra:+.2f} s", "<= +1.5 s", extra <= 1.5)
     report.details.append(
         "### 3. Start-up\n\n"
         f"Median of {sizes.startup_rounds} alternated rounds. First step: the earliest training-step scalar in the "
