@@ -23,9 +23,10 @@ def integer(value, field: str, minimum: int = 1, maximum: int | None = None) -> 
     return int(value)
 
 
-def positive_number(value, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
-        raise ConfigError(f"{field} must be a number > 0, got {value!r}")
+def number(value, field: str, allowed: str, within) -> float:
+    """`value` as a float for which within(value) holds, or a ConfigError naming `field` and `allowed`."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not within(value):
+        raise ConfigError(f"{field} must be {allowed}, got {value!r}")
     return float(value)
 
 
@@ -52,15 +53,14 @@ def check(cfg: DictConfig) -> None:
         integer(cfg.device.threads, "device.threads")
     integer(cfg.data.batch_size, "data.batch_size")
     integer(cfg.data.val_size, "data.val_size")
-    positive_number(cfg.optim.lr, "optim.lr")
-    if isinstance(cfg.optim.weight_decay, bool) or not isinstance(cfg.optim.weight_decay, Real) or cfg.optim.weight_decay < 0:
-        raise ConfigError(f"optim.weight_decay must be a number >= 0, got {cfg.optim.weight_decay!r}")
+    number(cfg.optim.lr, "optim.lr", "a number > 0", lambda v: v > 0)
+    number(cfg.optim.weight_decay, "optim.weight_decay", "a number >= 0", lambda v: v >= 0)
     integer(cfg.optim.warmup_steps, "optim.warmup_steps", minimum=0)
     choice(cfg.optim.schedule, "optim.schedule", ("constant", "cosine"))
     integer(cfg.trainer.max_steps, "trainer.max_steps")
     integer(cfg.trainer.val_every_n_steps, "trainer.val_every_n_steps")
-    if cfg.trainer.stop_at is not None and not (isinstance(cfg.trainer.stop_at, Real) and 0 < cfg.trainer.stop_at <= 1):
-        raise ConfigError(f"trainer.stop_at must be null or a number in (0, 1], got {cfg.trainer.stop_at!r}")
+    if cfg.trainer.stop_at is not None:
+        number(cfg.trainer.stop_at, "trainer.stop_at", "null or a number in (0, 1]", lambda v: 0 < v <= 1)
     integer(cfg.logging.every_n_steps, "logging.every_n_steps")
     integer(cfg.logging.images_every_n_steps, "logging.images_every_n_steps", minimum=0)
     integer(cfg.seed, "seed", minimum=0)
