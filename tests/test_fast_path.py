@@ -91,3 +91,47 @@ def test_training_steps_take_the_fused_kernel_and_logging_the_explicit_path(tmp_
     assert all(not need_weights and fused for _, need_weights, fused in training)
     logging = [c for c in calls if c[1]]
     assert logging and all(not grad and not fused for grad, _, fused in logging)
+
+
+def test_plain_steps_train_as_lightnings_steps_and_give_way_to_a_listening_callback(tmp_path):
+    """Training steps call backward and the optimiser directly where nothing listens to Lightning's step hooks
+    (module.STEP_HOOKS). A callback that overrides one gets Lightning's manual_backward/LightningOptimizer path and
+    its calls; both paths train to the same weights at the same global_step."""
+    import lightning.pytorch as L
+    from hydra import compose, initialize_config_dir
+
+    from attnlab import module as module_file
+    from attnlab.train import build, run
+    from conftest import ROOT, TINY_RUN
+
+    class Listener(L.Callback):
+        def __init__(self):
+            self.calls = {hook: 0 for hook in module_file.STEP_HOOKS}
+
+        def on_before_backward(self, trainer, module, loss):
+            self.calls["on_before_backward"] += 1
+
+        def on_after_backward(self, trainer, module):
+            self.calls["on_after_backward"] += 1
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            self.calls["on_before_optimizer_step"] += 1
+
+    class Seen(L.Callback):  # the module's plain_steps flag and the weights, once training ends
+        def on_train_end(self, trainer, module):
+            self.plain, self.step = module.plain_steps, trainer.global_step
+            self.weights = {k: v.clone() for k, v in module.state_dict().items()}
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=TINY_RUN + ["logging=off", "optim.warmup_steps=3"])
+    plain, listener, lightning = Seen(), Listener(), Seen()
+    run(cfg, tmp_path / "plain", extra_callbacks=[plain])
+    run(cfg, tmp_path / "lightning", extra_callbacks=[listener, lightning])
+
+    assert plain.plain and not lightning.plain
+    assert listener.calls == {hook: cfg.trainer.max_steps for hook in module_file.STEP_HOOKS}
+    assert plain.step == lightning.step == cfg.trainer.max_steps
+    assert plain.weights.keys() == lightning.weights.keys()
+    for name in plain.weights:
+        torch.testing.assert_close(plain.weights[name], lightning.weights[name], rtol=0, atol=0, msg=name)
+    assert set(plain.weights) == set(build(cfg)[1].state_dict())

@@ -26,6 +26,7 @@ SMALL = [
     "device=cpu", "data.batch_size=32", "data.val_size=64", "model.dim=16", "trainer.max_steps=40",
     "trainer.val_every_n_steps=10", "trainer.stop_at=null", "logging.every_n_steps=5",
     "logging.images_every_n_steps=20", "logging.progress_bar=false",
+    "optim.schedule=cosine",  # an lr that changes every step: a resumed run must restore the scheduler too
 ]
 
 
