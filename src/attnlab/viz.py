@@ -3,6 +3,7 @@
 from functools import lru_cache
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 TARGET_SIZE = 256  # pixels along the longer side; small matrices are scaled up by whole pixels
@@ -17,14 +18,17 @@ def colormap(name: str) -> Tensor:
     return torch.from_numpy(table * 255).round().to(torch.uint8)
 
 
-def heatmap(values: Tensor, vmin: float, vmax: float, cmap: str) -> Tensor:
-    """[rows, cols] -> [3, H, W] uint8 image; values outside [vmin, vmax] are clipped to its ends."""
+def heatmap(values: Tensor, vmin: float, vmax: float, cmap: str) -> Image.Image:
+    """[rows, cols] -> a palette image: each pixel holds the index of its colour in the colormap's 256, so the
+    PNG is one byte per pixel, not three, and encodes in a third of the time to the same picture (issue 5).
+    Values outside [vmin, vmax] are clipped to its ends."""
     values = values.detach().float().cpu()
-    index = ((values - vmin) / (vmax - vmin) * 255).round().clamp(0, 255).long()
-    image = colormap(cmap)[index]  # [rows, cols, 3]
+    index = ((values - vmin) / (vmax - vmin) * 255).round().clamp(0, 255).to(torch.uint8)
     scale = max(1, TARGET_SIZE // max(values.shape))
-    image = image.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    return image.permute(2, 0, 1).contiguous()
+    index = index.repeat_interleave(scale, 0).repeat_interleave(scale, 1)  # [H, W]
+    image = Image.fromarray(index.numpy(), mode="L")
+    image.putpalette(colormap(cmap).flatten().tolist())  # mode "L" -> "P"
+    return image
 
 
 def attention_image(weights: Tensor) -> Tensor:
