@@ -85,6 +85,7 @@ def train(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     try:
+        config.check_extras(sys.argv[1:])
         sys.argv[1:] = resume.resume_arguments(sys.argv[1:])  # resume=RUN_DIR: that run's config and checkpoint
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -104,3 +104,13 @@ def test_bad_input_stops_before_training(results, name, overrides, code, says):
     assert not (tmp / "runs" / name).exists()
     assert not list(tmp.rglob("events.out.tfevents*")) and not list(tmp.rglob("metrics.json"))
     assert "Run saved in" not in result.stdout
+
+
+def test_a_config_that_needs_an_extra_not_installed_says_which(monkeypatch):
+    from attnlab import config
+
+    config.check_extras(["-m", "+hparams_search=lr_dim_heads"])  # installed with the test extra: no error
+    monkeypatch.setitem(config.EXTRAS, "hparams_search", ("hydra_plugins.not_installed", "optuna"))
+    with pytest.raises(config.ConfigError, match=r"hparams_search needs hydra_plugins.not_installed, which is not installed: pip install -e '.\[optuna\]'"):
+        config.check_extras(["-m", "+hparams_search=lr_dim_heads"])
+    config.check_extras(["model.dim=8"])  # other groups need nothing

@@ -1,5 +1,6 @@
 """Checks on the composed config, so that bad input stops before anything is built or written."""
 
+import importlib.util
 import sys
 import tempfile
 from numbers import Integral, Real
@@ -11,6 +12,20 @@ from omegaconf import DictConfig
 
 class ConfigError(ValueError):
     """Bad user input: the message names the field and what is allowed."""
+
+
+# Config groups whose configs need an optional extra (pyproject.toml): group -> (the plugin it needs, the extra).
+EXTRAS = {"hparams_search": ("hydra_plugins.hydra_optuna_sweeper", "optuna")}
+
+
+def check_extras(arguments: list[str]) -> None:
+    """A ConfigError for an override that needs an extra not installed, instead of Hydra's "Could not find
+    'hydra/sweeper/optuna'"."""
+    for argument in arguments:
+        group = argument.lstrip("+~").split("=", 1)[0]
+        if group in EXTRAS and importlib.util.find_spec(EXTRAS[group][0]) is None:
+            plugin, extra = EXTRAS[group]
+            raise ConfigError(f"{group} needs {plugin}, which is not installed: pip install -e '.[{extra}]'")
 
 
 def integer(value, field: str, minimum: int = 1, maximum: int | None = None) -> int:
