@@ -101,7 +101,7 @@ def test_plain_steps_train_as_lightnings_steps_and_give_way_to_a_listening_callb
     from hydra import compose, initialize_config_dir
 
     from attnlab import module as module_file
-    from attnlab.train import build, run
+    from attnlab.train import run
     from conftest import ROOT, TINY_RUN
 
     class Listener(L.Callback):
@@ -134,4 +134,3 @@ def test_plain_steps_train_as_lightnings_steps_and_give_way_to_a_listening_callb
     assert plain.weights.keys() == lightning.weights.keys()
     for name in plain.weights:
         torch.testing.assert_close(plain.weights[name], lightning.weights[name], rtol=0, atol=0, msg=name)
-    assert set(plain.weights) == set(build(cfg)[1].state_dict())
