@@ -38,13 +38,13 @@ from pathlib import Path
 import lightning
 import lightning.pytorch as L
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import Tensor
 
 from attnlab.attention import SelfAttention
 from attnlab.data import Batches
+from attnlab.module import loss as masked_loss
 from attnlab.train import build, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +94,11 @@ class Report:
 
     def target(self, what: str, measured: str, target: str, met: bool | None) -> None:
         self.summary.append((what, measured, target, {True: "yes", False: "**no**", None: "-"}[met]))
+
+
+def seconds_row(label: str, runs: list[float]) -> tuple[str, str, str]:
+    """A table row: label, the fastest run, the median run."""
+    return label, f"{min(runs):.2f}", f"{statistics.median(runs):.2f}"
 
 
 def table(header: list[str], rows: list) -> str:
@@ -155,8 +160,7 @@ def hand_written_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
             start = (time.perf_counter(), time.process_time())
         inputs, targets, mask = task.sample(cfg.data.batch_size, data.generator)  # the run's batch stream
         logits, _ = model(inputs)  # [batch, pos, vocab]
-        weight = mask.float()
-        loss = (F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * weight).sum() / weight.sum()
+        loss = masked_loss(logits, targets, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -176,8 +180,7 @@ class BareModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> None:
         inputs, targets, mask = batch
         logits, _ = self.model(inputs)
-        weight = mask.float()
-        loss = (F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * weight).sum() / weight.sum()
+        loss = masked_loss(logits, targets, mask)
         optimizer = self.optimizers(use_pl_optimizer=False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -334,12 +337,11 @@ def bench_logging(sizes: Sizes, report: Report) -> None:
         "### 2. Logging cost\n\n"
         f"Whole `train.run` of {steps} steps (validation every {on.trainer.val_every_n_steps}), default logging "
         f"(scalars every {lg.every_n_steps} steps; attention maps, weight images and histograms every "
-        f"{lg.images_every_n_steps}; progress bar) vs `logging=off`, {rounds} alternated rounds; the share compares each side's fastest "
-        "round.\n\n"
+        f"{lg.images_every_n_steps}; progress bar) vs `logging=off`, {rounds} alternated rounds; the share "
+        "compares each side's fastest round.\n\n"
         + table(
             ["run", "wall s (best)", "wall s (median)"],
-            [("default logging", f"{min(with_logging):.2f}", f"{statistics.median(with_logging):.2f}"),
-             ("logging=off", f"{min(without):.2f}", f"{statistics.median(without):.2f}"),
+            [seconds_row("default logging", with_logging), seconds_row("logging=off", without),
              ("logging share", f"{100 * share:.1f}%", f"{100 * statistics.median(shares):.1f}% (median of rounds)"),
              ("share in each round", ", ".join(f"{100 * x:.1f}%" for x in shares), "")],
         )  # fmt: skip
@@ -398,12 +400,12 @@ def bench_startup(sizes: Sizes, report: Report) -> None:
     report.target("start-up: scripts/train.py to first step, minus bare import", f"{extra:+.2f} s", "<= +1.5 s", extra <= 1.5)
     report.details.append(
         "### 3. Start-up\n\n"
-        f"Median of {sizes.startup_rounds} alternated rounds. First step: the earliest training-step scalar in the "
+        f"{sizes.startup_rounds} alternated rounds; the difference is between each side's fastest. First step: the earliest training-step scalar in the "
         "run's event file (written with `logging.every_n_steps=1`), against the launch time.\n\n"
         + table(
             ["", "wall s (best)", "wall s (median)"],
-            [('`python -c "import lightning.pytorch"`', f"{min(bare):.2f}", f"{statistics.median(bare):.2f}"),
-             ("`python scripts/train.py` to its first training step", f"{min(train):.2f}", f"{statistics.median(train):.2f}"),
+            [seconds_row('`python -c "import lightning.pytorch"`', bare),
+             seconds_row("`python scripts/train.py` to its first training step", train),
              ("difference", f"{extra:.2f}", "")],
         )  # fmt: skip
     )

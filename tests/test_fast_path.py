@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from attnlab import attention
 from attnlab.attention import SelfAttention
 from attnlab.model import AttentionModel
-from attnlab.module import AttentionLM
 
 
 def outputs_and_gradients(module: torch.nn.Module, x: torch.Tensor, need_weights: bool):

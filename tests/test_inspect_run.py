@@ -114,8 +114,8 @@ def test_weights_pngs(tiny_run, tmp_path, capsys):
     assert_png(tmp_path / "attention-probe.png", (700, 450))
     for layer in range(2):
         # heads as rows: W_Q W_K W_V W_O; QK OV (layer 0 also token QK, position QK, token OV)
-        weights = assert_png(tmp_path / f"weights-layer{layer}.png", (700, 400))
-        circuits_png = assert_png(tmp_path / f"circuits-layer{layer}.png", (500, 400))
+        assert_png(tmp_path / f"weights-layer{layer}.png", (700, 400))
+        assert_png(tmp_path / f"circuits-layer{layer}.png", (500, 400))
         assert str(tmp_path / f"circuits-layer{layer}.png") in out
     assert Image.open(tmp_path / "circuits-layer0.png").width > Image.open(tmp_path / "circuits-layer1.png").width
 

@@ -1,23 +1,34 @@
-"""Heatmaps for TensorBoard: colormap lookup into palette images, PNG-encoded by callbacks.png_summary."""
+"""Heatmaps for TensorBoard: colormap lookup into palette images, PNG-encoded by callbacks.write_image."""
 
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 from attnlab import viz
-from attnlab.callbacks import png_summary
+from attnlab.callbacks import write_image
 
 
-def decoded(image: Image.Image) -> np.ndarray:
-    """What TensorBoard gets: the PNG bytes of the summary, decoded to RGB pixels."""
-    (value,) = png_summary("tag", image).value
-    assert (value.image.width, value.image.height) == image.size
-    return np.array(Image.open(io.BytesIO(value.image.encoded_image_string)).convert("RGB"))
+@pytest.fixture
+def decoded(tmp_path):
+    """What TensorBoard reads back: the image written to an event file, decoded to RGB pixels."""
+
+    def decode(image: Image.Image) -> np.ndarray:
+        writer = SummaryWriter(tmp_path)
+        write_image(writer, "tag", image, 0)
+        writer.close()
+        (event,) = EventAccumulator(str(tmp_path)).Reload().Images("tag")
+        assert (event.width, event.height) == image.size
+        return np.array(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+
+    return decode
 
 
-def test_each_value_is_drawn_in_its_colormap_colour_scaled_up_by_whole_pixels():
+def test_each_value_is_drawn_in_its_colormap_colour_scaled_up_by_whole_pixels(decoded):
     values = torch.tensor([[-1.0, -0.5, 0.0], [0.25, 1.0, 3.0]])  # 3.0 is outside the scale: clipped to its end
     pixels = decoded(viz.weight_image(values, 1.0))
     scale = viz.TARGET_SIZE // 3
@@ -30,7 +41,7 @@ def test_each_value_is_drawn_in_its_colormap_colour_scaled_up_by_whole_pixels():
             assert (block == table[expected[row][col]]).all(), (row, col)
 
 
-def test_attention_maps_use_viridis_from_0_to_1():
+def test_attention_maps_use_viridis_from_0_to_1(decoded):
     pattern = torch.eye(4)
     pixels = decoded(viz.attention_image(pattern))
     table = viz.colormap("viridis").numpy()
