@@ -64,10 +64,10 @@ class Sizes:
     loop_steps: int = 400
     loop_steps_larger: int = 60
     warmup_steps: int = 20  # steps not timed at the start of every run
-    # Runs of 1000 steps, 7 rounds: a 300-step run lasts ~2 s, and on this shared machine runs that short vary by
-    # +-15%, more than the share measured (the share itself hardly depends on the length: frames come every 100 steps).
-    logging_steps: int = 1000
-    logging_rounds: int = 7
+    # 15 rounds of 600-step runs (~3 s each): on this shared machine whole runs vary by +-15% or more from one to the
+    # next, more than the share measured, so many rounds, each side's best, and the spread beside it.
+    logging_steps: int = 600
+    logging_rounds: int = 15
     startup_rounds: int = 3
     attention_dims: tuple = (64, 128, 256, 512)
     attention_lengths: tuple = (16, 64, 256, 1024)
@@ -322,6 +322,12 @@ def run_seconds(cfg: DictConfig) -> float:
         return time.perf_counter() - start
 
 
+def spread(shares: list[float]) -> str:
+    """The lowest, the quartiles and the highest of per-round shares, in %."""
+    points = [min(shares), *statistics.quantiles(shares, n=4), max(shares)] if len(shares) > 1 else shares
+    return " / ".join(f"{100 * x:.1f}%" for x in points)
+
+
 def bench_logging(sizes: Sizes, report: Report) -> None:
     steps = sizes.logging_steps
     common = ["device=cpu", "trainer.stop_at=null", f"trainer.max_steps={steps}"]
@@ -343,7 +349,7 @@ def bench_logging(sizes: Sizes, report: Report) -> None:
             ["run", "wall s (best)", "wall s (median)"],
             [seconds_row("default logging", with_logging), seconds_row("logging=off", without),
              ("logging share", f"{100 * share:.1f}%", f"{100 * statistics.median(shares):.1f}% (median of rounds)"),
-             ("share in each round", ", ".join(f"{100 * x:.1f}%" for x in shares), "")],
+             ("share per round: lowest, quartiles, highest", spread(shares), "")],
         )  # fmt: skip
     )
 

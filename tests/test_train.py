@@ -1,17 +1,20 @@
 """One real run of scripts/train.py: it solves reverse, and its run directory and TensorBoard events hold what the
 README promises."""
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from attnlab import tags
+from attnlab import tags, viz
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,10 +72,23 @@ def test_attention_and_weight_images_at_several_steps(events):
         assert tag in images
         frames = events.Images(tag)
         assert len({frame.step for frame in frames}) >= 3
-        assert frames[0].width >= 64 and frames[0].height >= 64
     # Frames change as the model learns.
     first, last = events.Images(tags.attention(0, 0))[0], events.Images(tags.attention(0, 0))[-1]
     assert first.encoded_image_string != last.encoded_image_string
+
+
+def test_last_weight_frame_shows_the_final_weights_one_pixel_per_entry(events, run_dir):
+    # The frames are drawn on a background thread while training goes on: each must show the weights of its own
+    # step. Training ends with a frame at its last step, the step of the final checkpoint.
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for name in tags.WEIGHTS:
+        last = events.Images(tags.weight(0, name))[-1]
+        assert last.step == checkpoint["global_step"]
+        weights = checkpoint["state_dict"][f"model.blocks.0.attention.{name}"]
+        expected = np.array(viz.weight_image(weights, 4 / 32**0.5).convert("RGB"))  # model.dim=32, default scale
+        pixels = np.array(Image.open(io.BytesIO(last.encoded_image_string)).convert("RGB"))
+        assert pixels.shape == (*weights.shape, 3)
+        assert (pixels == expected).all(), name
 
 
 def test_histograms(events):

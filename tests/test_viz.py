@@ -1,6 +1,7 @@
 """Heatmaps for TensorBoard: colormap lookup into palette images, PNG-encoded by callbacks.write_image."""
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from attnlab import viz
-from attnlab.callbacks import write_image
+from attnlab.callbacks import BackgroundWriter, write_image
 
 
 @pytest.fixture
@@ -28,22 +29,33 @@ def decoded(tmp_path):
     return decode
 
 
-def test_each_value_is_drawn_in_its_colormap_colour_scaled_up_by_whole_pixels(decoded):
+def test_each_value_is_one_pixel_in_its_colormap_colour(decoded):
     values = torch.tensor([[-1.0, -0.5, 0.0], [0.25, 1.0, 3.0]])  # 3.0 is outside the scale: clipped to its end
     pixels = decoded(viz.weight_image(values, 1.0))
-    scale = viz.TARGET_SIZE // 3
-    assert pixels.shape == (2 * scale, 3 * scale, 3)
+    assert pixels.shape == (2, 3, 3)  # [rows, cols, RGB]: TensorBoard scales it up, with crisp pixels
     table = viz.colormap("RdBu_r").numpy()
     expected = [[0, 64, 128], [159, 255, 255]]  # round((v + 1) / 2 * 255), clipped
-    for row in range(2):
-        for col in range(3):
-            block = pixels[row * scale : (row + 1) * scale, col * scale : (col + 1) * scale]
-            assert (block == table[expected[row][col]]).all(), (row, col)
+    assert (pixels == table[expected]).all()
 
 
 def test_attention_maps_use_viridis_from_0_to_1(decoded):
     pattern = torch.eye(4)
     pixels = decoded(viz.attention_image(pattern))
     table = viz.colormap("viridis").numpy()
-    scale = viz.TARGET_SIZE // 4
-    assert (pixels[0, 0] == table[255]).all() and (pixels[0, scale] == table[0]).all()
+    assert (pixels == table[(pattern * 255).long().numpy()]).all()
+
+
+def test_background_frames_show_the_values_as_they_were_when_logged(tmp_path):
+    writer = SummaryWriter(tmp_path)
+    background = BackgroundWriter(writer)
+    gate = threading.Event()
+    background.submit(gate.wait)  # the writer thread is busy until the gate opens
+    weights = torch.zeros(2, 2)
+    background.add_image("tag", viz.attention_image, weights, 0)
+    weights += 1  # training updates the weights in place while the frame waits its turn
+    gate.set()
+    background.close()
+    writer.close()
+    (event,) = EventAccumulator(str(tmp_path)).Reload().Images("tag")
+    pixels = np.array(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+    assert (pixels == viz.colormap("viridis").numpy()[0]).all()  # zeros, not ones

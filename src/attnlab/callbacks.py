@@ -2,6 +2,7 @@
 
 import io
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import lightning.pytorch as L
 import torch
@@ -38,9 +39,10 @@ def positional_qk(attention, positions: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-# Histogram buckets: 64 even ones over the values' range. torch's default ("tensorflow", ~1500 exponential
-# buckets) makes a record 8x the size, and the event writer checksums every byte in pure Python (issue 5).
-HISTOGRAM_BINS = 64
+# Histogram buckets: 30 even ones over the values' range, as TensorBoard's own summary API makes them. torch's
+# default ("tensorflow", ~1500 exponential buckets) makes a record 15x the size, and the event writer checksums
+# every byte in pure Python (issue 5).
+HISTOGRAM_BINS = 30
 
 
 def write_image(writer, tag: str, image: Image.Image, step: int) -> None:
@@ -55,12 +57,12 @@ def write_image(writer, tag: str, image: Image.Image, step: int) -> None:
 
 
 class BackgroundWriter:
-    """Images and histograms for the logger's SummaryWriter, made and written on one thread of their own, in
+    """Images and histograms for the logger's SummaryWriter, drawn and written on one thread of their own, in
     order.
 
-    Encoding a frame's images was most of what the default logging cost (issue 5); PIL encodes with the GIL
-    released, so on a thread it overlaps the training steps that follow. A failed write is raised at the next
-    frame or at close(), not lost."""
+    Drawing and encoding a frame's images was most of what the default logging cost the training loop (issue 5);
+    on a thread, that work overlaps the training steps that follow (torch and PIL release the GIL in their
+    kernels). A failed write is raised at the next frame or at close(), not lost."""
 
     def __init__(self, writer):
         self.writer, self.thread, self.pending = writer, ThreadPoolExecutor(max_workers=1), []
@@ -71,11 +73,14 @@ class BackgroundWriter:
             done.result()  # raises what the write raised
         self.pending.append(self.thread.submit(method, *args))
 
-    def add_image(self, tag: str, image: Image.Image, step: int) -> None:
-        self.submit(write_image, self.writer, tag, image, step)
+    def add_image(self, tag: str, draw, values: torch.Tensor, step: int) -> None:
+        """draw(values) -> a PIL image (viz.attention_image, say), drawn on the thread from a copy of values:
+        training goes on updating the weights in place while the image waits its turn."""
+        values = values.detach().cpu().clone()
+        self.submit(lambda: write_image(self.writer, tag, draw(values), step))
 
     def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        # A copy: training goes on updating the weights in place while the histogram waits its turn.
+        # A copy, as in add_image.
         self.submit(self.writer.add_histogram, tag, values.detach().cpu().clone(), step, HISTOGRAM_BINS)
 
     def close(self) -> None:
@@ -149,16 +154,17 @@ class AttentionImages(L.Callback):
         module.train(was_training)
         for layer, weights in enumerate(attention):  # [batch, head, query, key]
             for head, pattern in enumerate(weights[0]):
-                writer.add_image(tags.attention(layer, head), viz.attention_image(pattern), step)
+                writer.add_image(tags.attention(layer, head), viz.attention_image, pattern, step)
         positions = module.model.positions[: self.probe[0].shape[1]]  # [pos, dim]
         if positions.any():  # all zero with model.positions=none: nothing to show
             for head, scores in enumerate(positional_qk(module.model.blocks[0].attention, positions)):
                 # Each frame on its own symmetric scale (scores grow as training goes): the pattern is the point.
                 scale = scores.abs().max().item() or 1.0
-                writer.add_image(tags.qk_positional(0, head), viz.weight_image(scores, scale), step)
+                writer.add_image(tags.qk_positional(0, head), partial(viz.weight_image, scale=scale), scores, step)
+        weight_image = partial(viz.weight_image, scale=self.weight_scale)
         for layer, block in enumerate(module.model.blocks):
             for name in tags.WEIGHTS:
                 matrix = getattr(block.attention, name)
-                writer.add_image(tags.weight(layer, name), viz.weight_image(matrix, self.weight_scale), step)
+                writer.add_image(tags.weight(layer, name), weight_image, matrix, step)
                 if self.histograms:
-                    writer.add_histogram(tags.weight_histogram(layer, name), matrix.detach().cpu(), step)
+                    writer.add_histogram(tags.weight_histogram(layer, name), matrix, step)

@@ -6,8 +6,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-TARGET_SIZE = 256  # pixels along the longer side; small matrices are scaled up by whole pixels
-
 
 @lru_cache(maxsize=None)
 def colormap(name: str) -> Tensor:
@@ -18,16 +16,22 @@ def colormap(name: str) -> Tensor:
     return torch.from_numpy(table * 255).round().to(torch.uint8)
 
 
+@lru_cache(maxsize=None)
+def palette(name: str) -> bytes:
+    """The colormap as a PNG palette: 256 RGB triples."""
+    return colormap(name).numpy().tobytes()
+
+
 def heatmap(values: Tensor, vmin: float, vmax: float, cmap: str) -> Image.Image:
-    """[rows, cols] -> a palette image: each pixel holds the index of its colour in the colormap's 256, so the
-    PNG is one byte per pixel, not three: smaller, and quicker to encode, for the same picture (issue 5).
-    Values outside [vmin, vmax] are clipped to its ends."""
+    """[rows, cols] -> a palette image, one pixel per value: each pixel holds the index of its colour in the
+    colormap's 256, so the PNG is one byte per pixel, not three (issue 5). Not scaled up: TensorBoard draws images
+    to the width of its cards with crisp pixels (image-rendering: pixelated), so an 8x8 map shows as 8x8 squares;
+    scaling up here only made the PNGs bigger and slower to write. Values outside [vmin, vmax] are clipped to its
+    ends."""
     values = values.detach().float().cpu()
-    index = ((values - vmin) / (vmax - vmin) * 255).round().clamp(0, 255).to(torch.uint8)
-    scale = max(1, TARGET_SIZE // max(values.shape))
-    index = index.repeat_interleave(scale, 0).repeat_interleave(scale, 1)  # [H, W]
+    index = ((values - vmin) / (vmax - vmin) * 255).round().clamp(0, 255).to(torch.uint8)  # [rows, cols]
     image = Image.fromarray(index.numpy(), mode="L")
-    image.putpalette(colormap(cmap).flatten().tolist())  # mode "L" -> "P"
+    image.putpalette(palette(cmap))  # mode "L" -> "P"
     return image
 
 
