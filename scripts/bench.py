@@ -30,8 +30,11 @@ import resource
 import statistics
 import subprocess
 import sys
+import signal
+import struct
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +67,8 @@ class Sizes:
     loop_steps: int = 400
     loop_steps_larger: int = 60
     warmup_steps: int = 20  # steps not timed at the start of every run
-    # 15 rounds of 600-step runs (~3 s each): on this shared machine whole runs vary by +-15% or more from one to the
-    # next, more than the share measured, so many rounds, each side's best, and the spread beside it.
+    # 15 rounds of 600-step runs (~3 s each): even interleaved, a round's share varies by a few % on this shared
+    # machine, so the median of many rounds, with their spread beside it.
     logging_steps: int = 600
     logging_rounds: int = 15
     startup_rounds: int = 3
@@ -121,9 +124,9 @@ def say(*args) -> None:
 
 
 class StepTimer(L.Callback):
-    """Wall and CPU time from the start of training step `skip` to the end of step `last`. The clocks are read
-    at those two steps only: reading the process CPU clock is a system call (~0.1 ms in a VM), which timing
-    every step would add to the framework's side alone."""
+    """The window from the start of training step `skip` to the end of step `last`: (start, end, CPU seconds). The
+    clocks are read at those two steps only: reading the process CPU clock is a system call (~0.1 ms in a VM),
+    which timing every step would add to the framework's side alone."""
 
     def __init__(self, skip: int, last: int):
         self.skip, self.last, self.start, self.end = skip, last, None, None
@@ -136,20 +139,18 @@ class StepTimer(L.Callback):
         if trainer.global_step == self.last:
             self.end = (time.perf_counter(), time.process_time())
 
-    def rates(self) -> tuple[float, float]:
-        """(steps per wall second, steps per CPU second)"""
-        steps = self.last - self.skip
-        return steps / (self.end[0] - self.start[0]), steps / (self.end[1] - self.start[1])
+    def window(self) -> tuple[float, float, float]:
+        return self.start[0], self.end[0], self.end[1] - self.start[1]
 
 
-def framework_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
+def framework_window(cfg: DictConfig, skip: int) -> tuple[float, float, float]:
     timer = StepTimer(skip, cfg.trainer.max_steps)
     with tempfile.TemporaryDirectory() as run_dir, quiet():
         run(cfg, Path(run_dir), extra_callbacks=[timer])
-    return timer.rates()
+    return timer.window()
 
 
-def hand_written_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
+def hand_written_window(cfg: DictConfig, skip: int) -> tuple[float, float, float]:
     """The fastest plain loop for the same model: the same build (model, seeded batch stream), the same AdamW."""
     L.seed_everything(cfg.seed, verbose=False)  # as train.run does: the same initial weights
     task, module, data = build(cfg)
@@ -164,8 +165,7 @@ def hand_written_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    steps = cfg.trainer.max_steps - skip
-    return steps / (time.perf_counter() - start[0]), steps / (time.process_time() - start[1])
+    return start[0], time.perf_counter(), time.process_time() - start[1]
 
 
 class BareModule(L.LightningModule):
@@ -193,7 +193,7 @@ class BareModule(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
-def bare_lightning_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
+def bare_lightning_window(cfg: DictConfig, skip: int) -> tuple[float, float, float]:
     L.seed_everything(cfg.seed, verbose=False)
     task, module, data = build(cfg)
     timer = StepTimer(skip, cfg.trainer.max_steps)
@@ -205,7 +205,7 @@ def bare_lightning_rates(cfg: DictConfig, skip: int) -> tuple[float, float]:
             enable_model_summary=False, callbacks=[timer],
         )  # fmt: skip
         trainer.fit(BareModule(module.model, cfg.optim.lr, cfg.optim.weight_decay), train_dataloaders=batches)
-    return timer.rates()
+    return timer.window()
 
 
 @contextlib.contextmanager
@@ -230,6 +230,69 @@ def alternate(*sides, rounds: int, warmup: bool = False) -> list[list]:
     return results
 
 
+def interleaved(*sides, turn: float = 0.05) -> list[tuple[float, ...]]:
+    """Runs the sides at the same time, each in a process of its own (forked), taking turns on the whole machine:
+    one runs for `turn` seconds while the others are stopped (SIGSTOP/SIGCONT). So every side meets the same load
+    from everyone else on the machine, which runs one after another do not: here the speed of whole runs drifts
+    by 15-40% within minutes, more than several of the effects measured.
+
+    A side returns the window it times, (start, end, *more), start and end from time.perf_counter (one clock for
+    all processes). The result, per side: (its running seconds inside its window, counting its own turns only,
+    *more). Values in `more` must be measured by the side itself on clocks that stop with it (CPU time)."""
+    pids, pipes = [], []
+    sys.stdout.flush(), sys.stderr.flush()  # not written twice, by parent and child
+    for side in sides:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: wait for its first turn, run, send its window back
+            code = 1
+            try:
+                os.close(read)
+                os.kill(os.getpid(), signal.SIGSTOP)
+                window = side()
+                os.write(write, struct.pack(f"{len(window)}d", *window))
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(write)
+        pids.append(pid), pipes.append(read)
+    for pid in pids:
+        os.waitpid(pid, os.WUNTRACED)  # each stopped, ready
+    turns = [[] for _ in sides]
+    running = list(range(len(sides)))
+    while running:
+        for i in list(running):
+            begin = time.perf_counter()
+            os.kill(pids[i], signal.SIGCONT)
+            time.sleep(turn)
+            os.kill(pids[i], signal.SIGSTOP)  # an ended child stays a zombie until waited for: no error here
+            _, status = os.waitpid(pids[i], os.WUNTRACED)  # stopped, or ended in its turn
+            turns[i].append((begin, time.perf_counter()))
+            if not os.WIFSTOPPED(status):
+                running.remove(i)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    raise RuntimeError(f"bench side {i} failed (its traceback is above)")
+    results = []
+    for read, own in zip(pipes, turns):
+        with os.fdopen(read, "rb") as pipe:
+            data = pipe.read()
+        start, end, *more = struct.unpack(f"{len(data) // 8}d", data)
+        results.append((sum(max(0.0, min(b, end) - max(a, start)) for a, b in own), *more))
+    return results
+
+
+def rounds_of(*sides, rounds: int) -> list[list[tuple[float, ...]]]:
+    """`rounds` interleaved runs of all sides (the first turn goes to each side in turn); one list per side."""
+    results = [[] for _ in sides]
+    for r in range(rounds):
+        order = [(r + k) % len(sides) for k in range(len(sides))]
+        for i, result in zip(order, interleaved(*[sides[i] for i in order])):
+            results[i].append(result)
+    return results
+
+
 def bench_loop(sizes: Sizes, report: Report) -> None:
     rows = []
     for name, extra, steps in (("default", [], sizes.loop_steps), ("larger", LARGER, sizes.loop_steps_larger)):
@@ -238,38 +301,42 @@ def bench_loop(sizes: Sizes, report: Report) -> None:
              f"trainer.val_every_n_steps={steps}", "data.val_size=64", *extra]
         )  # fmt: skip
         rounds = sizes.rounds if name == "default" else min(sizes.rounds, 3)  # the larger one takes long
-        say(f"loop/{name}: {rounds} rounds of {steps} steps, framework, bare Lightning and hand-written alternated")
-        fw, bare, hand = alternate(
-            lambda: framework_rates(cfg, sizes.warmup_steps), lambda: bare_lightning_rates(cfg, sizes.warmup_steps),
-            lambda: hand_written_rates(cfg, sizes.warmup_steps), rounds=rounds, warmup=name == "default",
+        say(f"loop/{name}: {rounds} rounds of {steps} steps, framework, bare Lightning and hand-written interleaved")
+        skip = sizes.warmup_steps
+        if name == "default":  # once untimed, in this process: what the sides' processes inherit is imported
+            framework_window(cfg, skip), bare_lightning_window(cfg, skip), hand_written_window(cfg, skip)
+        fw, bare, hand = rounds_of(
+            lambda: framework_window(cfg, skip), lambda: bare_lightning_window(cfg, skip),
+            lambda: hand_written_window(cfg, skip), rounds=rounds,
         )
-        best = lambda side, clock: max(r[clock] for r in side)  # steps/s of the fastest round  # noqa: E731
-        ratio = lambda side, clock: best(side, clock) / best(hand, clock)  # noqa: E731
-        wall, cpu = ratio(fw, 0), ratio(fw, 1)
-        per_round = statistics.median(f[0] / h[0] for f, h in zip(fw, hand))
+        timed = steps - skip
+        rate = lambda r: timed / r[0]  # steps per second of its own turns  # noqa: E731
+        ratio = lambda side, clock: statistics.median(h[clock] / r[clock] for r, h in zip(side, hand))  # noqa: E731
+        wall, cpu, bare_ratio = ratio(fw, 0), ratio(fw, 1), ratio(bare, 0)
         m = cfg.model
         rows.append(
             (f"{name}: dim {m.dim}, {m.heads} head(s), {m.layers} layer(s), seq {cfg.data.seq_len}, batch {cfg.data.batch_size}",
-             f"{best(hand, 0):.0f}", f"{best(bare, 0):.0f}", f"{best(fw, 0):.0f}", f"{ratio(bare, 0):.2f}x",
-             f"{wall:.2f}x", f"{cpu:.2f}x", f"{per_round:.2f}x")
+             f"{statistics.median(map(rate, hand)):.0f}", f"{statistics.median(map(rate, bare)):.0f}",
+             f"{statistics.median(map(rate, fw)):.0f}", f"{bare_ratio:.2f}x", f"{wall:.2f}x", f"{cpu:.2f}x",
+             ", ".join(f"{h[0] / r[0]:.2f}" for r, h in zip(fw, hand)))
         )  # fmt: skip
         report.target(
             f"framework / hand-written loop, steps/s ({name} size)",
-            f"{wall:.2f}x (CPU time: {cpu:.2f}x; bare Lightning: {ratio(bare, 0):.2f}x)", ">= 0.9x", wall >= 0.9,
+            f"{wall:.2f}x (CPU time: {cpu:.2f}x; bare Lightning: {bare_ratio:.2f}x)", ">= 0.9x", wall >= 0.9,
         )
     report.details.append(
         "### 1. Framework vs hand-written loop (logging=off, device=cpu)\n\n"
-        f"{sizes.rounds} alternated rounds (3 at the larger size); steps/s over all but the first "
-        f"{sizes.warmup_steps} steps of a run. Steps/s and ratios are each side's best round; the last column is "
-        "the median of the per-round framework/hand-written ratios instead. The CPU-time ratio counts process CPU "
-        "seconds. "
+        f"{sizes.rounds} rounds (3 at the larger size); in each, the three sides run at the same time in processes "
+        "of their own, taking turns of 50 ms on the machine (`interleaved` in scripts/bench.py), so that they meet "
+        f"the same load. Steps/s over all but the first {sizes.warmup_steps} steps of a run, per second of a side's "
+        "own turns; every figure is the median of the rounds. The CPU-time ratio counts process CPU seconds. "
         "Bare Lightning is Lightning's own floor: the same model, batches and AdamW in a LightningModule with "
         "nothing else (no callbacks, logger, checkpoints or accuracies; plain backward and step), so "
         "hand-written → bare Lightning is what Lightning's loop costs and bare Lightning → framework what attnlab "
         "adds.\n\n"
         + table(
             ["model", "hand-written steps/s", "bare Lightning steps/s", "framework steps/s", "bare Lightning / hand",
-             "framework / hand (wall)", "framework / hand (CPU time)", "framework / hand (median of rounds)"],
+             "framework / hand", "framework / hand (CPU time)", "framework / hand, each round"],
             rows,
         )  # fmt: skip
     )
@@ -287,26 +354,26 @@ def bench_threads(sizes: Sizes, report: Report) -> None:
     cfg = config(["logging=off", "device=cpu", f"trainer.max_steps={steps}"])
     chosen = cfg.device.threads
 
-    def at(threads: int) -> tuple[float, float]:
-        torch.set_num_threads(threads)
-        try:
-            return hand_written_rates(cfg, sizes.warmup_steps)
-        finally:
-            torch.set_num_threads(chosen)
+    def at(threads: int) -> tuple[float, float, float]:
+        torch.set_num_threads(threads)  # in the side's own process
+        return hand_written_window(cfg, sizes.warmup_steps)
 
-    say(f"threads: {min(sizes.rounds, 3)} rounds of {steps} hand-written steps at {chosen} and {cores} threads, alternated")
-    rounds = min(sizes.rounds, 3)  # at every core, a loaded machine makes this slow
-    one, all_cores = alternate(lambda: at(chosen), lambda: at(cores), rounds=rounds)
-    ratio = max(o[0] for o in one) / max(a[0] for a in all_cores)
+    rounds = min(sizes.rounds, 3)
+    say(f"threads: {rounds} rounds of {steps} hand-written steps at {chosen} and {cores} threads, interleaved")
+    one, all_cores = rounds_of(lambda: at(chosen), lambda: at(cores), rounds=rounds)
+    timed = steps - sizes.warmup_steps
+    rate = lambda side: statistics.median(timed / r[0] for r in side)  # noqa: E731
+    cpu_per_step = lambda side: statistics.median(r[1] / timed for r in side)  # noqa: E731
+    ratio = statistics.median(a[0] / o[0] for o, a in zip(one, all_cores))
     report.target(f"default size, device.threads={chosen} / torch's default ({cores} threads), steps/s", f"{ratio:.1f}x", "-", None)
     report.details.append(
         "### 1b. Torch threads\n\n"
         f"The hand-written loop at the default size, {steps} steps, with `device.threads={chosen}` (the default) and "
-        f"with torch's default of one thread per core ({cores}); best of {rounds} alternated rounds.\n\n"
+        f"with torch's default of one thread per core ({cores}); median of {rounds} interleaved rounds.\n\n"
         + table(
-            ["threads", "steps/s (best)", "CPU time per step (best)"],
-            [(chosen, f"{max(o[0] for o in one):.0f}", f"{min(1 / o[1] for o in one) * 1e3:.1f} ms"),
-             (cores, f"{max(a[0] for a in all_cores):.0f}", f"{min(1 / a[1] for a in all_cores) * 1e3:.1f} ms")],
+            ["threads", "steps/s", "CPU time per step"],
+            [(chosen, f"{rate(one):.0f}", f"{cpu_per_step(one) * 1e3:.1f} ms"),
+             (cores, f"{rate(all_cores):.0f}", f"{cpu_per_step(all_cores) * 1e3:.1f} ms")],
         )  # fmt: skip
     )
 
@@ -315,16 +382,16 @@ def bench_threads(sizes: Sizes, report: Report) -> None:
 # 2. logging cost
 
 
-def run_seconds(cfg: DictConfig) -> float:
+def run_window(cfg: DictConfig) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as run_dir, quiet():
         start = time.perf_counter()
         run(cfg, Path(run_dir))
-        return time.perf_counter() - start
+        return start, time.perf_counter()
 
 
-def spread(shares: list[float]) -> str:
-    """The lowest, the quartiles and the highest of per-round shares, in %."""
-    points = [min(shares), *statistics.quantiles(shares, n=4), max(shares)] if len(shares) > 1 else shares
+def spread(values: list[float]) -> str:
+    """The lowest, the quartiles and the highest, in %."""
+    points = [min(values), *statistics.quantiles(values, n=4), max(values)] if len(values) > 1 else values
     return " / ".join(f"{100 * x:.1f}%" for x in points)
 
 
@@ -333,23 +400,25 @@ def bench_logging(sizes: Sizes, report: Report) -> None:
     common = ["device=cpu", "trainer.stop_at=null", f"trainer.max_steps={steps}"]
     on, off = config(common), config(common + ["logging=off"])
     rounds = sizes.logging_rounds
-    say(f"logging: {rounds} rounds of {steps}-step runs, default logging and logging=off alternated")
-    with_logging, without = alternate(lambda: run_seconds(on), lambda: run_seconds(off), rounds=rounds, warmup=True)
-    shares = [(w - o) / w for w, o in zip(with_logging, without)]
-    share = (min(with_logging) - min(without)) / min(with_logging)
+    say(f"logging: {rounds} rounds of {steps}-step runs, default logging and logging=off interleaved")
+    run_window(on), run_window(off)  # once untimed, in this process: what the sides' processes inherit is imported
+    with_logging, without = rounds_of(lambda: run_window(on), lambda: run_window(off), rounds=rounds)
+    shares = [1 - o[0] / w[0] for w, o in zip(with_logging, without)]
+    share = statistics.median(shares)
     lg = on.logging
     report.target("default logging, share of a run's wall time", f"{100 * share:.1f}%", "<= 5%", share <= 0.05)
     report.details.append(
         "### 2. Logging cost\n\n"
         f"Whole `train.run` of {steps} steps (validation every {on.trainer.val_every_n_steps}), default logging "
         f"(scalars every {lg.every_n_steps} steps; attention maps, weight images and histograms every "
-        f"{lg.images_every_n_steps}; progress bar) vs `logging=off`, {rounds} alternated rounds; the share "
-        "compares each side's fastest round.\n\n"
+        f"{lg.images_every_n_steps}; progress bar) vs `logging=off`, {rounds} rounds, the two runs of a round "
+        "interleaved as in section 1; the share is the median of the rounds' shares.\n\n"
         + table(
-            ["run", "wall s (best)", "wall s (median)"],
-            [seconds_row("default logging", with_logging), seconds_row("logging=off", without),
-             ("logging share", f"{100 * share:.1f}%", f"{100 * statistics.median(shares):.1f}% (median of rounds)"),
-             ("share per round: lowest, quartiles, highest", spread(shares), "")],
+            ["run", "seconds (median)"],
+            [("default logging", f"{statistics.median(w[0] for w in with_logging):.2f}"),
+             ("logging=off", f"{statistics.median(o[0] for o in without):.2f}"),
+             ("logging share", f"{100 * share:.1f}%"),
+             ("share per round: lowest / quartiles / highest", spread(shares))],
         )  # fmt: skip
     )
 
