@@ -2,7 +2,7 @@
 into README.md between the bench markers):
 
 1. loop       framework (train.run, logging off) vs a hand-written PyTorch loop: steps/s, same model, batches,
-              optimiser and device, runs alternated, at the default size and a larger one
+              optimiser and device, at the default size and a larger one
 1b. threads   the hand-written loop with device.threads (1) vs torch's default, one thread per core
 2. logging    the default TensorBoard logging (scalars, attention maps, weight images and histograms, progress
               bar) as a share of a run's wall time, against logging=off
@@ -16,9 +16,10 @@ into README.md between the bench markers):
     python scripts/bench.py --sections loop,startup
     python scripts/bench.py --quick --out /tmp/bench.md --readme none   # tiny sizes: checks the script runs
 
-The machine may be shared: every comparison alternates its sides round by round, and each side's figure is its
-best round (the fastest: as timeit advises, other people's load only ever slows a run down, so the fastest round is
-the nearest to what the code itself costs). Medians of the rounds are shown beside, in docs/bench.md.
+The machine may be shared, and here the speed of whole runs drifts by 15-40% within minutes. So the sides of a
+comparison run interleaved: at the same time, each in processes of its own, taking turns of 50 ms on the machine
+(`interleaved`), each timed by its own turns only; figures are medians of such rounds. The attention paths, timed
+in this process in milliseconds, alternate and take each side's best repeat instead (timeit's rule).
 """
 
 import argparse
@@ -97,11 +98,6 @@ class Report:
 
     def target(self, what: str, measured: str, target: str, met: bool | None) -> None:
         self.summary.append((what, measured, target, {True: "yes", False: "**no**", None: "-"}[met]))
-
-
-def seconds_row(label: str, runs: list[float]) -> tuple[str, str, str]:
-    """A table row: label, the fastest run, the median run."""
-    return label, f"{min(runs):.2f}", f"{statistics.median(runs):.2f}"
 
 
 def table(header: list[str], rows: list) -> str:
@@ -215,13 +211,9 @@ def quiet():
         yield
 
 
-def alternate(*sides, rounds: int, warmup: bool = False) -> list[list]:
-    """Each side `rounds` times, in the order given in even rounds and reversed in odd ones (so no side always
-    goes first); one list of results per side. With warmup, each runs once untimed first: one-time costs (lazy
-    imports, caches) are not what is compared."""
-    if warmup:
-        for side in sides:
-            side()
+def alternate(*sides, rounds: int) -> list[list]:
+    """Each side `rounds` times in this process, in the order given in even rounds and reversed in odd ones (so no
+    side always goes first); one list of results per side. For timings in milliseconds (the attention paths)."""
     results = [[] for _ in sides]
     for r in range(rounds):
         order = range(len(sides)) if r % 2 == 0 else reversed(range(len(sides)))
@@ -231,10 +223,11 @@ def alternate(*sides, rounds: int, warmup: bool = False) -> list[list]:
 
 
 def interleaved(*sides, turn: float = 0.05) -> list[tuple[float, ...]]:
-    """Runs the sides at the same time, each in a process of its own (forked), taking turns on the whole machine:
-    one runs for `turn` seconds while the others are stopped (SIGSTOP/SIGCONT). So every side meets the same load
-    from everyone else on the machine, which runs one after another do not: here the speed of whole runs drifts
-    by 15-40% within minutes, more than several of the effects measured.
+    """Runs the sides at the same time, each in a process group of its own (forked), taking turns on the whole
+    machine: one group runs for `turn` seconds while the others are stopped (SIGSTOP/SIGCONT). So every side meets
+    the same load from everyone else on the machine, which runs one after another do not: here the speed of whole
+    runs drifts by 15-40% within minutes, more than several of the effects measured. A side's own threads and
+    subprocesses (a sweep's workers) run and stop with it.
 
     A side returns the window it times, (start, end, *more), start and end from time.perf_counter (one clock for
     all processes). The result, per side: (its running seconds inside its window, counting its own turns only,
@@ -248,6 +241,7 @@ def interleaved(*sides, turn: float = 0.05) -> list[tuple[float, ...]]:
             code = 1
             try:
                 os.close(read)
+                os.setpgid(0, 0)
                 os.kill(os.getpid(), signal.SIGSTOP)
                 window = side()
                 os.write(write, struct.pack(f"{len(window)}d", *window))
@@ -258,22 +252,30 @@ def interleaved(*sides, turn: float = 0.05) -> list[tuple[float, ...]]:
                 os._exit(code)
         os.close(write)
         pids.append(pid), pipes.append(read)
-    for pid in pids:
-        os.waitpid(pid, os.WUNTRACED)  # each stopped, ready
     turns = [[] for _ in sides]
     running = list(range(len(sides)))
-    while running:
-        for i in list(running):
-            begin = time.perf_counter()
-            os.kill(pids[i], signal.SIGCONT)
-            time.sleep(turn)
-            os.kill(pids[i], signal.SIGSTOP)  # an ended child stays a zombie until waited for: no error here
-            _, status = os.waitpid(pids[i], os.WUNTRACED)  # stopped, or ended in its turn
-            turns[i].append((begin, time.perf_counter()))
-            if not os.WIFSTOPPED(status):
-                running.remove(i)
-                if os.waitstatus_to_exitcode(status) != 0:
-                    raise RuntimeError(f"bench side {i} failed (its traceback is above)")
+    try:
+        for pid in pids:
+            os.waitpid(pid, os.WUNTRACED)  # each stopped, ready
+        while running:
+            for i in list(running):
+                begin = time.perf_counter()
+                os.killpg(pids[i], signal.SIGCONT)
+                time.sleep(turn)
+                os.killpg(pids[i], signal.SIGSTOP)  # an ended child stays a zombie until waited for: no error
+                _, status = os.waitpid(pids[i], os.WUNTRACED)  # stopped, or ended in its turn
+                turns[i].append((begin, time.perf_counter()))
+                if not os.WIFSTOPPED(status):
+                    running.remove(i)
+                    with contextlib.suppress(ProcessLookupError):  # what it left behind (idle workers) goes on
+                        os.killpg(pids[i], signal.SIGCONT)
+                    if os.waitstatus_to_exitcode(status) != 0:
+                        raise RuntimeError(f"bench side {i} failed (its traceback is above)")
+    finally:  # on an error or Ctrl+C, no side is left stopped
+        for i in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pids[i], signal.SIGKILL)
+            os.waitpid(pids[i], 0)
     results = []
     for read, own in zip(pipes, turns):
         with os.fdopen(read, "rb") as pipe:
@@ -460,28 +462,32 @@ def first_step_time(run_dir: Path) -> float:
 
 
 def bench_startup(sizes: Sizes, report: Report) -> None:
-    def bare_import() -> float:
-        return launch([sys.executable, "-c", "import lightning.pytorch"])[0]
+    def bare_import() -> tuple[float, float]:
+        start = time.perf_counter()
+        launch([sys.executable, "-c", "import lightning.pytorch"])
+        return start, time.perf_counter()
 
-    def to_first_step() -> float:
+    def to_first_step() -> tuple[float, float]:
         with tempfile.TemporaryDirectory() as tmp:
-            start = time.time()
+            start, offset = time.perf_counter(), time.perf_counter() - time.time()  # event files hold time.time()
             launch([sys.executable, str(TRAIN), f"hydra.run.dir={tmp}", "trainer.max_steps=1", "logging.every_n_steps=1"])
-            return first_step_time(Path(tmp)) - start
+            return start, first_step_time(Path(tmp)) + offset
 
-    say(f"startup: {sizes.startup_rounds} rounds of a bare import and scripts/train.py to its first step")
-    bare, train = alternate(bare_import, to_first_step, rounds=sizes.startup_rounds)
-    extra = min(train) - min(bare)
+    rounds = sizes.startup_rounds
+    say(f"startup: {rounds} rounds of a bare import and scripts/train.py to its first step, interleaved")
+    bare, train = rounds_of(bare_import, to_first_step, rounds=rounds)
+    extra = statistics.median(t[0] - b[0] for b, t in zip(bare, train))
     report.target("start-up: scripts/train.py to first step, minus bare import", f"{extra:+.2f} s", "<= +1.5 s", extra <= 1.5)
     report.details.append(
         "### 3. Start-up\n\n"
-        f"{sizes.startup_rounds} alternated rounds; the difference is between each side's fastest. First step: the earliest training-step scalar in the "
-        "run's event file (written with `logging.every_n_steps=1`), against the launch time.\n\n"
+        f"{rounds} rounds, the two commands of a round interleaved as in section 1; medians of the rounds. First "
+        "step: the earliest training-step scalar in the run's event file (written with `logging.every_n_steps=1`), "
+        "against the launch time.\n\n"
         + table(
-            ["", "wall s (best)", "wall s (median)"],
-            [seconds_row('`python -c "import lightning.pytorch"`', bare),
-             seconds_row("`python scripts/train.py` to its first training step", train),
-             ("difference", f"{extra:.2f}", "")],
+            ["", "seconds"],
+            [('`python -c "import lightning.pytorch"`', f"{statistics.median(b[0] for b in bare):.2f}"),
+             ("`python scripts/train.py` to its first training step", f"{statistics.median(t[0] for t in train):.2f}"),
+             ("difference (median of the rounds')", f"{extra:+.2f}")],
         )  # fmt: skip
     )
 
@@ -553,8 +559,9 @@ def joblib_available() -> bool:
 
 
 def usage(runs: list[tuple[float, float]]) -> tuple[str, str, str]:
-    best = min(runs)  # the fastest round: (wall, CPU)
-    return f"{best[0]:.1f}", f"{statistics.median(r[0] for r in runs):.1f}", f"{best[1]:.1f}", f"{best[1] / best[0]:.2f}"
+    """Median seconds, median CPU seconds, and cores used (CPU s / s) of (seconds, CPU seconds) rounds."""
+    seconds, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    return f"{seconds:.1f}", f"{cpu:.1f}", f"{cpu / seconds:.2f}"
 
 
 def bench_sweep(sizes: Sizes, report: Report) -> None:
@@ -566,37 +573,37 @@ def bench_sweep(sizes: Sizes, report: Report) -> None:
     for steps in sizes.sweep_steps:
         common = ["-m", "seed=0,1", "logging=off", "trainer.stop_at=null", f"trainer.max_steps={steps}"]
 
-        def sweep(launcher: list[str]) -> tuple[float, float]:
+        def sweep(launcher: list[str]) -> tuple[float, float, float]:
+            start = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
-                return launch([sys.executable, str(TRAIN), *common, *launcher, f"hydra.sweep.dir={tmp}"])
+                _, cpu = launch([sys.executable, str(TRAIN), *common, *launcher, f"hydra.sweep.dir={tmp}"])
+            return start, time.perf_counter(), cpu
 
-        say(f"sweep: {sizes.sweep_rounds} rounds of 2 jobs x {steps} steps, basic and joblib alternated")
-        basic, joblib = alternate(
+        say(f"sweep: {sizes.sweep_rounds} rounds of 2 jobs x {steps} steps, basic and joblib interleaved")
+        basic, joblib = rounds_of(
             lambda: sweep([]), lambda: sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
             rounds=sizes.sweep_rounds,
         )
-        speedup = min(basic)[0] / min(joblib)[0]
+        speedup = statistics.median(b[0] / j[0] for b, j in zip(basic, joblib))
         report.target(
             f"2 jobs of {steps} steps: joblib launcher / basic launcher, throughput", f"{speedup:.2f}x", ">= 1.6x",
             speedup >= 1.6,
         )
         rows += [
             (steps, "basic (jobs one after another)", *usage(basic)), (steps, "joblib, 2 workers", *usage(joblib)),
-            (steps, "**throughput ratio** (basic wall / joblib wall)", f"**{speedup:.2f}x**", "", "", ""),
+            (steps, "**throughput ratio** (basic s / joblib s)", f"**{speedup:.2f}x**",
+             "rounds: " + ", ".join(f"{b[0] / j[0]:.2f}" for b, j in zip(basic, joblib)), ""),
         ]  # fmt: skip
     report.details.append(
         "### 5. Sweep throughput\n\n"
         "`python scripts/train.py -m seed=0,1 logging=off trainer.stop_at=null trainer.max_steps=STEPS`, whole "
-        "command, with the basic launcher and with `hydra/launcher=joblib hydra.launcher.n_jobs=2`; best of "
-        f"{sizes.sweep_rounds} alternated rounds. CPU s: what the command and its processes used; CPU s / wall s is "
-        "how many cores the sweep actually got (2 jobs side by side can use 2 only where 2 are free). Both launchers "
-        "import torch and Lightning once in wall time (the basic one in its process, joblib in its 2 workers side "
-        "by side), so the ratio is (start + import + 2 jobs) / (start + import + 1 job): it nears 2 as jobs get "
-        "longer than the ~5 s of start-up.\n\n"
-        + table(
-            ["steps per job", "launcher", "wall s (best)", "wall s (median)", "CPU s (best round)", "cores used (CPU s / wall s)"],
-            rows,
-        )
+        "command, with the basic launcher and with `hydra/launcher=joblib hydra.launcher.n_jobs=2`; "
+        f"{sizes.sweep_rounds} rounds, the two commands of a round interleaved as in section 1 (each with its "
+        "workers), medians of the rounds. CPU s: what the command and its processes used; CPU s / s is how many "
+        "cores the sweep actually got. Both launchers import torch and Lightning once in wall time (the basic one "
+        "in its process, joblib in its 2 workers side by side), so the ratio is (start + import + 2 jobs) / "
+        "(start + import + 1 job): it nears 2 as jobs get longer than the ~5 s of start-up.\n\n"
+        + table(["steps per job", "launcher", "seconds", "CPU s", "cores used (CPU s / s)"], rows)
     )
 
 

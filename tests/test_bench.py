@@ -2,9 +2,13 @@
 figures of a --quick run mean nothing; only that every section ran and reported is checked."""
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
+import time
+
+import pytest
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -28,7 +32,7 @@ def test_quick_bench_writes_report_and_readme_section(tmp_path):
         assert heading in report
     assert "### 3." not in report and "### 5." not in report  # sections not asked for do not run
     # Every loop row has positive rates and ratios; the attention check found the paths equal.
-    ratios = re.findall(r"\| (\d+\.\d+)x \| (\d+\.\d+)x \|\n", report)
+    ratios = re.findall(r"\| (\d+\.\d+)x \| (\d+\.\d+)x \| [\d., ]+ \|\n", report)  # wall, CPU; each round
     assert len(ratios) == 2 and all(float(r) > 0 for pair in ratios for r in pair)
     assert "explicit and fused attention: same outputs and gradients | yes | equal | yes" in report
     assert re.search(r"default logging, share of a run's wall time \| -?\d+\.\d%", report)
@@ -40,13 +44,50 @@ def test_quick_bench_writes_report_and_readme_section(tmp_path):
     assert "Machine: " in text and "torch " in text
 
 
-def test_first_step_time_is_the_first_training_scalar(tiny_run):
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def spin(cpu_seconds: float):
+    """A side that computes for cpu_seconds of its own CPU time; its window is also passed on as `more`."""
+
+    def side():
+        start, cpu = time.perf_counter(), time.process_time()
+        while time.process_time() - cpu < cpu_seconds:
+            pass
+        end = time.perf_counter()
+        return start, end, time.process_time() - cpu, start, end
+
+    return side
+
+
+def test_interleaved_sides_run_at_the_same_time_taking_turns(bench):
+    began = time.perf_counter()
+    (a, cpu_a, *window_a), (b, cpu_b, *window_b) = bench.interleaved(spin(0.3), spin(0.3), turn=0.02)
+    elapsed = time.perf_counter() - began
+    assert max(window_a[0], window_b[0]) < min(window_a[1], window_b[1])  # their windows overlap...
+    assert a + b <= elapsed  # ...but only one ran at a time
+    assert a >= 0.95 * cpu_a and b >= 0.95 * cpu_b  # each counted at least the time it computed (one thread)
+    assert a < window_a[1] - window_a[0] and b < window_b[1] - window_b[0]  # and not the other's turns
+
+
+def test_interleaved_raises_when_a_side_fails_and_leaves_no_side_behind(bench):
+    def fails():
+        raise ValueError("side failed")
+
+    with pytest.raises(RuntimeError, match="bench side 1 failed"):
+        bench.interleaved(spin(0.1), fails, turn=0.02)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # every side's process has been waited for
+
+
+def test_first_step_time_is_the_first_training_scalar(tiny_run, bench):
     """The start-up section's clock stop: the earliest lr-/train/ scalar of a run, after the run's first event
     (the config text, written before training) and no later than the first train/loss."""
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-
     first_step = bench.first_step_time(tiny_run)
     events = EventAccumulator(str(tiny_run)).Reload()
     assert first_step <= events.Scalars("train/loss")[0].wall_time
