@@ -56,4 +56,4 @@ class FinalCheckpoint(L.Callback):
         self.path = Path(path)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)  # on every rank: Lightning writes from rank 0 only
+        trainer.save_checkpoint(self.path, weights_only=False)  # on every rank: Lightning writes from rank 0 only

@@ -122,7 +122,9 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         saved = resume.load_checkpoint(last)["global_step"] if last.is_file() else None
         raise Interrupted(stopper.signum, trainer.global_step, saved) from None
     if trainer.world_size == 1:
-        trainer.save_checkpoint(run_dir / resume.CHECKPOINT)  # the weights training ended with, whatever the step
+        # The weights training ended with, whatever the step, with the optimiser and loop state to resume from
+        # (weights_only=False, said: Lightning logs a line when left to default to it).
+        trainer.save_checkpoint(run_dir / resume.CHECKPOINT, weights_only=False)
     else:
         # ddp_spawn: rank 0 saved the final checkpoint (ranks.FinalCheckpoint); this process got the weights back
         # but not the loop state: take the step from that checkpoint, for the final validation and HParams.
