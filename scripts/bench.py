@@ -64,8 +64,8 @@ LARGER = ["model.dim=128", "model.heads=4", "model.layers=2", "data.seq_len=16"]
 class Sizes:
     """How long each section runs. --quick shrinks everything to check the script, not to measure."""
 
-    rounds: int = 5  # alternated rounds per comparison
-    loop_steps: int = 400
+    rounds: int = 7  # rounds per comparison (3 for the slow ones: the larger model, threads)
+    loop_steps: int = 600
     loop_steps_larger: int = 60
     warmup_steps: int = 20  # steps not timed at the start of every run
     # 15 rounds of 600-step runs (~3 s each): even interleaved, a round's share varies by a few % on this shared
