@@ -52,6 +52,7 @@ def test_background_frames_show_the_values_as_they_were_when_logged(tmp_path):
     background.submit(gate.wait)  # the writer thread is busy until the gate opens
     weights = torch.zeros(2, 2)
     background.add_image("tag", viz.attention_image, weights, 0)
+    background.send()
     weights += 1  # training updates the weights in place while the frame waits its turn
     gate.set()
     background.close()

@@ -62,10 +62,12 @@ class BackgroundWriter:
 
     Drawing and encoding a frame's images was most of what the default logging cost the training loop (issue 5);
     on a thread, that work overlaps the training steps that follow (torch and PIL release the GIL in their
-    kernels). A failed write is raised at the next frame or at close(), not lost."""
+    kernels). A frame's writes are collected and handed over together (send): the thread starts on them once the
+    training thread has gone back to training, instead of taking the GIL from it at each image of the frame. A
+    failed write is raised at the next frame or at close(), not lost."""
 
     def __init__(self, writer):
-        self.writer, self.thread, self.pending = writer, ThreadPoolExecutor(max_workers=1), []
+        self.writer, self.thread, self.pending, self.frame = writer, ThreadPoolExecutor(max_workers=1), [], []
 
     def submit(self, method, *args) -> None:
         for done in [f for f in self.pending if f.done()]:
@@ -77,13 +79,20 @@ class BackgroundWriter:
         """draw(values) -> a PIL image (viz.attention_image, say), drawn on the thread from a copy of values:
         training goes on updating the weights in place while the image waits its turn."""
         values = values.detach().cpu().clone()
-        self.submit(lambda: write_image(self.writer, tag, draw(values), step))
+        self.frame.append(lambda: write_image(self.writer, tag, draw(values), step))
 
     def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        # A copy, as in add_image.
-        self.submit(self.writer.add_histogram, tag, values.detach().cpu().clone(), step, HISTOGRAM_BINS)
+        values = values.detach().cpu().clone()  # a copy, as in add_image
+        self.frame.append(lambda: self.writer.add_histogram(tag, values, step, HISTOGRAM_BINS))
+
+    def send(self) -> None:
+        """Hands the writes added since the last send to the thread."""
+        writes, self.frame = self.frame, []
+        self.submit(lambda: [write() for write in writes])
 
     def close(self) -> None:
+        if self.frame:
+            self.send()
         self.thread.shutdown(wait=True)
         pending, self.pending = self.pending, []
         for future in pending:
@@ -168,3 +177,4 @@ class AttentionImages(L.Callback):
                 writer.add_image(tags.weight(layer, name), weight_image, matrix, step)
                 if self.histograms:
                     writer.add_histogram(tags.weight_histogram(layer, name), matrix, step)
+        writer.send()
