@@ -68,10 +68,10 @@ class Sizes:
     loop_steps: int = 600
     loop_steps_larger: int = 60
     warmup_steps: int = 20  # steps not timed at the start of every run
-    # 15 rounds of 600-step runs (~3 s each): even interleaved, a round's share varies by a few % on this shared
+    # 20 rounds of 600-step runs (~3 s each): even interleaved, a round's share varies by a few % on this shared
     # machine, so the median of many rounds, with their spread beside it.
     logging_steps: int = 600
-    logging_rounds: int = 15
+    logging_rounds: int = 20
     startup_rounds: int = 3
     attention_dims: tuple = (64, 128, 256, 512)
     attention_lengths: tuple = (16, 64, 256, 1024)
