@@ -4,6 +4,7 @@ figures of a --quick run mean nothing; only that every section ran and reported 
 import importlib.util
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -52,6 +53,9 @@ def bench():
     return module
 
 
+SPIN = "import time\ncpu = time.process_time()\nwhile time.process_time() - cpu < {seconds}: pass"
+
+
 def spin(cpu_seconds: float):
     """A side that computes for cpu_seconds of its own CPU time; its window is also passed on as `more`."""
 
@@ -73,6 +77,18 @@ def test_interleaved_sides_run_at_the_same_time_taking_turns(bench):
     assert a + b <= elapsed  # ...but only one ran at a time
     assert a >= 0.95 * cpu_a and b >= 0.95 * cpu_b  # each counted at least the time it computed (one thread)
     assert a < window_a[1] - window_a[0] and b < window_b[1] - window_b[0]  # and not the other's turns
+
+
+def test_interleaved_stops_a_side_with_the_processes_it_started(bench):
+    def spin_in_a_subprocess():  # as the sweep section's sides do: the work is done by a command it runs
+        start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", SPIN.format(seconds=0.3)], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return start, time.perf_counter(), (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+    (a, cpu_a), (b, _, *_) = bench.interleaved(spin_in_a_subprocess, spin(0.3), turn=0.02)
+    # Had the subprocess gone on running in the other side's turns, its CPU time would exceed its side's time.
+    assert a >= 0.95 * cpu_a >= 0.95 * 0.3
 
 
 def test_interleaved_raises_when_a_side_fails_and_leaves_no_side_behind(bench):
