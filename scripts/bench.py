@@ -28,11 +28,11 @@ import io
 import os
 import platform
 import resource
+import signal
 import statistics
+import struct
 import subprocess
 import sys
-import signal
-import struct
 import tempfile
 import time
 import traceback
@@ -233,7 +233,8 @@ def interleaved(*sides, turn: float = 0.05) -> list[tuple[float, ...]]:
     all processes). The result, per side: (its running seconds inside its window, counting its own turns only,
     *more). Values in `more` must be measured by the side itself on clocks that stop with it (CPU time)."""
     pids, pipes = [], []
-    sys.stdout.flush(), sys.stderr.flush()  # not written twice, by parent and child
+    sys.stdout.flush()  # buffered output is not written twice, by parent and child
+    sys.stderr.flush()
     for side in sides:
         read, write = os.pipe()
         pid = os.fork()
@@ -251,7 +252,8 @@ def interleaved(*sides, turn: float = 0.05) -> list[tuple[float, ...]]:
             finally:
                 os._exit(code)
         os.close(write)
-        pids.append(pid), pipes.append(read)
+        pids.append(pid)
+        pipes.append(read)
     turns = [[] for _ in sides]
     running = list(range(len(sides)))
     try:
@@ -429,19 +431,20 @@ def bench_logging(sizes: Sizes, report: Report) -> None:
 # 3. start-up
 
 
-def launch(command: list[str]) -> tuple[float, float]:
-    """Runs a command to its end: (wall seconds, CPU seconds of it and the processes it waited for). Output goes
-    to a file, not a pipe: a pipe would also wait for processes it leaves behind (joblib's idle workers)."""
+def launch(command: list[str]) -> tuple[float, float, float]:
+    """Runs a command to its end: the window (start, end) on time.perf_counter, and the CPU seconds of it and the
+    processes it waited for. Output goes to a file, not a pipe: a pipe would also wait for processes it leaves
+    behind (joblib's idle workers)."""
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile("w+") as log:
-        start = time.time()
+        start = time.perf_counter()
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        wall = time.time() - start
+        end = time.perf_counter()
         if done.returncode:
             log.seek(0)
             raise SystemExit(f"error: {' '.join(command)} failed:\n{log.read()[-3000:]}")
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    return start, end, (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
 
 
 def first_step_time(run_dir: Path) -> float:
@@ -462,15 +465,15 @@ def first_step_time(run_dir: Path) -> float:
 
 
 def bench_startup(sizes: Sizes, report: Report) -> None:
-    def bare_import() -> tuple[float, float]:
-        start = time.perf_counter()
-        launch([sys.executable, "-c", "import lightning.pytorch"])
-        return start, time.perf_counter()
+    def bare_import() -> tuple[float, float, float]:
+        return launch([sys.executable, "-c", "import lightning.pytorch"])
 
     def to_first_step() -> tuple[float, float]:
         with tempfile.TemporaryDirectory() as tmp:
-            start, offset = time.perf_counter(), time.perf_counter() - time.time()  # event files hold time.time()
-            launch([sys.executable, str(TRAIN), f"hydra.run.dir={tmp}", "trainer.max_steps=1", "logging.every_n_steps=1"])
+            offset = time.perf_counter() - time.time()  # event files hold time.time()
+            start, _, _ = launch(
+                [sys.executable, str(TRAIN), f"hydra.run.dir={tmp}", "trainer.max_steps=1", "logging.every_n_steps=1"]
+            )
             return start, first_step_time(Path(tmp)) + offset
 
     rounds = sizes.startup_rounds
@@ -574,10 +577,8 @@ def bench_sweep(sizes: Sizes, report: Report) -> None:
         common = ["-m", "seed=0,1", "logging=off", "trainer.stop_at=null", f"trainer.max_steps={steps}"]
 
         def sweep(launcher: list[str]) -> tuple[float, float, float]:
-            start = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
-                _, cpu = launch([sys.executable, str(TRAIN), *common, *launcher, f"hydra.sweep.dir={tmp}"])
-            return start, time.perf_counter(), cpu
+                return launch([sys.executable, str(TRAIN), *common, *launcher, f"hydra.sweep.dir={tmp}"])
 
         say(f"sweep: {sizes.sweep_rounds} rounds of 2 jobs x {steps} steps, basic and joblib interleaved")
         basic, joblib = rounds_of(
@@ -620,7 +621,8 @@ def bench_solve(sizes: Sizes, report: Report) -> None:
     say("solve: the default config until val/seq_acc >= 0.99")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.time()
-        total = launch([sys.executable, str(TRAIN), f"hydra.run.dir={tmp}"])[0]
+        launched, ended, _ = launch([sys.executable, str(TRAIN), f"hydra.run.dir={tmp}"])
+        total = ended - launched
         first = first_step_time(Path(tmp))
         solved = None
         for events in Path(tmp).rglob("events.out.tfevents.*"):

@@ -85,7 +85,7 @@ def test_last_weight_frame_shows_the_final_weights_one_pixel_per_entry(events, r
         last = events.Images(tags.weight(0, name))[-1]
         assert last.step == checkpoint["global_step"]
         weights = checkpoint["state_dict"][f"model.blocks.0.attention.{name}"]
-        expected = np.array(viz.weight_image(weights, 4 / 32**0.5).convert("RGB"))  # model.dim=32, default scale
+        expected = np.array(viz.weight_image(weights, viz.default_weight_scale(32)).convert("RGB"))  # model.dim=32
         pixels = np.array(Image.open(io.BytesIO(last.encoded_image_string)).convert("RGB"))
         assert pixels.shape == (*weights.shape, 3)
         assert (pixels == expected).all(), name

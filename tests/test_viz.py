@@ -14,17 +14,25 @@ from attnlab import viz
 from attnlab.callbacks import BackgroundWriter, write_image
 
 
+def read_back(logdir) -> np.ndarray:
+    """What TensorBoard reads back: the one image of "tag" in the event file, decoded to RGB pixels [rows, cols, 3]."""
+    (event,) = EventAccumulator(str(logdir)).Reload().Images("tag")
+    pixels = np.array(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+    assert (event.height, event.width) == pixels.shape[:2]
+    return pixels
+
+
 @pytest.fixture
 def decoded(tmp_path):
-    """What TensorBoard reads back: the image written to an event file, decoded to RGB pixels."""
+    """An image written by write_image, as TensorBoard reads it back."""
 
     def decode(image: Image.Image) -> np.ndarray:
         writer = SummaryWriter(tmp_path)
         write_image(writer, "tag", image, 0)
         writer.close()
-        (event,) = EventAccumulator(str(tmp_path)).Reload().Images("tag")
-        assert (event.width, event.height) == image.size
-        return np.array(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+        pixels = read_back(tmp_path)
+        assert pixels.shape[:2] == (image.height, image.width)
+        return pixels
 
     return decode
 
@@ -57,6 +65,4 @@ def test_background_frames_show_the_values_as_they_were_when_logged(tmp_path):
     gate.set()
     background.close()
     writer.close()
-    (event,) = EventAccumulator(str(tmp_path)).Reload().Images("tag")
-    pixels = np.array(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
-    assert (pixels == viz.colormap("viridis").numpy()[0]).all()  # zeros, not ones
+    assert (read_back(tmp_path) == viz.colormap("viridis").numpy()[0]).all()  # zeros, not ones

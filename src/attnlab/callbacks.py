@@ -69,11 +69,12 @@ class BackgroundWriter:
     def __init__(self, writer):
         self.writer, self.thread, self.pending, self.frame = writer, ThreadPoolExecutor(max_workers=1), [], []
 
-    def submit(self, method, *args) -> None:
+    def submit(self, work) -> None:
+        """work() on the thread, after what was submitted before."""
         for done in [f for f in self.pending if f.done()]:
             self.pending.remove(done)
             done.result()  # raises what the write raised
-        self.pending.append(self.thread.submit(method, *args))
+        self.pending.append(self.thread.submit(work))
 
     def add_image(self, tag: str, draw, values: torch.Tensor, step: int) -> None:
         """draw(values) -> a PIL image (viz.attention_image, say), drawn on the thread from a copy of values:

@@ -1,7 +1,6 @@
 """run(cfg, run_dir): build everything from the composed config, train, and leave a complete run directory."""
 
 import json
-import math
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -9,7 +8,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import config, resume, tags
+from attnlab import config, resume, tags, viz
 from attnlab.alignment_callback import AlignmentScalars
 from attnlab.callbacks import AttentionImages
 from attnlab.data import TaskDataModule
@@ -72,7 +71,7 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         StopOnDivergence(cfg.logging.every_n_steps, cfg.trainer.val_every_n_steps, hint),
     ]
     if cfg.logging.images_every_n_steps:
-        scale = cfg.logging.weight_scale or 4 / math.sqrt(cfg.model.dim)
+        scale = cfg.logging.weight_scale or viz.default_weight_scale(cfg.model.dim)
         probe = data.probe()
         targets = [task.target_attention(probe[0], layer) for layer in range(cfg.model.layers)]
         callbacks.append(

@@ -1,5 +1,6 @@
 """Tensors -> heatmap images by colormap lookup: no matplotlib figure is drawn, so logging stays cheap."""
 
+import math
 from functools import lru_cache
 
 import torch
@@ -16,12 +17,6 @@ def colormap(name: str) -> Tensor:
     return torch.from_numpy(table * 255).round().to(torch.uint8)
 
 
-@lru_cache(maxsize=None)
-def palette(name: str) -> bytes:
-    """The colormap as a PNG palette: 256 RGB triples."""
-    return colormap(name).numpy().tobytes()
-
-
 def heatmap(values: Tensor, vmin: float, vmax: float, cmap: str) -> Image.Image:
     """[rows, cols] -> a palette image, one pixel per value: each pixel holds the index of its colour in the
     colormap's 256, so the PNG is one byte per pixel, not three (issue 5). Not scaled up: TensorBoard draws images
@@ -31,13 +26,18 @@ def heatmap(values: Tensor, vmin: float, vmax: float, cmap: str) -> Image.Image:
     values = values.detach().float().cpu()
     index = ((values - vmin) / (vmax - vmin) * 255).round().clamp(0, 255).to(torch.uint8)  # [rows, cols]
     image = Image.fromarray(index.numpy(), mode="L")
-    image.putpalette(palette(cmap))  # mode "L" -> "P"
+    image.putpalette(colormap(cmap).numpy().tobytes())  # 256 RGB triples; mode "L" -> "P"
     return image
 
 
 def attention_image(weights: Tensor) -> Image.Image:
     """Attention weights [query, key] in [0, 1]: rows are queries, columns keys."""
     return heatmap(weights, 0.0, 1.0, "viridis")
+
+
+def default_weight_scale(dim: int) -> float:
+    """logging.weight_scale when null: 4/sqrt(model.dim), one colour scale for every frame of a run."""
+    return 4 / math.sqrt(dim)
 
 
 def weight_image(matrix: Tensor, scale: float) -> Image.Image:
