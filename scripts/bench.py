@@ -79,6 +79,7 @@ class Sizes:
     attention_tokens: int = 2048  # batch = tokens // seq_len
     attention_repeats: int = 3
     sweep_jobs: tuple = ((8, 1000), (2, 1000))  # (jobs, steps per job) of each sweep compared
+    scaling_iterations: int = 40000  # the machine's own 2-process scaling (~14 s in one process)
     sweep_rounds: int = 3
     threads_steps: int = 100
     solve: bool = True
@@ -87,7 +88,7 @@ class Sizes:
 QUICK = Sizes(
     rounds=1, loop_steps=12, loop_steps_larger=8, warmup_steps=2, threads_steps=6, logging_steps=12, logging_rounds=1, startup_rounds=1,
     attention_dims=(64,), attention_lengths=(16, 32), attention_tokens=64, attention_repeats=1,
-    sweep_jobs=((3, 2),), sweep_rounds=1, solve=False,
+    sweep_jobs=((3, 2),), scaling_iterations=200, sweep_rounds=1, solve=False,
 )  # fmt: skip
 
 
@@ -568,12 +569,48 @@ def usage(runs: list[tuple[float, float]]) -> tuple[str, str, str]:
     return f"{seconds:.1f}", f"{cpu:.1f}", f"{cpu / seconds:.2f}"
 
 
+# The machine's own scaling, for comparison: the same single-thread torch work in one process, and split over two
+# processes side by side. Both cores busy at once do less per core than one alone here (a VM's cores share more
+# than they seem to), which bounds any parallel launcher.
+TORCH_WORK = """
+import sys, time, torch
+torch.set_num_threads(1)
+x, w = torch.randn(128, 128), torch.randn(128, 128, requires_grad=True)
+start, cpu = time.perf_counter(), time.process_time()
+for _ in range(int(sys.argv[1])):
+    (x @ w).tanh().sum().backward()
+print(start, time.perf_counter(), time.process_time() - cpu)
+"""
+
+
+def torch_work(processes: int, iterations: int) -> tuple[float, float, float]:
+    """`iterations` of TORCH_WORK split over `processes` processes at once: the window from the first one's start
+    to the last one's end, and their CPU seconds, both after the import of torch."""
+    command = [sys.executable, "-c", TORCH_WORK, str(iterations // processes)]
+    running = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    windows = [tuple(map(float, p.communicate()[0].split())) for p in running]
+    if any(p.returncode for p in running):
+        raise SystemExit("error: the torch work of the scaling reference failed")
+    return min(w[0] for w in windows), max(w[1] for w in windows), sum(w[2] for w in windows)
+
+
 def bench_sweep(sizes: Sizes, report: Report) -> None:
     if not joblib_available():
         report.notes.append("Sweep throughput skipped: hydra-joblib-launcher is not installed.")
         report.target("sweep: joblib launcher (n_jobs=2) / basic launcher, throughput", "skipped", ">= 1.6x", None)
         return
-    rows = []
+    say(f"sweep: {sizes.sweep_rounds} rounds of torch work in 1 process and split over 2, interleaved")
+    one, two = rounds_of(
+        lambda: torch_work(1, sizes.scaling_iterations), lambda: torch_work(2, sizes.scaling_iterations),
+        rounds=sizes.sweep_rounds,
+    )
+    scaling = statistics.median(o[0] / t[0] for o, t in zip(one, two))
+    report.target("the machine: the same torch work split over 2 processes / in 1, throughput (a bound for parallel launchers)", f"{scaling:.2f}x", "-", None)
+    rows = [
+        ("-", "-", "reference: torch work in 1 process", *usage(one)), ("-", "-", "the same split over 2 processes", *usage(two)),
+        ("-", "-", "**the machine's own scaling** (1 process s / 2 processes s)", f"**{scaling:.2f}x**",
+         "rounds: " + ", ".join(f"{o[0] / t[0]:.2f}" for o, t in zip(one, two)), ""),
+    ]  # fmt: skip
     for jobs, steps in sizes.sweep_jobs:
         common = ["-m", f"seed=range(0,{jobs})", "logging=off", "trainer.stop_at=null", f"trainer.max_steps={steps}"]
 
@@ -610,7 +647,9 @@ def bench_sweep(sizes: Sizes, report: Report) -> None:
         "cores the sweep actually got. Each launcher's process (basic) or worker (joblib) imports torch and "
         "Lightning once, then runs job after job. So with as many jobs as workers the ratio is at most (start + "
         "import + 2 jobs) / (start + import + 1 job), ~1.5 for jobs of 1000 steps (~5 s each, ~5 s of start-up); "
-        "with more jobs the start-up is paid once for all of them and the ratio nears 2.\n\n"
+        "with more jobs the start-up is paid once for all of them, and the ratio nears what the machine itself gives "
+        "two processes at once: the reference rows, single-thread torch work (a 128x128 matmul, tanh and backward, "
+        "repeated) in one process and split over two. Here both cores busy do less each than one alone.\n\n"
         + table(["jobs", "steps per job", "launcher", "seconds", "CPU s", "cores used (CPU s / s)"], rows)
     )
 
