@@ -13,7 +13,7 @@ into README.md between the bench markers):
               8 jobs (throughput), and 2 (as many jobs as workers: start-up bound)
 6. solve      the default config (a user's `python scripts/train.py`) until val/seq_acc >= 0.99
 
-    python scripts/bench.py                    # everything (~10 min on 2 CPU cores); writes docs/bench.md, README
+    python scripts/bench.py                    # everything (~15 min on 2 CPU cores); writes docs/bench.md, README
     python scripts/bench.py --sections loop,startup
     python scripts/bench.py --quick --out /tmp/bench.md --readme none   # tiny sizes: checks the script runs
 
