@@ -29,6 +29,7 @@ def run_dir(tmp_path_factory) -> Path:
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "deprecated" not in result.stderr  # nothing a user cannot act on (Lightning's LeafSpec warning)
     assert f"Run saved in {out}" in result.stdout and f"tensorboard --logdir {out}" in result.stdout
     return out
 

@@ -1,6 +1,7 @@
 """run(cfg, run_dir): build everything from the composed config, train, and leave a complete run directory."""
 
 import json
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -19,6 +20,12 @@ from attnlab.ranks import FinalCheckpoint, RankRecord
 from attnlab.tasks import make_task
 
 METRICS_FILE = "metrics.json"
+
+# Lightning's CombinedLoader (around every dataloader) builds torch's LeafSpec, which torch 2.13 deprecates: a
+# FutureWarning on every run that a user can do nothing about. Only that warning, only from there.
+warnings.filterwarnings(
+    "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"
+)
 
 
 def build(cfg: DictConfig):
