@@ -605,9 +605,13 @@ def bench_sweep(sizes: Sizes, report: Report) -> None:
         rounds=sizes.sweep_rounds,
     )
     scaling = statistics.median(o[0] / t[0] for o, t in zip(one, two))
-    report.target("the machine: the same torch work split over 2 processes / in 1, throughput (a bound for parallel launchers)", f"{scaling:.2f}x", "-", None)
+    report.target(
+        "the machine: the same torch work split over 2 processes / in 1, throughput (a bound for parallel launchers)",
+        f"{scaling:.2f}x", "-", None,
+    )
     rows = [
-        ("-", "-", "reference: torch work in 1 process", *usage(one)), ("-", "-", "the same split over 2 processes", *usage(two)),
+        ("-", "-", "reference: torch work in 1 process", *usage(one)),
+        ("-", "-", "the same split over 2 processes", *usage(two)),
         ("-", "-", "**the machine's own scaling** (1 process s / 2 processes s)", f"**{scaling:.2f}x**",
          "rounds: " + ", ".join(f"{o[0] / t[0]:.2f}" for o, t in zip(one, two)), ""),
     ]  # fmt: skip
