@@ -1,5 +1,5 @@
 """How fast is attnlab? Measures, side by side in one run, and writes one report (docs/bench.md, and the summary
-into README.md between the bench markers):
+into docs/performance.md between the bench markers):
 
 1. loop       framework (train.run, logging off) vs a hand-written PyTorch loop: steps/s, same model, batches,
               optimiser and device, at the default size and a larger one
@@ -13,7 +13,7 @@ into README.md between the bench markers):
               8 jobs (throughput), and 2 (as many jobs as workers: start-up bound)
 6. solve      the default config (a user's `python scripts/train.py`) until val/seq_acc >= 0.99
 
-    python scripts/bench.py                    # everything (~15 min on 2 CPU cores); writes docs/bench.md, README
+    python scripts/bench.py                    # everything (~15 min on 2 CPU cores); writes docs/bench.md, performance.md
     python scripts/bench.py --sections loop,startup
     python scripts/bench.py --quick --out /tmp/bench.md --readme none   # tiny sizes: checks the script runs
 
@@ -713,7 +713,7 @@ def machine() -> str:
 
 
 def render(report: Report, sections: list[str], quick: bool, load: tuple[float, float], command: str) -> tuple[str, str]:
-    """(the full report for docs/bench.md, the summary for README.md)"""
+    """(the full report for docs/bench.md, the summary for docs/performance.md)"""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     head = (
         f"Measured {when} with `{command}`{' (QUICK: tiny sizes, not a measurement)' if quick else ''}.\n\n"
@@ -740,13 +740,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs (figures are meaningless)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench.md"), help="where the full report goes")
-    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose bench section is replaced; 'none' to leave it")
+    parser.add_argument("--readme", default=str(ROOT / "docs" / "performance.md"), help="the page whose bench section is replaced; 'none' to leave it")
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         parser.error(f"--sections: unknown {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
-    if args.quick and args.readme != "none" and Path(args.readme).resolve() == (ROOT / "README.md"):
+    if args.quick and args.readme != "none" and Path(args.readme).resolve() == (ROOT / "docs" / "performance.md"):
         parser.error("--quick figures are meaningless: pass --readme none (or another file) with --quick")
 
     sizes = QUICK if args.quick else Sizes()

@@ -1,8 +1,8 @@
 """Run every recipe in conf/experiment/ (one `scripts/train.py +experiment=NAME` subprocess each, one after the
-other) and write the results table into README.md between the `experiments` marker comments.
+other) and write the results table into docs/tasks.md between the `experiments` marker comments.
 
-    python scripts/experiments.py                    # all recipes, table into README.md
-    python scripts/experiments.py --only copy,mqar   # some of them (README.md is left alone)
+    python scripts/experiments.py                    # all recipes, table into docs/tasks.md
+    python scripts/experiments.py --only copy,mqar   # some of them (docs/tasks.md is left alone)
     python scripts/experiments.py --no-readme        # print and save the table only
 
 Runs go to outputs/experiments/<date>_<time>/<recipe>/, with the table as results.md and results.json beside them.
@@ -29,7 +29,7 @@ from attnlab import tags
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "conf" / "experiment"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "tasks.md"  # the page whose table is replaced
 START, END = "<!-- experiments:start -->", "<!-- experiments:end -->"
 SOLVED = 0.99
 # The issue's targets on 2 CPU cores: seconds to solve each task (val/seq_acc, held-out accuracy for modular addition).
@@ -107,7 +107,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated recipe names (default: all in conf/experiment/)")
-    parser.add_argument("--no-readme", action="store_true", help="do not write the table into README.md")
+    parser.add_argument("--no-readme", action="store_true", help="do not write the table into docs/tasks.md")
     args = parser.parse_args()
     names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
     if args.only:
@@ -127,7 +127,7 @@ def main() -> None:
     if not args.no_readme and not args.only:
         readme = README.read_text()
         if START not in readme or END not in readme:
-            sys.exit(f"error: README.md has no {START} ... {END} markers to write the table between")
+            sys.exit(f"error: {README} has no {START} ... {END} markers to write the table between")
         head, rest = readme.split(START, 1)
         _, tail = rest.split(END, 1)
         README.write_text(f"{head}{START}\n{text}{END}{tail}")

@@ -1,18 +1,75 @@
-"""CI installs and tests exactly as the README tells a user to."""
+"""The README's two commands are what CI runs, and every relative link in the docs leads somewhere."""
 
+import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def ci_test_command() -> str:
+    """The line of .ci/run that runs the tests. Found by what it does rather than by being the only command, so
+    that setup lines (a system package for the screenshots, say) may come before it."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    commands = [line for line in lines if line.endswith("python -m pytest") and not line.startswith("#")]
+    assert len(commands) == 1, commands
+    return commands[0]
 
 
 def test_ci_runs_the_readme_test_command():
-    readme = (ROOT / "README.md").read_text().splitlines()
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd ", "rm "))]
-    assert len(ci) == 1, ci
-    assert ci[0] in readme
-    assert ci[0].endswith("python -m pytest") and "pip install -q torch==2.13.0" in ci[0]
+    command = ci_test_command()
+    assert command in (ROOT / "README.md").read_text().splitlines()  # word for word, a line of its own
+    assert command.startswith("python3 -m venv .venv") and "pip install -q torch==2.13.0" in command
 
 
-def test_readme_install_and_train_command_trains_the_default():
-    readme = (ROOT / "README.md").read_text().splitlines()
-    assert any(line.startswith("python3 -m venv .venv") and line.endswith("python scripts/train.py") for line in readme)
+def test_readme_install_and_train_command_installs_as_ci_does():
+    """Command 1 is command 2 with the plain install and a training run instead of the tests."""
+    train = ci_test_command().replace("-e '.[test]'", "-e .").replace("python -m pytest", "python scripts/train.py")
+    assert train in (ROOT / "README.md").read_text().splitlines(), train
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped (backticks too), spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def prose(text: str) -> str:
+    """The text without code: fenced blocks, indented blocks and inline spans (`[dim, d_head]` is no link)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    text = re.sub(r"^    .*$", "", text, flags=re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def anchors(page: Path) -> set[str]:
+    return {anchor(m.group(1)) for m in re.finditer(r"^#+ (.+)$", prose(page.read_text()), flags=re.M)}
+
+
+def links(page: Path) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"\]\(([^)\s]+)\)", prose(page.read_text())) if not re.match(r"\w+:", m.group(1))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    broken = []
+    for link in links(page):
+        path, _, fragment = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(f"{link}: no such file")
+        elif fragment and (target.suffix != ".md" or fragment not in anchors(target)):
+            broken.append(f"{link}: no heading #{fragment} in {target.relative_to(ROOT)}")
+    assert not broken, broken
+
+
+def test_anchors_are_githubs():
+    assert anchor("Alignment: how close attention comes to the target") == "alignment-how-close-attention-comes-to-the-target"
+    assert anchor("Reliability: resume, errors, exit codes") == "reliability-resume-errors-exit-codes"
+    assert anchor("`summary.csv` and friends") == "summarycsv-and-friends"
+
+
+def test_inspect_page_shows_what_the_screenshot_script_printed():
+    """docs/inspect.md's terminal example is scripts/screenshots.py's docs/images/inspect_terminal.txt, verbatim."""
+    shown = (ROOT / "docs" / "inspect.md").read_text()
+    assert (ROOT / "docs" / "images" / "inspect_terminal.txt").read_text().strip("\n") in shown
