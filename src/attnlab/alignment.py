@@ -36,6 +36,16 @@ def alignment(attention: Tensor, target: Tensor) -> Tensor:
     return total / rows.clamp(min=1)
 
 
+def supervision_loss(attention: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error between one head's attention [batch, query, key] and the target [batch, query, key], over
+    the query rows that have a target (each normalised to sum to 1), averaged over their keys: 0 on the target
+    itself. Rows without a target are free, as in alignment: the mechanism does not use them."""
+    mass = target.sum(-1, keepdim=True)  # [batch, query, 1]
+    has_target = (mass > 0).float()
+    error = ((attention - target / mass.clamp(min=1e-12)) ** 2).mean(-1, keepdim=True)  # [batch, query, 1]
+    return (error * has_target).sum() / has_target.sum().clamp(min=1)
+
+
 def entropy(attention: Tensor) -> Tensor:
     """Mean attention entropy in nats per head [head], over all batch and query rows."""
     plogp = torch.where(attention > 0, attention * attention.clamp(min=1e-30).log(), 0.0)

@@ -72,6 +72,7 @@ def check(cfg: DictConfig) -> None:
     number(cfg.optim.weight_decay, "optim.weight_decay", "a number >= 0", lambda v: v >= 0)
     integer(cfg.optim.warmup_steps, "optim.warmup_steps", minimum=0)
     choice(cfg.optim.schedule, "optim.schedule", ("constant", "cosine"))
+    number(cfg.get("loss", {}).get("attention", 0.0), "loss.attention", "a number >= 0", lambda v: v >= 0)
     integer(cfg.trainer.max_steps, "trainer.max_steps")
     integer(cfg.trainer.val_every_n_steps, "trainer.val_every_n_steps")
     if cfg.trainer.stop_at is not None:
@@ -79,6 +80,20 @@ def check(cfg: DictConfig) -> None:
     integer(cfg.logging.every_n_steps, "logging.every_n_steps")
     integer(cfg.logging.images_every_n_steps, "logging.images_every_n_steps", minimum=0)
     integer(cfg.seed, "seed", minimum=0)
+
+
+def attention_loss(cfg: DictConfig, task) -> float:
+    """loss.attention (checked in `check`; 0 where a config from before the `loss` section has none). Supervision
+    needs a target pattern at some layer of the model: a ConfigError where the task has none there."""
+    weight = float(cfg.get("loss", {}).get("attention", 0.0))
+    if weight > 0:
+        import torch  # here, not at the top: Hydra imports this module for every run, before torch is needed
+
+        probe = task.sample(1, torch.Generator().manual_seed(0))[0]
+        if all(task.target_attention(probe, layer) is None for layer in range(cfg.model.layers)):
+            raise ConfigError(f"loss.attention must be 0 for {task.name} with model.layers={cfg.model.layers}: no "
+                              f"target pattern to supervise, got {weight:g}")
+    return weight
 
 
 def check_device(device: DictConfig) -> None:

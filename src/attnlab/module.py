@@ -12,8 +12,9 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from attnlab import tags
+from attnlab.alignment import supervision_loss
 from attnlab.model import AttentionModel
-from attnlab.tasks import Batch
+from attnlab.tasks import Batch, Task
 
 
 def loss(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
@@ -39,10 +40,13 @@ def scores(logits: Tensor, targets: Tensor, mask: Tensor) -> dict[str, Tensor]:
 
 
 class AttentionLM(L.LightningModule):
-    def __init__(self, model: AttentionModel, lr: float, weight_decay: float, warmup_steps: int, schedule: str):
+    def __init__(self, model: AttentionModel, lr: float, weight_decay: float, warmup_steps: int, schedule: str,
+                 attention_loss: float = 0.0, task: Task | None = None):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps, self.schedule = lr, weight_decay, warmup_steps, schedule
+        # loss.attention: the weight of the attention-supervision term, and the task whose targets it uses.
+        self.attention_weight, self.task = attention_loss, task
         # training_step writes the optimiser step out, as a plain PyTorch loop does: Lightning's automatic
         # optimisation wraps every step in a closure and a dozen more hook calls, ~8% of a default-size step
         # (issue 5).
@@ -59,22 +63,25 @@ class AttentionLM(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         inputs, targets, mask = batch
-        logits, _ = self.model(inputs)  # need_weights=False: the fused attention kernel
+        supervised = self.attention_weight > 0
+        logits, attention = self.model(inputs, need_weights=supervised)  # unsupervised: the fused attention kernel
         n = self.trainer.log_every_n_steps
-        if self.logger is None or not n or (self.global_step + 1) % n:
-            result = {"loss": loss(logits, targets, mask)}  # accuracies only where they are written
-        else:
-            result = scores(logits, targets, mask)
+        logged = not (self.logger is None or not n or (self.global_step + 1) % n)
+        # Accuracies only where they are written.
+        result = scores(logits, targets, mask) if logged else {"loss": loss(logits, targets, mask)}
+        if supervised:
+            result["attention_loss"] = self.attention_loss(inputs, attention)
+        if logged:
             # Straight to the logger, at the steps and under the names Lightning's self.log would write them:
             # self.log's bookkeeping (it walks its whole result collection) cost more per call than a default-size
-            # training step (issue 5), and a per-step train scalar needs none of it. One host sync for three.
+            # training step (issue 5), and a per-step train scalar needs none of it. One host sync for them all.
             values = torch.stack(list(result.values())).tolist()
             self.logger.log_metrics({tags.metric("train", k): v for k, v in zip(result, values)}, step=self.global_step)
 
         if self.plain_steps:
             optimizer = self.optimizers(use_pl_optimizer=False)
             optimizer.zero_grad(set_to_none=True)
-            result["loss"].backward()
+            self.objective(result).backward()
             optimizer.step()
             # The optimiser-step count Lightning keeps (trainer.global_step, and the checkpoint's loop state), as
             # LightningOptimizer.step would count it.
@@ -84,11 +91,26 @@ class AttentionLM(L.LightningModule):
         else:
             optimizer = self.optimizers()
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(result["loss"])
+            self.manual_backward(self.objective(result))
             optimizer.step()
         if scheduler := self.lr_schedulers():
             scheduler.step()
         return result["loss"]
+
+    def attention_loss(self, inputs: Tensor, attention: list[Tensor]) -> Tensor:
+        """loss.attention's term: per layer with a target, the supervision loss of its head 0 (the head asked to do
+        that step of the mechanism; the layer's other heads are free), averaged over those layers."""
+        losses = []
+        for layer, weights in enumerate(attention):  # [batch, head, query, key]
+            if (target := self.task.target_attention(inputs, layer)) is not None:
+                losses.append(supervision_loss(weights[:, 0], target.to(weights.device)))
+        return torch.stack(losses).mean()
+
+    def objective(self, result: dict[str, Tensor]) -> Tensor:
+        """What is minimised: the task loss, plus loss.attention times the supervision term where it is on."""
+        if "attention_loss" not in result:
+            return result["loss"]
+        return result["loss"] + self.attention_weight * result["attention_loss"]
 
     def on_train_start(self) -> None:
         # manual_backward and LightningOptimizer.step are the plain backward and step plus, around them, the

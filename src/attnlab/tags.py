@@ -12,6 +12,11 @@ def metric(stage: str, name: str) -> str:
     return f"{stage}/{name}"
 
 
+# Scalar: the attention-supervision term (attnlab.alignment.supervision_loss, before loss.attention weighs it), at
+# the logged training steps of runs with loss.attention > 0.
+ATTENTION_LOSS = metric("train", "attention_loss")
+
+
 def attention(layer: int, head: int) -> str:
     return f"attention/layer{layer}/head{head}"
 

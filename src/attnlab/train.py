@@ -36,7 +36,7 @@ def build(cfg: DictConfig):
     m = cfg.model
     causal = task.causal if m.causal is None else m.causal
     model = AttentionModel(task.vocab, task.length, m.dim, m.heads, m.layers, m.positions, causal, m.mlp, m.norm)
-    module = AttentionLM(model, **cfg.optim)
+    module = AttentionLM(model, **cfg.optim, attention_loss=config.attention_loss(cfg, task), task=task)
     data = TaskDataModule(task, cfg.data.batch_size, cfg.data.val_size, cfg.seed)
     return task, module, data
 
