@@ -11,6 +11,7 @@ from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from attnlab import tags, viz
+from attnlab.tensorboard_plugin import summary as attention_tab
 from attnlab.tasks import Batch
 
 
@@ -85,6 +86,10 @@ class BackgroundWriter:
     def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         values = values.detach().cpu().clone()  # a copy, as in add_image
         self.frame.append(lambda: self.writer.add_histogram(tag, values, step, HISTOGRAM_BINS))
+
+    def add(self, write) -> None:
+        """write() on the thread with the rest of the frame; it must hold copies of what it writes (as add_image)."""
+        self.frame.append(write)
 
     def send(self) -> None:
         """Hands the writes added since the last send to the thread."""
@@ -171,6 +176,16 @@ class AttentionImages(L.Callback):
                 # Each frame on its own symmetric scale (scores grow as training goes): the pattern is the point.
                 scale = scores.abs().max().item() or 1.0
                 writer.add_image(tags.qk_positional(0, head), partial(viz.weight_image, scale=scale), scores, step)
+        model, (inputs, targets, mask) = module.model, self.probe
+        attention_tab.add_frame(
+            writer, step, attention=torch.stack([weights[0] for weights in attention]),  # [layer, head, query, key]
+            token_names=self.token_names, inputs=inputs[0], targets=targets[0], mask=mask[0],
+            patterns=[None if t is None else t[0] for t in self.targets] or [None] * len(attention),
+            causal=model.blocks[0].attention.causal,
+            weights=torch.stack([torch.stack([getattr(b.attention, w) for w in tags.WEIGHTS]) for b in model.blocks]),
+            embedding=model.embedding.weight, positions=model.positions[: inputs.shape[1]],
+            unembedding=model.readout.weight,
+        )
         weight_image = partial(viz.weight_image, scale=self.weight_scale)
         for layer, block in enumerate(module.model.blocks):
             for name in tags.WEIGHTS:

@@ -49,3 +49,17 @@ def target(layer: int) -> str:  # image: the probe example's target pattern, bes
 
 def qk_positional(layer: int, head: int) -> str:  # image: P·W_Q·W_Kᵀ·Pᵀ, the head's scores from positions alone
     return f"qk_positional/layer{layer}/head{head}"
+
+
+# The Attention tab (TensorBoard plugin "attnlab", attnlab/tensorboard_plugin): at every image frame, one tensor
+# summary per tag below, all under this plugin name. The plugin reads them back by these names.
+PLUGIN = "attnlab"
+FRAME_ATTENTION = "attnlab/attention"  # float16 [layer, head, query, key]: the probe example's attention weights
+FRAME_ALIGNMENT = "attnlab/alignment"  # float32 [layer, head]: the probe's alignment, NaN where a layer has no target
+FRAME_PROBE = "attnlab/probe"  # JSON string: tokens, the token each query predicts, target per layer, vocabulary
+FRAME_WEIGHTS = "attnlab/weights"  # float16 [layer, 4, dim, dim]: W_Q, W_K, W_V, W_O (the order of WEIGHTS)
+FRAME_EMBEDDING = "attnlab/embedding"  # float16 [vocab, dim]: token embedding
+FRAME_POSITIONS = "attnlab/positions"  # float16 [query, dim]: position embedding at the probe's positions
+FRAME_UNEMBEDDING = "attnlab/unembedding"  # float16 [vocab, dim]: the readout's weight (logits = x·Uᵀ + b)
+FRAME = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_WEIGHTS, FRAME_EMBEDDING, FRAME_POSITIONS,
+         FRAME_UNEMBEDDING)

@@ -1,0 +1,184 @@
+"""The Attention tab's backend: static files, and JSON routes reading the frames (summary.py) back through
+TensorBoard's data provider (the multiplexer is None under TensorBoard's default Rust data server).
+
+Routes, under /data/plugin/attnlab/ (the page's fetch("./runs") reaches them):
+    runs                     every run with frames: its label (the overrides that tell it apart), steps, shape
+    frame?run=R&step=S       that frame's attention [layer][head][query][key], alignment and labels
+    circuits?run=R&step=S    each head's QK and OV circuits through the embeddings, computed here from the weights
+    colormaps                the two colour scales as 256 CSS colours (matplotlib's, as the Images tab's)
+    index.js, *.js, *.css    the page
+
+A run without frames is simply not listed; asked for by name, it is a 404 with the reason, not a server error.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from tensorboard import errors, plugin_util
+from tensorboard.backend import http_util
+from tensorboard.data import provider
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from attnlab import tags
+
+STATIC = Path(__file__).parent / "static"
+CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css"}
+# At most this many frames per tag are read; TensorBoard keeps 100 per tag unless `--samples_per_plugin attnlab=N`.
+DOWNSAMPLE = 100_000
+# The colour scales of the Images tab (attnlab.viz): attention weights in [0, 1], signed values around 0.
+COLORMAPS = {"attention": "viridis", "signed": "RdBu_r"}
+OVERRIDES = Path(".hydra") / "overrides.yaml"  # Hydra writes a run's command-line overrides there
+
+
+def rounded(values: np.ndarray, digits: int):
+    """Nested lists of floats for JSON, NaN as null (JSON has no NaN)."""
+    values = np.round(values.astype(np.float64), digits)
+    return np.where(np.isnan(values), None, values).tolist()
+
+
+def run_labels(overrides: dict[str, list[str]]) -> dict[str, str]:
+    """Each run named by the overrides that tell it apart from the others ("model.heads=2"); with nothing to compare
+    (a single run) by all of its overrides; by its run name where that leaves nothing."""
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(overrides) > 1 else set()
+    return {run: " ".join(o for o in items if o not in shared) or run for run, items in overrides.items()}
+
+
+def circuits(weights: np.ndarray, embedding: np.ndarray, positions: np.ndarray, unembedding: np.ndarray,
+             heads: int, causal: bool) -> list[list[dict]]:
+    """Per layer, per head, the direct-path circuits (LayerNorms and earlier layers left out), from
+    weights [layer, 4, dim, dim] (W_Q, W_K, W_V, W_O; x @ W), embedding E and unembedding U [vocab, dim], positions
+    P [query, dim]:
+        qk_tokens     E·W_Q·W_Kᵀ·Eᵀ/√d  [query token, key token]: the score a query token gives a key token
+        qk_positions  P·W_Q·W_Kᵀ·Pᵀ/√d  [query pos, key pos]: the score from positions alone (future keys NaN)
+        ov            E·W_V·W_O·Uᵀ      [attended token, logit]: what attending to a token raises in the output"""
+    weights, embedding, positions, unembedding = (a.astype(np.float32) for a in (weights, embedding, positions,
+                                                                                 unembedding))
+    d = weights.shape[-1] // heads
+    future = np.triu(np.ones((len(positions), len(positions)), dtype=bool), 1)
+    out = []
+    for W_Q, W_K, W_V, W_O in weights:
+        layer = []
+        for head in range(heads):
+            h = slice(head * d, (head + 1) * d)  # the head's columns of W_Q/W_K/W_V, rows of W_O
+            qk_positions = (positions @ W_Q[:, h]) @ (positions @ W_K[:, h]).T / math.sqrt(d)
+            if causal:
+                qk_positions[future] = np.nan
+            layer.append({
+                "qk_tokens": (embedding @ W_Q[:, h]) @ (embedding @ W_K[:, h]).T / math.sqrt(d),
+                "qk_positions": qk_positions,
+                "ov": embedding @ W_V[:, h] @ W_O[h] @ unembedding.T,
+            })
+        out.append(layer)
+    return out
+
+
+class AttentionPlugin(base_plugin.TBPlugin):
+    plugin_name = tags.PLUGIN
+
+    def __init__(self, context: base_plugin.TBContext):
+        self.data = context.data_provider
+        self.logdir = context.logdir  # for the runs' .hydra/overrides.yaml; None or a URL: runs keep their names
+        self.static = {f"/{p.name}": p for p in STATIC.iterdir() if p.suffix in CONTENT_TYPES}
+
+    def get_plugin_apps(self):
+        apps = {"/runs": self.runs_route, "/frame": self.frame_route, "/circuits": self.circuits_route,
+                "/colormaps": self.colormaps_route}
+        return {**apps, **{path: self.static_route for path in self.static}}
+
+    def is_active(self) -> bool:
+        # TensorBoard enables the tab when its data provider lists frames of this plugin's name; asked here only
+        # when it lists none: then there is nothing to show.
+        return False
+
+    def frontend_metadata(self):
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="Attention")
+
+    @wrappers.Request.application
+    def static_route(self, request):
+        path = self.static[request.path[request.path.rindex("/"):]]
+        return http_util.Respond(request, path.read_bytes(), CONTENT_TYPES[path.suffix])
+
+    def read(self, request, runs: list[str] | None, tag_names: list[str]) -> dict:
+        """{run: {tag: [TensorDatum]}} for the runs named (all with None) and the tags asked."""
+        return self.data.read_tensors(
+            plugin_util.context(request.environ), experiment_id=plugin_util.experiment_id(request.environ),
+            plugin_name=tags.PLUGIN, downsample=DOWNSAMPLE, run_tag_filter=provider.RunTagFilter(runs, tag_names),
+        )
+
+    def overrides(self, run: str) -> list[str]:
+        if not self.logdir or "://" in self.logdir:
+            return []
+        path = Path(self.logdir) / run / OVERRIDES
+        try:
+            import yaml  # PyYAML comes with Hydra; imported here, so TensorBoard starts without it
+
+            items = yaml.safe_load(path.read_text())
+        except (OSError, ImportError, ValueError):
+            return []
+        return [str(item) for item in items] if isinstance(items, list) else []
+
+    @wrappers.Request.application
+    def runs_route(self, request):
+        found = self.read(request, None, [tags.FRAME_ALIGNMENT])
+        series = {run: data[tags.FRAME_ALIGNMENT] for run, data in found.items() if data.get(tags.FRAME_ALIGNMENT)}
+        overrides = {run: self.overrides(run) for run in series}
+        labels = run_labels(overrides)
+        answer = []
+        for run in sorted(series):
+            frames = sorted(series[run], key=lambda datum: datum.step)
+            layers, heads = frames[-1].numpy.shape
+            answer.append({"run": run, "label": labels[run], "overrides": overrides[run], "layers": layers,
+                           "heads": heads, "steps": [datum.step for datum in frames],
+                           "alignment": rounded(frames[-1].numpy, 3)})
+        return http_util.Respond(request, {"runs": answer}, "application/json")
+
+    def frame_at(self, request, wanted: list[str]) -> tuple[int, dict[str, np.ndarray]]:
+        """The step asked and {tag: array} of the run asked at that step, for the tags wanted."""
+        run, step = request.args.get("run"), request.args.get("step", "")
+        if run is None or not step.lstrip("-").isdigit():
+            raise errors.InvalidArgumentError("give run=<name> and step=<integer>")
+        data = self.read(request, [run], wanted).get(run, {})
+        if not data:
+            raise errors.NotFoundError(f"run {run!r} has no Attention frames (logging.images_every_n_steps=0?)")
+        arrays = {}
+        for tag in wanted:
+            datum = next((d for d in data.get(tag, []) if d.step == int(step)), None)
+            if datum is None:
+                raise errors.NotFoundError(f"run {run!r} has no {tag} at step {step}")
+            arrays[tag] = datum.numpy
+        return int(step), arrays
+
+    @wrappers.Request.application
+    def frame_route(self, request):
+        step, frame = self.frame_at(request, [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE])
+        labels = json.loads(frame[tags.FRAME_PROBE].item())
+        answer = {"step": step, "attention": rounded(frame[tags.FRAME_ATTENTION], 4),
+                  "alignment": rounded(frame[tags.FRAME_ALIGNMENT], 3), **labels}
+        return http_util.Respond(request, answer, "application/json")
+
+    @wrappers.Request.application
+    def circuits_route(self, request):
+        wanted = [tags.FRAME_ALIGNMENT, tags.FRAME_PROBE, tags.FRAME_WEIGHTS, tags.FRAME_EMBEDDING,
+                  tags.FRAME_POSITIONS, tags.FRAME_UNEMBEDDING]
+        step, frame = self.frame_at(request, wanted)
+        labels = json.loads(frame[tags.FRAME_PROBE].item())
+        heads = frame[tags.FRAME_ALIGNMENT].shape[1]
+        per_head = circuits(frame[tags.FRAME_WEIGHTS], frame[tags.FRAME_EMBEDDING], frame[tags.FRAME_POSITIONS],
+                            frame[tags.FRAME_UNEMBEDDING], heads, labels["causal"])
+        layers = [[{name: {"values": rounded(m, 3), "scale": float(np.nanmax(np.abs(m)))} for name, m in head.items()}
+                   for head in layer] for layer in per_head]
+        answer = {"step": step, "vocab": labels["vocab"], "positions": len(frame[tags.FRAME_POSITIONS]),
+                  "layers": layers}
+        return http_util.Respond(request, answer, "application/json")
+
+    @wrappers.Request.application
+    def colormaps_route(self, request):
+        # Imported here, not at start-up: TensorBoard imports this module whether the tab is used or not.
+        from matplotlib import colormaps, colors
+
+        answer = {use: [colors.to_hex(c) for c in colormaps[name](np.linspace(0, 1, 256))]
+                  for use, name in COLORMAPS.items()}
+        return http_util.Respond(request, answer, "application/json")
