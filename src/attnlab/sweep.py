@@ -25,12 +25,14 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from attnlab import seeds
 from attnlab.config import ConfigError, integer
 
 JOB_FILE = "job.json"
 METRICS_FILE = "metrics.json"  # written by attnlab.train.run
 SUMMARY_CSV = "summary.csv"
 SUMMARY_PLOT = "summary.png"
+SUMMARY_SEEDS = "summary_seeds.csv"  # where jobs differ only in seed: one row per setting (attnlab.seeds)
 DEFAULT_METRIC = "val/seq_acc"
 
 
@@ -174,10 +176,12 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
             record = json.loads(record_file.read_text())
         else:  # the job's process ended without a word (killed, out of memory, a node lost)
             record = {"status": "failed", "error": "no job.json: the job's process ended without reporting"}
-        if "overrides" not in record:
-            from omegaconf import OmegaConf
+        from omegaconf import OmegaConf
 
+        if "overrides" not in record:
             record["overrides"] = list(OmegaConf.load(hydra_dir / "overrides.yaml"))
+        if (hydra_dir / "config.yaml").is_file():  # the job's own stop_at: was it reached (attnlab.seeds)?
+            record["stop_at"] = OmegaConf.load(hydra_dir / "config.yaml").trainer.get("stop_at")
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         if record["status"] == "ok" and not metrics:
             record.update(status="failed", error=f"no {METRICS_FILE}")
@@ -223,11 +227,15 @@ def write_csv(jobs: list[dict], sweep_dir: Path, path: Path) -> None:
             ])
 
 
+def shown_metrics(jobs: list[dict], metric: str) -> list[str]:
+    """The metrics the terminal's tables show: the val ones and the main one."""
+    shown = [m for m in metric_names(jobs) if m.startswith("val/")]
+    return shown + ([metric] if metric not in shown else [])
+
+
 def table(jobs: list[dict], metric: str) -> str:
     """The summary for the terminal: one row per job, the swept values, the val metrics and the main one."""
-    axes = swept_keys(jobs)
-    shown = [m for m in metric_names(jobs) if m.startswith("val/")]
-    shown += [metric] if metric not in shown else []
+    axes, shown = swept_keys(jobs), shown_metrics(jobs, metric)
     head = ["job", "status", *axes, *shown, "wall_s"]
     rows = []
     for job in jobs:
@@ -241,48 +249,89 @@ def table(jobs: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def _positions(ax, key: str, jobs: list[dict]) -> list[float]:
+    """Each job's place on a panel's x axis for a swept key, with the axis' scale and ticks set to suit it."""
+    values = [job.get("job") if key == "job" else job["params"].get(key) for job in jobs]
+    if all(isinstance(v, (int, float)) for v in values):
+        x = [float(v) for v in values]
+        if min(x) > 0 and max(x) / min(x) >= 10:
+            ax.set_xscale("log")
+        elif len(set(x)) <= 8:  # a grid's few values (dim 16, 32, 64): tick each
+            ax.set_xticks(sorted(set(x)), [f"{v:g}" for v in sorted(set(x))])
+        return x
+    labels = list(dict.fromkeys(map(str, values)))  # categories in the order first seen
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    return [labels.index(str(v)) for v in values]
+
+
+def _spread(ax, groups: list["seeds.Setting"], x: dict[int, float], name: str) -> None:
+    """Per setting: its seeds' values as faint dots, a line from their min to their max, the mean ± one std."""
+    for group in groups:
+        values, stats = group.values(name), group.stats(name)
+        if stats is None:
+            continue
+        at = x[id(group.jobs[0])]
+        mean, std, low, high = stats
+        ax.scatter([at] * len(values), values, s=12, alpha=0.35, color="C0")
+        ax.vlines(at, low, high, color="C0", lw=1)
+        label = None if ax.get_legend_handles_labels()[1] else "mean ± std, line: min to max"
+        ax.errorbar(at, mean, yerr=0 if std != std else std, fmt="o", color="C1", capsize=4, ms=6, label=label)
+
+
 def plot(jobs: list[dict], metric: str, path: Path) -> None:
     """The main metric against each swept value, one panel per swept key; failed jobs as red crosses at the
-    bottom. Drawn once per sweep, so a matplotlib figure (Agg: no display needed) is fine here."""
+    bottom. Where jobs differ only in seed, the panels are the other swept keys and each setting is drawn as its
+    seeds' spread (_spread), with a second row for the step each seed reached trainer.stop_at. Drawn once per
+    sweep, so a matplotlib figure (Agg: no display needed) is fine here."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     axes_keys = swept_keys(jobs) or ["job"]
-    fig, axes = plt.subplots(1, len(axes_keys), figsize=(4 * len(axes_keys), 3.4), squeeze=False, sharey=True)
-    for ax, key in zip(axes[0], axes_keys):
-        values = [job.get("job") if key == "job" else job["params"].get(key) for job in jobs]
-        numeric = all(isinstance(v, (int, float)) for v in values)
-        if numeric:
-            x = [float(v) for v in values]
-            if min(x) > 0 and max(x) / min(x) >= 10:
-                ax.set_xscale("log")
-            elif len(set(x)) <= 8:  # a grid's few values (dim 16, 32, 64): tick each
-                ax.set_xticks(sorted(set(x)), [f"{v:g}" for v in sorted(set(x))])
-        else:  # categories in the order first seen
-            labels = list(dict.fromkeys(map(str, values)))
-            x = [labels.index(str(v)) for v in values]
-            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-        ok = [(xi, job["metrics"][metric]) for xi, job in zip(x, jobs) if metric in job["metrics"]]
-        failed = [xi for xi, job in zip(x, jobs) if job["status"] != "ok"]
-        if ok:
-            ax.scatter(*zip(*ok), s=30, alpha=0.7)
-        if failed:  # on the axis' bottom edge, whatever the metric's range
-            ax.plot(failed, [0.02] * len(failed), "rx", transform=ax.get_xaxis_transform(), label="failed")
-            ax.legend(loc="best", fontsize=8)
-        ax.set_xlabel(key)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(metric)
-    fig.suptitle(f"{metric}, {len(jobs)} jobs", fontsize=10)
+    groups = seeds.settings(jobs, axes_keys)
+    names = [metric]
+    if groups:
+        axes_keys = [k for k in axes_keys if k != seeds.SEED] or ["job"]
+        if any(g.values(seeds.SOLVED_STEP) for g in groups):
+            names.append(seeds.SOLVED_STEP)
+    shape = (len(names), len(axes_keys))
+    fig, axes = plt.subplots(*shape, figsize=(4 * shape[1], 3.4 * shape[0]), squeeze=False, sharey="row")
+    for column, key in enumerate(axes_keys):
+        for row, name in enumerate(names):
+            ax = axes[row][column]
+            if groups and key == "job":  # the seed alone is swept: one setting, its seeds all at one place
+                x = [0.0] * len(jobs)
+                ax.set_xticks([0], [f"{len(jobs)} seeds"])
+                ax.set_xlim(-1, 1)
+            else:
+                x = _positions(ax, key, jobs)
+            if groups:
+                _spread(ax, groups, {id(job): xi for job, xi in zip(jobs, x)}, name)
+            else:
+                ok = [(xi, job["metrics"][name]) for xi, job in zip(x, jobs) if name in job["metrics"]]
+                if ok:
+                    ax.scatter(*zip(*ok), s=30, alpha=0.7)
+            failed = [xi for xi, job in zip(x, jobs) if job["status"] != "ok"]
+            if failed and row == 0:  # on the axis' bottom edge, whatever the metric's range
+                ax.plot(failed, [0.02] * len(failed), "rx", transform=ax.get_xaxis_transform(), label="failed")
+            if ax.get_legend_handles_labels()[1]:
+                ax.legend(loc="best", fontsize=8)
+            ax.set_xlabel("" if groups and key == "job" else key)
+            ax.grid(alpha=0.3)
+    for row, name in enumerate(names):
+        axes[row][0].set_ylabel(name if name != seeds.SOLVED_STEP else "step trainer.stop_at was reached")
+    over = f", {len(groups)} setting(s) over seeds" if groups else ""
+    fig.suptitle(f"{metric}, {len(jobs)} jobs{over}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def summarize(sweep_dir: Path, metric: str | None = None) -> list[dict]:
-    """Write summary.csv and summary.png into sweep_dir and print the table. The metric defaults to the sweep's
-    optimized_metric (multirun.yaml), else val/seq_acc."""
+    """Write summary.csv and summary.png into sweep_dir and print the table; where jobs differ only in seed, also
+    summary_seeds.csv and its table (attnlab.seeds). The metric defaults to the sweep's optimized_metric
+    (multirun.yaml), else val/seq_acc."""
     sweep_dir = Path(sweep_dir)
     jobs = read_jobs(sweep_dir)
     if not jobs:
@@ -296,8 +345,17 @@ def summarize(sweep_dir: Path, metric: str | None = None) -> list[dict]:
     write_csv(jobs, sweep_dir, sweep_dir / SUMMARY_CSV)
     plot(jobs, metric, sweep_dir / SUMMARY_PLOT)
     failed = sum(job["status"] != "ok" for job in jobs)
-    print(f"\n{table(jobs, metric)}\n\n{len(jobs)} jobs, {failed} failed. Summary: {sweep_dir / SUMMARY_CSV}, "
-          f"{sweep_dir / SUMMARY_PLOT}\nCompare them with:  tensorboard --logdir {sweep_dir}")
+    written = [sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_PLOT]
+    over_seeds = ""
+    groups = seeds.settings(jobs, swept_keys(jobs))
+    if groups:
+        seeds.write_csv(groups, metric_names(jobs), sweep_dir / SUMMARY_SEEDS)
+        written.insert(1, sweep_dir / SUMMARY_SEEDS)
+        over_seeds = f"\n\nOver seeds, per setting:\n{seeds.table(groups, shown_metrics(jobs, metric))}"
+    else:  # an older summary's, from jobs since changed (summarize_sweep.py on a sweep dir with jobs added)
+        (sweep_dir / SUMMARY_SEEDS).unlink(missing_ok=True)
+    print(f"\n{table(jobs, metric)}{over_seeds}\n\n{len(jobs)} jobs, {failed} failed. Summary: "
+          f"{', '.join(map(str, written))}\nCompare them with:  tensorboard --logdir {sweep_dir}")
     return jobs
 
 
