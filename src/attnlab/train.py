@@ -155,5 +155,8 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
     final = {name: float(value) for name, value in final.items()}
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics=final, step=trainer.global_step)
     logger.finalize("success")
+    # The step the final weights are of: where trainer.stop_at was reached, else max_steps. Not an HParams metric
+    # (logged above without it); the sweep summary reads how many steps each seed took (attnlab.seeds).
+    final["step"] = trainer.global_step
     (run_dir / METRICS_FILE).write_text(json.dumps(final, indent=2) + "\n")
     return final
