@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> float:
         except ConfigError as error:
             stop_before_training(error, run_dir)
         from attnlab.guards import Diverged, Interrupted
-        from attnlab.train import run
+        from attnlab.train import PROFILE_FILE, run
 
     # TensorBoard's writer thread hands a failed write (disk full) on to the main thread, which reports it below
     # once; the thread's own traceback would only repeat it.
@@ -94,6 +94,11 @@ def train(cfg: DictConfig) -> float:
     except OSError as error:  # disk full, run directory removed or made read-only while training
         print(f"error: writing the run in {run_dir} failed: {error}. What was written before is kept.", file=sys.stderr)
         sys.exit(4)
+    if cfg.trainer.get("fast_dev_run"):
+        print(f"\nDry run (trainer.fast_dev_run={cfg.trainer.fast_dev_run}): every callback ran once; no metrics.json"
+              " was written, nothing here is a result.")
+    if (profile := run_dir / PROFILE_FILE).is_file():
+        print(f"\nProfile ({profile}), the top of it:\n" + "\n".join(profile.read_text().splitlines()[:14]))
     # images=1000: TensorBoard keeps only 10 frames per image tag by default (and images=0 shows none in 2.21).
     print(f"\nRun saved in {run_dir}\nView it with:  tensorboard --logdir {run_dir} --samples_per_plugin images=1000")
     metric = cfg.get("optimized_metric", "val/seq_acc")  # runs made before the key existed can be resumed
@@ -107,6 +112,9 @@ def train(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     try:
         config.check_extras(sys.argv[1:])
+        sys.argv[1:] = config.checked_arguments(sys.argv[1:])  # Hydra's refusals as one line each
+        if resume.finished(sys.argv[1:]):
+            sys.exit(0)
         sys.argv[1:] = resume.resume_arguments(sys.argv[1:])  # resume=RUN_DIR: that run's config and checkpoint
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,6 +1,9 @@
 """Checks on the composed config, so that bad input stops before anything is built or written."""
 
+import difflib
+import functools
 import importlib.util
+import inspect
 import sys
 import tempfile
 from numbers import Integral, Real
@@ -16,6 +19,200 @@ class ConfigError(ValueError):
 
 # Config groups whose configs need an optional extra (pyproject.toml): group -> (the plugin it needs, the extra).
 EXTRAS = {"hparams_search": ("hydra_plugins.hydra_optuna_sweeper", "optuna")}
+
+
+# The configs the code reads: every key of the composed config must be one some option of conf/ sets (or, under
+# trainer, an argument of Lightning's Trainer). An editable install (README) keeps conf/ beside src/.
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+# Trainer arguments attnlab sets itself, and the key that sets each: under trainer.* they are refused.
+TRAINER_SET_BY = {
+    "accelerator": "device (device=auto|cpu|gpu|mps|cpu_ddp|gpu_ddp)",
+    "devices": "device.devices",
+    "num_nodes": "hydra/launcher=slurm (one node per job)",
+    "precision": "device.precision",
+    "strategy": "device (device=cpu_ddp or gpu_ddp)",
+    "logger": "logging.* (attnlab writes TensorBoard event files into the run directory)",
+    "callbacks": "logging.* and trainer.stop_at (attnlab builds the callbacks)",
+    "max_epochs": "trainer.max_steps (a run is one pass of max_steps fresh batches)",
+    "limit_train_batches": "trainer.max_steps (a run is one pass of max_steps fresh batches)",
+    "val_check_interval": "trainer.val_every_n_steps",
+    "check_val_every_n_epoch": "trainer.val_every_n_steps",
+    "log_every_n_steps": "logging.every_n_steps",
+    "enable_progress_bar": "logging.progress_bar",
+    "enable_checkpointing": "attnlab (checkpoints/last.ckpt, which resume=RUN_DIR needs)",
+    "default_root_dir": "hydra.run.dir",
+}
+# Trainer arguments attnlab carries out itself rather than handing them to Lightning: clipping and accumulation in
+# the manual optimisation step (module.py), a dry run and a repeated batch in train.py and data.py.
+TRAINER_DONE_BY_ATTNLAB = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches", "fast_dev_run", "overfit_batches")
+
+
+def is_global(option: Path) -> bool:
+    """A config that sets keys anywhere (`# @package _global_`: experiment, hparams_search, debug), not a section."""
+    return option.read_text().lstrip().startswith("# @package _global_")
+
+
+@functools.cache
+def option_keys(group: str, option: str) -> dict:
+    """The top-level keys an option of a conf/ group sets, with its values (defaults list included)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml")) or {}
+
+
+@functools.cache
+def section_keys() -> dict[str, tuple[str, ...]]:
+    """Per config section (data, model, ...: a group of conf/ whose options are not global), the keys its options
+    set, in order of first appearance; and "" for the top level (train.yaml's own keys and the sections)."""
+    sections = {}
+    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(group.glob("*.yaml"))
+        if options and not any(is_global(o) for o in options):
+            sections[group.name] = tuple(dict.fromkeys(k for o in options for k in option_keys(group.name, o.stem)))
+    top = [k for k in option_keys(".", "train") if k not in ("defaults", "hydra")]
+    return {"": (*top, *sections), **sections}
+
+
+def data_keys(task: str) -> tuple[str, ...]:
+    """The data.* keys of a task: its own fields (its constructor's arguments) and the DataModule's."""
+    from attnlab.tasks import LOADER_FIELDS, TASKS  # here: tasks import this module
+
+    return ("task", *inspect.signature(TASKS[task]).parameters, *LOADER_FIELDS[1:])
+
+
+def unknown_key(key: str, section: str, allowed, where: str | None = None) -> ConfigError:
+    """`error: data.seqlen is not a key of data (reverse): allowed ...; did you mean data.seq_len?`"""
+    prefix = f"{section}." if section else ""
+    name = f"{section} ({where})" if where else section or "the config"
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    return ConfigError(f"{prefix}{key} is not a key of {name}: allowed {', '.join(allowed)}{hint}")
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key of the composed config is one attnlab reads: a key it would ignore is bad input. The trainer
+    section's keys beyond conf/trainer are Lightning's, checked by check_trainer (after Lightning's import)."""
+    known = section_keys()
+    for key in cfg:
+        if key not in known[""]:
+            raise unknown_key(key, "", known[""])
+    for section, allowed in known.items():
+        if not section or section not in cfg or section == "trainer":
+            continue
+        where = None
+        if section == "data":
+            from attnlab.tasks import TASKS
+
+            if cfg.data.get("task") not in TASKS:
+                continue  # make_task names the task that does not exist
+            allowed, where = data_keys(cfg.data.task), cfg.data.task
+        for key in cfg[section]:
+            if key not in allowed:
+                raise unknown_key(key, section, allowed, where)
+
+
+def trainer_arguments(trainer: DictConfig) -> dict:
+    """The trainer.* keys beyond conf/trainer's: Lightning Trainer arguments for Lightning (attnlab's own,
+    TRAINER_DONE_BY_ATTNLAB, included), refusing those attnlab sets itself and those Lightning does not have."""
+    from lightning.pytorch import Trainer  # here: seconds to import; run after the checks that need none
+
+    ours = section_keys()["trainer"]
+    lightning = [p for p in inspect.signature(Trainer.__init__).parameters if p not in ("self", *TRAINER_SET_BY, *ours)]
+    extra = {}
+    for key, value in trainer.items():
+        if key in ours:
+            continue
+        if key in TRAINER_SET_BY:
+            raise ConfigError(f"trainer.{key} is set by attnlab from {TRAINER_SET_BY[key]}: use that instead")
+        if key not in lightning:
+            raise unknown_key(key, "trainer", (*ours, *lightning), "attnlab's keys, then Lightning Trainer arguments")
+        extra[key] = value
+    if extra.get("gradient_clip_val") is not None:
+        number(extra["gradient_clip_val"], "trainer.gradient_clip_val", "null or a number >= 0", lambda v: v >= 0)
+    if extra.get("gradient_clip_algorithm") is not None:
+        choice(extra["gradient_clip_algorithm"], "trainer.gradient_clip_algorithm", ("norm", "value"))
+    if "accumulate_grad_batches" in extra:
+        integer(extra["accumulate_grad_batches"], "trainer.accumulate_grad_batches")
+    if extra.get("fast_dev_run") not in (None, False):
+        integer(extra["fast_dev_run"], "trainer.fast_dev_run")  # True is 1
+    if extra.get("overfit_batches") not in (None, 0):
+        integer(extra["overfit_batches"], "trainer.overfit_batches (a number of batches)", minimum=0)
+    return extra
+
+
+def checked_arguments(arguments: list[str]) -> list[str]:
+    """The command line's overrides checked against conf/ before Hydra composes them, so that what Hydra would
+    refuse with a dozen lines (its config search path included) is one line here:
+    - `group=option` (also swept: `data=copy,sort`) with an option the group does not have: a ConfigError;
+    - `key=value` for a key the composed config will not have (Hydra: "Could not override"): handed on as
+      `++key=value`, so that check_keys names it with its section's allowed keys and the closest one.
+    Flags and hydra.* keys are left to Hydra."""
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.object_type import ObjectType
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for argument in arguments:
+        override = None
+        if "=" in argument and not argument.startswith(("-", "resume=")):  # resume=: attnlab's own (resume.py)
+            try:
+                override = parser.parse_override(argument)
+            except HydraException:
+                pass  # Hydra says what is wrong with its syntax
+        parsed.append(override)
+
+    repository = None
+    # The options the run composes: train.yaml's defaults, then the command line's group choices and the
+    # "override /group" lines of the global configs it adds (+experiment=...).
+    defaults = {next(iter(d)): d[next(iter(d))] for d in option_keys(".", "train")["defaults"] if isinstance(d, dict)}
+    chosen = {group: [option] for group, option in defaults.items()}
+    extras = []  # the global configs added, (group, option)
+    for override in parsed:
+        if override is None or override.type == OverrideType.DEL or override.key_or_group.startswith("hydra."):
+            continue
+        group = override.key_or_group
+        if repository is None:
+            repository = ConfigRepository(create_config_search_path(str(CONF_DIR)))
+        if not repository.group_exists(group):
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        options = repository.get_group_options(group, ObjectType.CONFIG)
+        for value in values:
+            if value not in options and value is not None:
+                raise ConfigError(f"{group}={value}: no such option; allowed: {', '.join(options)}")
+        if (CONF_DIR / group).is_dir() and all(is_global(CONF_DIR / group / f"{v}.yaml") for v in values):
+            extras += [(group, v) for v in values]
+        else:
+            chosen[group] = values
+    for group, option in extras:
+        for entry in option_keys(group, option).get("defaults", []):
+            if isinstance(entry, dict) and next(iter(entry)).startswith("override /"):
+                chosen[next(iter(entry)).removeprefix("override /")] = [next(iter(entry.values()))]
+
+    def present(section: str, key: str) -> bool:
+        """Whether the composed config will have section.key whichever of the chosen options it is."""
+        set_by_extras = any(key in (option_keys(g, o).get(section) or {}) for g, o in extras)
+        options = chosen.get(section)
+        if not options:
+            return key in option_keys(".", "train") and not section
+        return set_by_extras or all(key in option_keys(section, o) for o in options if (CONF_DIR / section / f"{o}.yaml").is_file())
+
+    out = []
+    for argument, override in zip(arguments, parsed):
+        if override is not None and override.type == OverrideType.CHANGE and not override.key_or_group.startswith("hydra"):
+            section, _, key = override.key_or_group.rpartition(".")
+            if repository is not None and repository.group_exists(override.key_or_group):
+                if override.key_or_group not in defaults:
+                    argument = "+" + argument  # a group train.yaml does not choose (experiment=...) is added
+            elif not present(section, key):
+                argument = "++" + argument
+        out.append(argument)
+    return out
 
 
 def check_extras(arguments: list[str]) -> None:
@@ -52,7 +249,9 @@ def choice(value, field: str, allowed) -> str:
 
 
 def check(cfg: DictConfig) -> None:
-    """Everything train.run needs from cfg outside the task (each task checks its own fields)."""
+    """Everything train.run needs from cfg outside the task (each task checks its own fields), after every key is
+    known to be one attnlab reads."""
+    check_keys(cfg)
     m = cfg.model
     integer(m.dim, "model.dim")
     integer(m.heads, "model.heads")

@@ -19,15 +19,20 @@ class Batches:
     ahead, and a checkpoint would then hold the generator one batch past the last trained one, so a resumed run
     would skip a batch (tests/test_resume.py checks resume is exact)."""
 
-    def __init__(self, task: Task, batch_size: int, generator: torch.Generator, steps: int):
+    def __init__(self, task: Task, batch_size: int, generator: torch.Generator, steps: int, repeat: int = 0):
         self.task, self.batch_size, self.generator, self.steps = task, batch_size, generator, steps
+        # trainer.overfit_batches: the first `repeat` batches of the stream, over and over.
+        self.repeat = repeat
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self):
-        for _ in range(self.steps):
-            yield self.task.sample(self.batch_size, self.generator)
+        if self.repeat:  # drawn afresh from the run's seed: the same batches after a resume
+            generator = torch.Generator().manual_seed(self.generator.initial_seed())
+            fixed = [self.task.sample(self.batch_size, generator) for _ in range(self.repeat)]
+        for step in range(self.steps):
+            yield fixed[step % self.repeat] if self.repeat else self.task.sample(self.batch_size, self.generator)
 
     # The generator's state goes into checkpoints (Lightning saves a loader's state_dict with its loop state), so
     # a resumed run draws the batches it would have drawn.
@@ -54,9 +59,12 @@ class Chunks:
 
 
 class TaskDataModule(L.LightningDataModule):
-    def __init__(self, task: Task, batch_size: int, val_size: int, seed: int):
+    def __init__(self, task: Task, batch_size: int, val_size: int, seed: int, batches_per_step: int = 1,
+                 overfit_batches: int = 0):
         super().__init__()
         self.task, self.batch_size, self.val_size = task, batch_size, val_size
+        # trainer.accumulate_grad_batches (batches per optimiser step) and trainer.overfit_batches.
+        self.batches_per_step, self.overfit_batches = batches_per_step, overfit_batches
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.validation: Batch | None = None
@@ -73,7 +81,8 @@ class TaskDataModule(L.LightningDataModule):
     def train_dataloader(self) -> Batches:
         # One "epoch" is the whole run. A resumed run gets a fresh iterator, which goes on where the restored
         # generator left off.
-        return Batches(self.task, self.batch_size, self.generator, self.trainer.max_steps)
+        steps = self.trainer.max_steps * self.batches_per_step
+        return Batches(self.task, self.batch_size, self.generator, steps, self.overfit_batches)
 
     def val_dataloader(self) -> "Chunks":
         return Chunks(self.validation, VALIDATION_BATCH)

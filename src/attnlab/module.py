@@ -41,12 +41,16 @@ def scores(logits: Tensor, targets: Tensor, mask: Tensor) -> dict[str, Tensor]:
 
 class AttentionLM(L.LightningModule):
     def __init__(self, model: AttentionModel, lr: float, weight_decay: float, warmup_steps: int, schedule: str,
-                 attention_loss: float = 0.0, task: Task | None = None):
+                 attention_loss: float = 0.0, task: Task | None = None, gradient_clip_val: float | None = None,
+                 gradient_clip_algorithm: str | None = None, accumulate_grad_batches: int = 1):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps, self.schedule = lr, weight_decay, warmup_steps, schedule
         # loss.attention: the weight of the attention-supervision term, and the task whose targets it uses.
         self.attention_weight, self.task = attention_loss, task
+        # trainer.gradient_clip_val / gradient_clip_algorithm / accumulate_grad_batches, done in training_step.
+        self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm or "norm"
+        self.accumulate_grad_batches = accumulate_grad_batches
         # training_step writes the optimiser step out, as a plain PyTorch loop does: Lightning's automatic
         # optimisation wraps every step in a closure and a dozen more hook calls, ~8% of a default-size step
         # (issue 5).
@@ -65,8 +69,11 @@ class AttentionLM(L.LightningModule):
         inputs, targets, mask = batch
         supervised = self.attention_weight > 0
         logits, attention = self.model(inputs, need_weights=supervised)  # unsupervised: the fused attention kernel
+        # With trainer.accumulate_grad_batches=N the optimiser steps on every N-th batch, over the mean of their
+        # gradients; what is logged is the batch that takes the step.
+        stepping = (batch_idx + 1) % self.accumulate_grad_batches == 0
         n = self.trainer.log_every_n_steps
-        logged = not (self.logger is None or not n or (self.global_step + 1) % n)
+        logged = stepping and self.logger is not None and n and (self.global_step + 1) % n == 0
         # Accuracies only where they are written.
         result = scores(logits, targets, mask) if logged else {"loss": loss(logits, targets, mask)}
         if supervised:
@@ -76,26 +83,41 @@ class AttentionLM(L.LightningModule):
             # self.log's bookkeeping (it walks its whole result collection) cost more per call than a default-size
             # training step (issue 5), and a per-step train scalar needs none of it. One host sync for them all.
             values = torch.stack(list(result.values())).tolist()
-            self.logger.log_metrics({tags.metric("train", k): v for k, v in zip(result, values)}, step=self.global_step)
+            metrics = {tags.metric("train", k): v for k, v in zip(result, values)}
+            self.logger.log_metrics(metrics, step=self.global_step)
+            # Where self.log would put them for callbacks too: a user's EarlyStopping or ModelCheckpoint that
+            # monitors train/loss finds it.
+            self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        objective = self.objective(result)
+        if self.accumulate_grad_batches > 1:
+            objective = objective / self.accumulate_grad_batches  # as Lightning's automatic optimisation scales it
+        self.optimise(objective, stepping)
+        return result["loss"]
 
+    def optimise(self, objective: Tensor, stepping: bool) -> None:
+        """Backward; then, on the batch that ends an accumulation cycle, clipping, the optimiser step and the lr
+        schedule's step, in the order Lightning's automatic optimisation takes them."""
         if self.plain_steps:
-            optimizer = self.optimizers(use_pl_optimizer=False)
-            optimizer.zero_grad(set_to_none=True)
-            self.objective(result).backward()
-            optimizer.step()
+            objective.backward()
+        else:
+            self.manual_backward(objective)
+        if not stepping:
+            return
+        optimizer = self.optimizers(use_pl_optimizer=not self.plain_steps)
+        if self.gradient_clip_val:
+            # Lightning's own clipping (its precision plugin's clip_grad_norm_ / clip_grad_value_ over the
+            # optimiser's parameters), which it refuses to do by itself under manual optimisation.
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.plain_steps:
             # The optimiser-step count Lightning keeps (trainer.global_step, and the checkpoint's loop state), as
             # LightningOptimizer.step would count it.
             progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
             progress.increment_ready()
             progress.increment_completed()
-        else:
-            optimizer = self.optimizers()
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(self.objective(result))
-            optimizer.step()
         if scheduler := self.lr_schedulers():
             scheduler.step()
-        return result["loss"]
 
     def attention_loss(self, inputs: Tensor, attention: list[Tensor]) -> Tensor:
         """loss.attention's term: per layer with a target, the supervision loss of its head 0 (the head asked to do
@@ -137,14 +159,18 @@ class AttentionLM(L.LightningModule):
         total = self.trainer.max_steps
 
         def factor(step: int) -> float:
-            if step < self.warmup_steps:
-                return (step + 1) / self.warmup_steps
-            if self.schedule == "cosine":
-                progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-            return 1.0
+            return self.lr_factor(step, total)
 
         if self.schedule == "constant" and not self.warmup_steps:
             return optimizer  # no scheduler: one would only set the same lr at every step
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}  # stepped every training step, in training_step
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """optim.lr's multiplier at optimiser step `step` of `total`: linear warm-up, then constant or cosine."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "cosine":
+            progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0

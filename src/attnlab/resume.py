@@ -3,6 +3,7 @@ line into the Hydra arguments that continue that run in its own directory.
 
 Deliberately light (no Lightning import) so that bad input fails in a second or two."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -76,6 +77,40 @@ def resume_arguments(argv: list[str]) -> list[str]:
         f"hydra.run.dir='{run_dir}'",
         f"hydra.output_subdir={RESUMED_CONFIG}",
     ]
+
+
+METRICS = "metrics.json"  # written by a run that ended (attnlab.train.METRICS_FILE)
+
+
+def finished(argv: list[str]) -> bool:
+    """Whether `resume=RUN_DIR ...` names a run that has ended (it wrote metrics.json: it reached
+    trainer.max_steps, or trainer.stop_at) and the line asks for no more steps. Then says so, with how to train
+    longer, so that nothing is validated again or written."""
+    given = [a for a in argv if a.startswith("resume=")]
+    if len(given) != 1:
+        return False  # resume_arguments names what is wrong
+    run_dir = Path(given[0].split("=", 1)[1]).expanduser().resolve()
+    config_file = next((d / CONFIG.name for d in (run_dir / RESUMED_CONFIG, run_dir / CONFIG.parent) if (d / CONFIG.name).is_file()), None)
+    if config_file is None or not (run_dir / METRICS).is_file() or not (run_dir / CHECKPOINT).is_file():
+        return False
+    from omegaconf import OmegaConf
+
+    trainer = OmegaConf.load(config_file).trainer
+    for argument in argv:  # the line's own trainer.max_steps / trainer.stop_at, if given
+        key, _, value = argument.lstrip("+").partition("=")
+        if key in ("trainer.max_steps", "trainer.stop_at"):
+            trainer[key.split(".")[1]] = None if value in ("null", "None") else float(value)
+    step = load_checkpoint(run_dir / CHECKPOINT, "resume")["global_step"]
+    seq_acc = json.loads((run_dir / METRICS).read_text()).get("val/seq_acc", 0.0)
+    if step < trainer.max_steps and (trainer.stop_at is None or seq_acc <= trainer.stop_at):
+        return False
+    if step >= trainer.max_steps:
+        why, more = f"it reached trainer.max_steps={trainer.max_steps:g}", f"trainer.max_steps={2 * step}"
+    else:
+        why, more = f"val/seq_acc {seq_acc:.3f} passed trainer.stop_at={trainer.stop_at:g}", "trainer.stop_at=null"
+    print(f"{run_dir} has finished at step {step} ({why}); nothing to resume. To train longer: "
+          f"python {sys.argv[0]} resume={run_dir} {more}")
+    return True
 
 
 def how_to_resume(run_dir: Path) -> str:
