@@ -1,1 +1,241 @@
-export async function render() { document.body.textContent = "attnlab"; }
+// The Attention tab. TensorBoard loads this module in an iframe (/data/plugin_entry.html?name=attnlab) and calls
+// render(); fetch('./runs') reaches /data/plugin/attnlab/runs. Everything the page needs comes from the plugin's
+// own routes (the iframe's content security policy blocks anything else).
+//
+// Page: run picker | one step slider for the runs shown | colour legend, then per run a grid of layers x heads,
+// each head's attention on the probe example with its tokens as labels, and on demand its QK/OV circuits.
+
+import {colourOf, el, heatmap, legend} from './heatmap.js';
+
+const MAX_SHOWN = 16;  // runs shown at first; the others can be ticked in the picker
+
+const state = {
+  runs: [],  // from ./runs: {run, label, overrides, layers, heads, steps, alignment}
+  shown: new Set(),
+  steps: [],  // union of the shown runs' logged steps, ascending: the slider's stops
+  circuits: false,
+  scales: null,  // {attention: [256 CSS colours], signed: [...]}
+  views: new Map(),  // run -> its section and heatmaps, built once per run
+  cache: new Map(),  // "route run step" -> promise of the JSON answer
+  drawn: 0,  // the latest draw asked for; answers for older ones are dropped
+};
+
+async function getJSON(path) {
+  const response = await fetch(path);
+  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+function cached(route, run, step) {
+  const key = `${route} ${run} ${step}`;
+  if (!state.cache.has(key)) {
+    state.cache.set(key, getJSON(`./${route}?${new URLSearchParams({run, step})}`));
+  }
+  return state.cache.get(key);
+}
+
+export async function render() {
+  const style = el('link');
+  style.rel = 'stylesheet';
+  style.href = './style.css';
+  document.head.append(style);
+  const status = el('p', 'status', 'Loading the runs…');
+  document.body.append(status);
+  let runs;
+  [state.scales, {runs}] = await Promise.all([getJSON('./colormaps'), getJSON('./runs')]);
+  state.runs = runs;
+  if (!runs.length) {
+    status.textContent = 'No run here has Attention frames (they are written with the images, every ' +
+        'logging.images_every_n_steps steps).';
+    return;
+  }
+  status.remove();
+  runs.slice(0, MAX_SHOWN).forEach((r) => state.shown.add(r.run));
+  document.body.append(controls(), el('main', 'runs'));
+  updateSteps(true);
+}
+
+function controls() {
+  const picker = el('fieldset', 'picker', [el('legend', '', 'Runs')]);
+  for (const r of state.runs) {
+    const box = el('input');
+    box.type = 'checkbox';
+    box.checked = state.shown.has(r.run);
+    box.value = r.run;
+    box.addEventListener('change', () => {
+      box.checked ? state.shown.add(r.run) : state.shown.delete(r.run);
+      updateSteps(false);
+    });
+    const label = el('label', 'run-choice', [box, el('span', '', r.label)]);
+    label.title = [r.run, ...r.overrides].join('\n');
+    picker.append(label);
+  }
+  const shared = sharedOverrides();
+  if (shared.length) picker.append(el('p', 'shared', `All: ${shared.join(' ')}`));
+
+  const slider = el('input');
+  slider.type = 'range';
+  slider.id = 'step';
+  slider.min = 0;
+  slider.step = 1;
+  slider.setAttribute('aria-label', 'step');
+  slider.addEventListener('input', () => draw());
+  const stepLabel = el('output', 'step-value');
+  stepLabel.htmlFor = 'step';
+  const circuits = el('input');
+  circuits.type = 'checkbox';
+  circuits.id = 'circuits';
+  circuits.addEventListener('change', () => {
+    state.circuits = circuits.checked;
+    draw();
+  });
+  const circuitsLabel = el('label', 'circuits-choice', [circuits, el('span', '', 'QK / OV circuits')]);
+  const stepper = el('div', 'stepper', [el('label', '', 'Step'), slider, stepLabel, circuitsLabel]);
+  const legends = el('div', 'legends', [
+    legend(state.scales.attention, 'attention weight', ['0', '0.5', '1']),
+    legend(state.scales.signed, 'circuits (each map on its own ± scale, in its title)', ['−max', '0', '+max']),
+    el('span', 'target-key', 'outlined: the target pattern\'s cells'),
+  ]);
+  return el('header', '', [picker, stepper, legends]);
+}
+
+function sharedOverrides() {
+  if (state.runs.length < 2) return [];
+  return state.runs[0].overrides.filter((o) => state.runs.every((r) => r.overrides.includes(o)));
+}
+
+/** The slider's stops: every step any shown run logged. keepEnd: start at the last one. */
+function updateSteps(keepEnd) {
+  const slider = document.getElementById('step');
+  const old = state.steps[Number(slider.value)];
+  const steps = new Set();
+  for (const r of state.runs) if (state.shown.has(r.run)) r.steps.forEach((s) => steps.add(s));
+  state.steps = [...steps].sort((a, b) => a - b);
+  slider.max = Math.max(0, state.steps.length - 1);
+  const at = keepEnd || old === undefined ? state.steps.length - 1 : nearestIndex(state.steps, old);
+  slider.value = Math.max(0, at);
+  slider.disabled = state.steps.length < 2;
+  draw();
+}
+
+/** Index of the last of `steps` at or before `step` (the first one if none is). */
+function nearestIndex(steps, step) {
+  let i = 0;
+  while (i + 1 < steps.length && steps[i + 1] <= step) i++;
+  return i;
+}
+
+async function draw() {
+  const drawing = ++state.drawn;
+  const step = state.steps[Number(document.getElementById('step').value)];
+  document.querySelector('.step-value').textContent = step === undefined ? '' : `${step}`;
+  const main = document.querySelector('main.runs');
+  const shown = state.runs.filter((r) => state.shown.has(r.run));
+  await Promise.all(shown.map(async (r) => {
+    const own = r.steps[nearestIndex(r.steps, step)];  // the run's own frame at or before the shared step
+    const [frame, circuits] = await Promise.all([
+      cached('frame', r.run, own),
+      state.circuits ? cached('circuits', r.run, own) : null,
+    ]);
+    if (drawing !== state.drawn) return;  // the slider has moved on
+    drawRun(r, frame, circuits);
+  }).map((p) => p.catch((error) => showError(error))));
+  if (drawing !== state.drawn) return;
+  // Sections in the picker's order, the unticked ones hidden (kept: ticking a run again costs nothing).
+  for (const r of state.runs) {
+    const view = state.views.get(r.run);
+    if (!view) continue;
+    view.section.hidden = !state.shown.has(r.run);
+    main.append(view.section);
+  }
+  document.body.dataset.step = `${step}`;  // for tests: the step whose frames are on the page
+}
+
+function showError(error) {
+  const main = document.querySelector('main.runs');
+  main.prepend(el('p', 'error', String(error.message || error)));
+}
+
+function drawRun(r, frame, circuits) {
+  const view = state.views.get(r.run) || buildRun(r, frame);
+  view.stepNote.textContent = `step ${frame.step}`;
+  const scale = state.scales.attention;
+  const colour = (v) => colourOf(scale, v, 0, 1);
+  frame.attention.forEach((heads, layer) => heads.forEach((values, head) => {
+    const align = frame.alignment[layer][head];
+    const caption = `layer ${layer} · head ${head}` + (align === null ? '' : ` · alignment ${align.toFixed(2)}`);
+    view.heads[layer][head].update(values, colour, view.targets[layer], caption);
+  }));
+  view.circuits.hidden = !circuits;
+  if (circuits) drawCircuits(view, r, circuits);
+}
+
+function tokenName(frame, id) {
+  return id === null ? '·' : frame.vocab[id];
+}
+
+function buildRun(r, frame) {
+  const tokens = frame.tokens.map((id) => tokenName(frame, id));
+  const predicts = frame.predict.map((id) => (id === null ? null : tokenName(frame, id)));
+  const rowLabels = tokens.map((t, q) => ({text: t, note: predicts[q] === null ? null : `→ ${predicts[q]}`}));
+  const describe = (q, k, w) => `query ${q} “${tokens[q]}”` +
+      (predicts[q] === null ? '' : ` (predicts “${predicts[q]}”)`) +
+      ` · key ${k} “${tokens[k]}” · weight ${w === null ? 'masked' : w.toFixed(3)}`;
+  const grid = el('div', 'grid');
+  grid.style.gridTemplateColumns = `repeat(${r.heads}, max-content)`;
+  const heads = frame.attention.map((layerHeads, layer) => layerHeads.map((_, head) => {
+    const map = heatmap({caption: `layer ${layer} · head ${head}`, rowLabels, colLabels: tokens,
+                         corner: 'query ╲ key', describe});
+    map.element.dataset.layer = layer;
+    map.element.dataset.head = head;
+    grid.append(map.element);
+    return map;
+  }));
+  const targets = frame.targets.map((cells) => (cells === null ? null : new Set(cells.map(([q, k]) => `${q},${k}`))));
+  const stepNote = el('span', 'step-note');
+  const circuits = el('div', 'circuits');
+  circuits.hidden = true;
+  const heading = el('h2', '', [el('span', 'run-label', r.label), stepNote]);
+  heading.title = r.run;
+  const section = el('section', 'run', [heading, grid, circuits]);
+  section.dataset.run = r.run;
+  const view = {section, stepNote, heads, targets, circuits, circuitMaps: null, tokens};
+  state.views.set(r.run, view);
+  return view;
+}
+
+const CIRCUITS = [
+  // [name in the route's answer, caption, row labels, column labels, what a row/column is]
+  ['qk_tokens', 'QK tokens', 'vocab', 'vocab', ['query token', 'key token']],
+  ['qk_positions', 'QK positions', 'positions', 'positions', ['query position', 'key position']],
+  ['ov', 'OV', 'vocab', 'vocab', ['attended token', 'raised logit']],
+];
+
+function drawCircuits(view, r, answer) {
+  const positions = Array.from({length: answer.positions}, (_, i) => `${i}`);
+  const axes = {vocab: answer.vocab, positions};
+  if (!view.circuitMaps) {
+    view.circuits.append(el('h3', '', 'Circuits through the embeddings (direct path; norms left out)'));
+    view.circuitMaps = answer.layers.map((heads, layer) => heads.map((_, head) => {
+      const row = el('div', 'circuit-row', [el('span', 'circuit-head', `layer ${layer} · head ${head}`)]);
+      view.circuits.append(row);
+      return CIRCUITS.map(([name, caption, rows, cols, [rowName, colName]]) => {
+        const map = heatmap({
+          caption, rowLabels: axes[rows], colLabels: axes[cols], corner: `${rowName} ╲ ${colName}`,
+          describe: (i, j, v) => `${rowName} “${axes[rows][i]}” · ${colName} “${axes[cols][j]}” · ` +
+              (v === null ? 'masked (future key)' : v.toFixed(3)),
+        });
+        map.element.dataset.circuit = name;
+        row.append(map.element);
+        return map;
+      });
+    }));
+  }
+  answer.layers.forEach((heads, layer) => heads.forEach((maps, head) => {
+    CIRCUITS.forEach(([name, caption], i) => {
+      const {values, scale} = maps[name];
+      const colour = (v) => colourOf(state.scales.signed, v, -scale, scale);
+      view.circuitMaps[layer][head][i].update(values, colour, null, `${caption} · ±${scale.toPrecision(3)}`);
+    });
+  }));
+}
