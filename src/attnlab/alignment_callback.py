@@ -20,8 +20,11 @@ class AlignmentScalars(L.Callback):
         if trainer.sanity_checking:
             return
         inputs = trainer.datamodule.validation[0]
-        if self.targets is None:
-            self.targets = alignment.chunk_targets(self.task, inputs, len(module.model.blocks))
-        report = alignment.measure(module.model, self.task, inputs, self.targets)
         # Every rank scores the same whole validation set, so there is nothing to reduce across processes.
-        module.log_dict(report.scalars(), batch_size=len(inputs), sync_dist=False, rank_zero_only=False)
+        module.log_dict(self.scalars(inputs, module.model), batch_size=len(inputs), sync_dist=False, rank_zero_only=False)
+
+    def scalars(self, inputs: torch.Tensor, model: torch.nn.Module) -> dict[str, float]:
+        """The model's alignment and entropy scalars over the validation inputs (a stacked member's too)."""
+        if self.targets is None:
+            self.targets = alignment.chunk_targets(self.task, inputs, len(model.blocks))
+        return alignment.measure(model, self.task, inputs, self.targets).scalars()

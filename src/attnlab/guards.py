@@ -90,7 +90,10 @@ class StopOnDivergence(L.Callback):
         step = trainer.global_step
         if step % self.every_n_steps and step % self.val_every_n_steps:
             return
-        loss = float(outputs["loss"])
+        self.check_loss(step, float(outputs["loss"]))
+
+    def check_loss(self, step: int, loss: float) -> None:
+        """Diverged if the training loss at `step` is not finite (also called per member of a stacked group)."""
         if math.isfinite(loss):
             self.last_finite = (step, loss)
         else:
@@ -99,9 +102,13 @@ class StopOnDivergence(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        bad = [name for name, p in module.named_parameters() if not torch.isfinite(p).all()]
+        self.check_weights(trainer.global_step, module.named_parameters())
+
+    def check_weights(self, step: int, named_parameters) -> None:
+        """Diverged if any of the (name, parameter) pairs holds a value that is not finite."""
+        bad = [name for name, p in named_parameters if not torch.isfinite(p).all()]
         if bad:
-            self.fail(f"weights are not finite at step {trainer.global_step} ({', '.join(bad)})")
+            self.fail(f"weights are not finite at step {step} ({', '.join(bad)})")
 
     def fail(self, what: str) -> None:
         last = "no finite loss was seen"

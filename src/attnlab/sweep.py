@@ -104,6 +104,26 @@ def isolated(train: Callable[[DictConfig], float], cfg: DictConfig, run_dir: Pat
     return value
 
 
+# Runs a stacked launcher (hydra_plugins/attnlab_stacked) has trained already, as members of a group: run_dir ->
+# what attnlab.train.run returns (or raises) for it. The job's own entry point then finishes each as it finishes a
+# run it trained itself: its messages, exit code and job.json.
+_trained_elsewhere: dict[Path, Callable[[], dict]] = {}
+
+
+@contextlib.contextmanager
+def trained_elsewhere(run_dir: Path, outcome: Callable[[], dict]):
+    """While the job of run_dir runs, train.run gives outcome() instead of training."""
+    _trained_elsewhere[Path(run_dir).resolve()] = outcome
+    try:
+        yield
+    finally:
+        _trained_elsewhere.pop(Path(run_dir).resolve(), None)
+
+
+def trained_outcome(run_dir: Path) -> Callable[[], dict] | None:
+    return _trained_elsewhere.get(Path(run_dir).resolve())
+
+
 def torch_threads(cfg: DictConfig) -> int | None:
     """Threads for this job's torch ops: device.threads if set; else, in a sweep whose launcher runs jobs side by
     side, this machine's cores shared among them (joblib: hydra.launcher.n_jobs; submitit:
