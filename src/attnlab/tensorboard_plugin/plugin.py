@@ -33,9 +33,13 @@ COLORMAPS = {"attention": "viridis", "signed": "RdBu_r"}
 OVERRIDES = Path(".hydra") / "overrides.yaml"  # Hydra writes a run's command-line overrides there
 
 
-def rounded(values: np.ndarray, digits: int):
-    """Nested lists of floats for JSON, NaN as null (JSON has no NaN)."""
-    values = np.round(values.astype(np.float64), digits)
+def rounded(values: np.ndarray, digits: int = 4):
+    """Nested lists of floats for JSON to `digits` significant digits of the largest (float16 has about 3), NaN as
+    null (JSON has no NaN)."""
+    values = values.astype(np.float64)
+    largest = np.nanmax(np.abs(values), initial=0.0)
+    decimals = digits - 1 - math.floor(math.log10(largest)) if largest > 0 else 0
+    values = np.round(values, decimals)
     return np.where(np.isnan(values), None, values).tolist()
 
 
@@ -132,7 +136,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
             layers, heads = frames[-1].numpy.shape
             answer.append({"run": run, "label": labels[run], "overrides": overrides[run], "layers": layers,
                            "heads": heads, "steps": [datum.step for datum in frames],
-                           "alignment": rounded(frames[-1].numpy, 3)})
+                           "alignment": rounded(frames[-1].numpy)})
         return http_util.Respond(request, {"runs": answer}, "application/json")
 
     def frame_at(self, request, wanted: list[str]) -> tuple[int, dict[str, np.ndarray]]:
@@ -155,8 +159,8 @@ class AttentionPlugin(base_plugin.TBPlugin):
     def frame_route(self, request):
         step, frame = self.frame_at(request, [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE])
         labels = json.loads(frame[tags.FRAME_PROBE].item())
-        answer = {"step": step, "attention": rounded(frame[tags.FRAME_ATTENTION], 4),
-                  "alignment": rounded(frame[tags.FRAME_ALIGNMENT], 3), **labels}
+        answer = {"step": step, "attention": rounded(frame[tags.FRAME_ATTENTION]),
+                  "alignment": rounded(frame[tags.FRAME_ALIGNMENT]), **labels}
         return http_util.Respond(request, answer, "application/json")
 
     @wrappers.Request.application
@@ -168,7 +172,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
         heads = frame[tags.FRAME_ALIGNMENT].shape[1]
         per_head = circuits(frame[tags.FRAME_WEIGHTS], frame[tags.FRAME_EMBEDDING], frame[tags.FRAME_POSITIONS],
                             frame[tags.FRAME_UNEMBEDDING], heads, labels["causal"])
-        layers = [[{name: {"values": rounded(m, 3), "scale": float(np.nanmax(np.abs(m)))} for name, m in head.items()}
+        layers = [[{name: {"values": rounded(m), "scale": float(np.nanmax(np.abs(m)))} for name, m in head.items()}
                    for head in layer] for layer in per_head]
         answer = {"step": step, "vocab": labels["vocab"], "positions": len(frame[tags.FRAME_POSITIONS]),
                   "layers": layers}

@@ -1,0 +1,188 @@
+"""The Attention tab (TensorBoard plugin "attnlab") on a real TensorBoard over a real short run.
+
+Over HTTP, what the tab's page asks: the plugin is listed, its runs, a frame, the circuits (checked against the
+checkpoint's weights), and a run without frames is left out or answered 404, never a server error; a TensorBoard
+with no frames at all has the tab inactive. Then in a real browser (Selenium + headless Chromium, skipped where none
+is installed): the tab opens in TensorBoard's page, shows the labels and the cells, hovers, and the step slider
+changes the frame."""
+
+import shutil
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+
+from attnlab import tags
+from attnlab.alignment import alignment
+from attnlab.tensorboard_plugin import plugin
+from attnlab.tensorboard_server import TensorBoardServer
+from conftest import ROOT, TINY_RUN
+
+STEPS, IMAGE_EVERY = 24, 2  # conftest.TINY_RUN
+FRAMES = list(range(0, STEPS + 1, IMAGE_EVERY))
+LAYERS, HEADS, N = 2, 2, 4  # reverse of data.seq_len=4: a stream of 2n-1 = 7 positions
+POSITIONS = 2 * N - 1
+TIMEOUT = 60  # seconds for a server to be up and to have read the run
+RUN, NO_FRAMES = "tiny", "no_frames"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def logdir(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run as a sweep job leaves it (with Hydra's .hydra/overrides.yaml), beside a run that logged a scalar
+    and no frames."""
+    root = tmp_path_factory.mktemp("plugin_logdir")
+    shutil.copytree(tiny_run, root / RUN)
+    (root / RUN / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(TINY_RUN))
+    with SummaryWriter(root / NO_FRAMES) as writer:
+        writer.add_scalar(tags.metric("train", "loss"), 1.0, 0)
+    return root
+
+
+def loaded(answer) -> bool:
+    return bool(answer) and [r["steps"] for r in answer["runs"]] == [FRAMES]
+
+
+@pytest.fixture(scope="module")
+def servers(logdir, tmp_path_factory):
+    """One TensorBoard on both runs, and one on the run without frames alone; started together."""
+    logs = tmp_path_factory.mktemp("plugin_tensorboard")
+    started = {"both": TensorBoardServer(logdir, log=logs / "both.log"),
+               "none": TensorBoardServer(logdir / NO_FRAMES, log=logs / "none.log")}
+    try:
+        started["both"].wait_until("/data/plugin/attnlab/runs", loaded, TIMEOUT)
+        started["none"].wait_until("/data/runs", lambda runs: runs == ["."], TIMEOUT)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers):
+    return servers["both"]
+
+
+def route(name: str, **args) -> str:
+    return f"/data/plugin/{tags.PLUGIN}/{name}?" + "&".join(f"{k}={v}" for k, v in args.items())
+
+
+def http_error(server, path: str) -> tuple[int, str]:
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        server.get(path)
+    return raised.value.code, raised.value.read().decode()
+
+
+def test_listed_as_an_iframed_tab(server):
+    listing = server.get("/data/plugins_listing")[tags.PLUGIN]
+    assert listing["enabled"] and listing["tab_name"] == "Attention"
+    assert listing["loading_mechanism"] == {"type": "IFRAME", "module_path": f"/data/plugin/{tags.PLUGIN}/index.js"}
+
+
+def test_inactive_without_frames(servers):
+    """A TensorBoard whose runs have no frames lists the tab as disabled, and its runs route answers no runs."""
+    server = servers["none"]
+    assert server.get("/data/plugins_listing")[tags.PLUGIN]["enabled"] is False
+    assert server.get(route("runs")) == {"runs": []}
+
+
+def test_runs(server):
+    (run,) = server.get(route("runs"))["runs"]  # the run without frames is not listed
+    assert run["run"] == RUN and run["steps"] == FRAMES
+    assert (run["layers"], run["heads"]) == (LAYERS, HEADS)
+    # Alone, a run is named by all of its overrides (in a sweep, by those that differ: test_run_labels).
+    assert run["overrides"] == TINY_RUN and run["label"] == " ".join(TINY_RUN)
+
+
+def test_run_without_frames_is_a_404(server):
+    code, text = http_error(server, route("frame", run=NO_FRAMES, step=0))
+    assert code == 404 and "no Attention frames" in text
+    assert http_error(server, route("frame", run=RUN, step=1))[0] == 404  # not a logged step
+    assert http_error(server, route("frame", run=RUN))[0] == 400
+
+
+def test_frame(server):
+    first, last = (server.get(route("frame", run=RUN, step=step)) for step in (FRAMES[0], FRAMES[-1]))
+    attention = np.array(last["attention"], dtype=float)  # [layer, head, query, key]
+    assert attention.shape == (LAYERS, HEADS, POSITIONS, POSITIONS)
+    assert np.allclose(attention.sum(-1), 1, atol=1e-2)  # float16, rounded: rows of weights sum to 1
+    assert np.allclose(np.triu(attention, 1), 0)  # reverse is causal: no weight on a future key
+    assert not np.allclose(attention, np.array(first["attention"], dtype=float), atol=1e-3)  # training moved it
+
+    tokens, predict = last["tokens"], last["predict"]
+    assert len(tokens) == POSITIONS and last["vocab"][:10] == [str(i) for i in range(10)]
+    # Reverse: the second half predicts the first half backwards; the first half predicts nothing.
+    assert predict[: N - 1] == [None] * (N - 1)
+    assert predict[N - 1 :] == tokens[N - 1 :: -1]
+
+    # Layer 0's target: each scored query on the key holding the token it predicts; layer 1 has none.
+    cells, no_target = last["targets"]
+    assert no_target is None
+    assert sorted((q, k) for q, k, _ in cells) == [(N - 1 + i, N - 1 - i) for i in range(N)]
+    target = torch.zeros(POSITIONS, POSITIONS)
+    for q, k, w in cells:
+        target[q, k] = w
+    # The alignment logged with the frame is the frame's own attention scored on that target.
+    expected = alignment(torch.tensor(attention[0]).unsqueeze(0).float(), target.unsqueeze(0))
+    assert np.allclose(last["alignment"][0], expected.numpy(), atol=2e-3)
+    assert last["alignment"][1] == [None, None]
+
+
+def test_circuits_are_the_final_weights(server, tiny_run):
+    """The last frame is logged at the end of training: its circuits are the saved checkpoint's."""
+    answer = server.get(route("circuits", run=RUN, step=FRAMES[-1]))
+    state = {k.removeprefix("model."): v.float() for k, v in
+             torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"].items()}
+    E, P, U = state["embedding.weight"], state["positions"][:POSITIONS], state["readout.weight"]
+    d = state["blocks.0.attention.W_Q"].shape[1] // HEADS
+    for layer in range(LAYERS):
+        W = {w: state[f"blocks.{layer}.attention.{w}"] for w in tags.WEIGHTS}
+        for head in range(HEADS):
+            h = slice(head * d, (head + 1) * d)
+            got = answer["layers"][layer][head]
+            expected = {
+                "qk_tokens": (E @ W["W_Q"][:, h]) @ (E @ W["W_K"][:, h]).T / d**0.5,
+                "qk_positions": ((P @ W["W_Q"][:, h]) @ (P @ W["W_K"][:, h]).T / d**0.5).tril(),
+                "ov": E @ W["W_V"][:, h] @ W["W_O"][h] @ U.T,
+            }
+            for name, matrix in expected.items():
+                values = np.array(got[name]["values"], dtype=float)
+                if name == "qk_positions":  # future keys are masked out (null)
+                    assert np.isnan(np.triu(values, 1)[np.triu_indices(POSITIONS, 1)]).all()
+                    values = np.nan_to_num(values)
+                scale = matrix.abs().max().item()
+                assert got[name]["scale"] == pytest.approx(scale, rel=2e-2)
+                assert np.allclose(values, matrix.numpy(), atol=2e-2 * scale), (layer, head, name)
+
+
+def test_colormaps(server):
+    scales = server.get(route("colormaps"))
+    assert {name: len(colours) for name, colours in scales.items()} == {"attention": 256, "signed": 256}
+    assert scales["attention"][0] == "#440154" and scales["attention"][-1] == "#fde725"  # viridis' ends
+
+
+def test_page_files_are_served_and_shipped(server):
+    """Every file of the page is served as it is, and pyproject's package data names it (a normal install ships
+    only what its globs match)."""
+    static = Path(plugin.__file__).parent / "static"
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    files = sorted(static.iterdir())
+    assert {"index.js", "heatmap.js", "style.css"} <= {path.name for path in files}
+    for path in files:
+        assert any(path.relative_to(static.parent).match(g) for g in globs["attnlab.tensorboard_plugin"]), path
+        url = f"{server.url}/data/plugin/{tags.PLUGIN}/{path.name}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.read() == path.read_bytes()
+            assert response.headers.get_content_type() == plugin.CONTENT_TYPES[path.suffix]
+
+
+def test_run_labels():
+    sweep = {"a": ["data=reverse", "model.heads=1"], "b": ["data=reverse", "model.heads=2"], "c": ["data=reverse"]}
+    assert plugin.run_labels(sweep) == {"a": "model.heads=1", "b": "model.heads=2", "c": "c"}
+    assert plugin.run_labels({"solo": []}) == {"solo": "solo"}
