@@ -1,7 +1,6 @@
-"""scripts/bench.py runs at tiny sizes and writes its report and the README section. No timing is asserted: the
+"""scripts/bench.py runs at tiny sizes and writes its report and its page's summary section. No timing is asserted: the
 figures of a --quick run mean nothing; only that every section ran and reported is checked."""
 
-import importlib.util
 import os
 import re
 import resource
@@ -13,17 +12,18 @@ import pytest
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from attnlab.bench import harness
 from conftest import ROOT
 
 BENCH = ROOT / "scripts" / "bench.py"
 
 
-def test_quick_bench_writes_report_and_readme_section(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("# Title\n\nbefore\n<!-- bench:start -->\nold figures\n<!-- bench:end -->\nafter\n")
+def test_quick_bench_writes_report_and_page_section(tmp_path):
+    page = tmp_path / "performance.md"
+    page.write_text("# Title\n\nbefore\n<!-- bench:start -->\nold figures\n<!-- bench:end -->\nafter\n")
     out = tmp_path / "docs" / "bench.md"
     command = [sys.executable, str(BENCH), "--quick", "--sections", "loop,logging,attention",
-               "--out", str(out), "--readme", str(readme)]  # fmt: skip
+               "--out", str(out), "--page", str(page)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -39,7 +39,7 @@ def test_quick_bench_writes_report_and_readme_section(tmp_path):
     assert re.search(r"default logging, share of a run's wall time \| -?\d+\.\d%", report)
     assert "QUICK" in report and "GPU figures: not measured" in report
 
-    text = readme.read_text()
+    text = page.read_text()
     assert text.startswith("# Title\n\nbefore\n<!-- bench:start -->\n") and text.endswith("<!-- bench:end -->\nafter\n")
     assert "old figures" not in text and "| framework / hand-written loop, steps/s (default size) |" in text
     assert "Machine: " in text and "torch " in text
@@ -47,10 +47,7 @@ def test_quick_bench_writes_report_and_readme_section(tmp_path):
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return harness  # what the sections share: interleaved runs, the first step's time
 
 
 SPIN = "import time\ncpu = time.process_time()\nwhile time.process_time() - cpu < {seconds}: pass"
