@@ -50,7 +50,8 @@ TRAINER_DONE_BY_ATTNLAB = ("gradient_clip_val", "gradient_clip_algorithm", "accu
 
 def is_global(option: Path) -> bool:
     """A config that sets keys anywhere (`# @package _global_`: experiment, hparams_search, debug), not a section."""
-    return option.read_text().lstrip().startswith("# @package _global_")
+    # A plugin's option (hydra/launcher=joblib) has no file in conf/: it is not one of ours, so not global.
+    return option.is_file() and option.read_text().lstrip().startswith("# @package _global_")
 
 
 @functools.cache
