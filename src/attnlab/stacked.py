@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from attnlab import module as solo, resume, tags, train
+from attnlab.config import ConfigError
 from attnlab.alignment_callback import AlignmentScalars
 from attnlab.callbacks import AttentionImages
 from attnlab.data import VALIDATION_BATCH, Chunks, TaskDataModule
@@ -552,8 +553,13 @@ LR_TAG = "lr-AdamW"  # LearningRateMonitor's name for a solo run's lr (one AdamW
 # ---- a group, start to end -----------------------------------------------------------------------------------------
 
 
-def stackable(cfg: DictConfig) -> str | None:
-    """Why a job cannot be a stacked member (it is then trained alone), or None."""
+def refusal(cfg: DictConfig) -> str | None:
+    """Why a job cannot be a member of a stacked group (the launcher then launches it alone), or None. A config
+    refused at config time is one: launched alone, it stops with its one line, as under any launcher."""
+    try:
+        train.build(cfg)
+    except ConfigError as error:
+        return f"refused: {error}"
     if cfg.get("ckpt_path"):
         return "it goes on from a checkpoint (ckpt_path)"
     if float(cfg.get("loss", {}).get("attention", 0) or 0) > 0:

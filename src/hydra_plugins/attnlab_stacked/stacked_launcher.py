@@ -1,0 +1,178 @@
+"""The stacked launcher: jobs of a sweep that differ only in what a member may differ in (seed, optim.*, stop_at:
+attnlab.stacked.MEMBER_KEYS) are trained together as one stacked model, one group after another.
+
+Each job is still a Hydra job of its own: its config composed by Hydra's config loader, its directory and .hydra/
+made as run_job makes them, and its task function (scripts/train.py's main) called through run_job, so it ends
+exactly as a run trained by itself ends (its messages, exit code, job.json, the value it returns to a sweeper). What
+differs is only where its training happened: its group trained it first (attnlab.stacked.train_group), and while
+its task function runs, attnlab.train.run hands back what that training gave for it (attnlab.sweep.trained_elsewhere).
+
+Jobs whose config is refused are launched as they are (they stop at config time with their one line, in their
+job.json); jobs that cannot be members (stacked.stackable: a checkpoint to go on from, solo-only trainer options)
+and groups of one are trained alone, as the basic launcher would.
+
+Imported by Hydra whenever it looks for plugins: torch and Lightning only once jobs are launched.
+"""
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, _save_config, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+# What cannot be stacked at all: a member is one slice of one process's model.
+REFUSED_DEVICES = ("cpu_ddp", "gpu_ddp")
+
+
+class StackedLauncher(Launcher):
+    def __init__(self, max_members: int = 64, threads: Optional[int] = None) -> None:
+        self.max_members, self.threads = max_members, threads
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    # -- Hydra's side of a job, as run_job does it
+
+    def job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        return config
+
+    @staticmethod
+    def output_dir(config: DictConfig) -> Path:
+        """The job's directory, as run_job names it (its subdir may use ${hydra:...}: resolved with the job's own
+        HydraConfig)."""
+        HydraConfig.instance().set_config(config)
+        subdir = str(OmegaConf.select(config, "hydra.sweep.subdir"))
+        return Path(os.path.abspath(os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")), subdir)))
+
+    @staticmethod
+    def task_config(config: DictConfig) -> DictConfig:
+        HydraConfig.instance().set_config(config)
+        task = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        return task
+
+    def save_hydra_dir(self, config: DictConfig, run_dir: Path) -> None:
+        """.hydra/ as run_job writes it, before training: a member's directory is a run directory from the start
+        (resume=RUN_DIR finds its config even if the process is killed mid-group). run_job writes the same again."""
+        HydraConfig.instance().set_config(config)
+        hydra = OmegaConf.create(OmegaConf.to_container(config.hydra, resolve=False))
+        with read_write(hydra), open_dict(hydra):
+            hydra.runtime.output_dir = str(run_dir)
+        if config.hydra.output_subdir is not None:
+            out = run_dir / str(config.hydra.output_subdir)
+            _save_config(self.task_config(config), "config.yaml", out)
+            _save_config(OmegaConf.create({"hydra": hydra}), "hydra.yaml", out)
+            _save_config(config.hydra.overrides.task, "overrides.yaml", out)
+
+    def run(self, config: DictConfig) -> JobReturn:
+        return run_job(
+            hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+        )
+
+    # -- the sweep
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        configs = [self.job_config(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        for config in configs:
+            device = config.hydra.runtime.choices.get("device")
+            if device in REFUSED_DEVICES or config.device.get("strategy", "auto") != "auto":
+                print(f"error: device={device}: hydra/launcher=stacked trains a group's members in one process "
+                      f"(allowed: device=auto, cpu, gpu or mps); launch multi-process runs with the basic, joblib or "
+                      f"slurm launcher", file=sys.stderr)
+                if not any(sweep_dir.iterdir()):
+                    sweep_dir.rmdir()
+                sys.exit(2)
+
+        from attnlab import stacked  # torch and Lightning: seconds, so only now
+
+        log.info(f"Stacked launcher: {len(configs)} jobs, at most {self.max_members} members per model")
+        groups: dict[str, list[int]] = {}
+        alone = []  # refused at config time (they stop with their line), or trained by themselves
+        for i, config in enumerate(configs):
+            reason = stacked.refusal(self.task_config(config))
+            if reason is None:
+                groups.setdefault(stacked.group_key(self.task_config(config)), []).append(i)
+            else:
+                alone.append(i)
+                log.info(f"\t#{config.hydra.job.num} alone ({reason}): {' '.join(filter_overrides(config.hydra.overrides.task))}")
+        batches = [idx[s : s + self.max_members] for idx in groups.values() for s in range(0, len(idx), self.max_members)]
+        alone += [i for batch in batches if len(batch) == 1 for i in batch]  # a group of one: the solo path itself
+        batches = [batch for batch in batches if len(batch) > 1]
+
+        runs: list[Optional[JobReturn]] = [None] * len(configs)
+        for i in alone:
+            runs[i] = self.run(configs[i])
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        for n, batch in enumerate(batches):
+            nums = ", ".join(f"#{configs[i].hydra.job.num}" for i in batch)
+            log.info(f"Group {n + 1}/{len(batches)}: {len(batch)} members ({nums}) trained as one model")
+            interrupted = self.train_group(stacked, [configs[i] for i in batch], runs, batch)
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            if interrupted is not None:  # every member of the group saved and said how to resume; the sweep stops
+                raise interrupted
+        return runs
+
+    def train_group(self, stacked, configs: list[DictConfig], runs: list, where: list[int]) -> Optional[SystemExit]:
+        """Trains one group, then finishes each member as its own job. Returns the SystemExit of a signal."""
+        import torch
+
+        run_dirs = [self.output_dir(c) for c in configs]
+        for config, run_dir in zip(configs, run_dirs):
+            self.save_hydra_dir(config, run_dir)
+        tasks = []
+        for config in configs:
+            HydraConfig.instance().set_config(config)  # ${hydra:...} in a job's config resolves as in its job
+            tasks.append(self.task_config(config))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads or len(os.sched_getaffinity(0)))
+        try:
+            members = stacked.train_group(tasks, run_dirs)
+        finally:
+            torch.set_num_threads(threads)
+        interrupted = None
+        for i, config, member in zip(where, configs, members):
+            try:
+                runs[i] = self.finish(config, member)
+            except SystemExit as stop:  # a signal: this member said how to resume; the others say so too
+                interrupted = interrupted or stop
+        return interrupted
+
+    def finish(self, config: DictConfig, member) -> JobReturn:
+        from attnlab import sweep
+
+        def outcome() -> dict:
+            if isinstance(member.outcome, BaseException):
+                raise member.outcome
+            return dict(member.outcome)
+
+        with sweep.trained_elsewhere(member.run_dir, outcome):
+            ret = self.run(config)
+        record = member.run_dir / sweep.JOB_FILE
+        if record.is_file():  # its wall time: the group's training, not the moment it took to finish it
+            data = json.loads(record.read_text())
+            data["wall_s"] = round(member.wall_s, 3)
+            record.write_text(json.dumps(data, indent=2) + "\n")
+        return ret
