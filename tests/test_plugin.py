@@ -186,3 +186,100 @@ def test_run_labels():
     sweep = {"a": ["data=reverse", "model.heads=1"], "b": ["data=reverse", "model.heads=2"], "c": ["data=reverse"]}
     assert plugin.run_labels(sweep) == {"a": "model.heads=1", "b": "model.heads=2", "c": "c"}
     assert plugin.run_labels({"solo": []}) == {"solo": "solo"}
+
+
+# The browser test: TensorBoard's own page, the tab opened by its URL, the tab's iframe driven as a user would.
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason=f"no browser to drive: needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install -y chromium "
+    "chromium-driver; .ci/run installs them)",
+)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000"]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@needs_browser
+def test_tab_in_a_browser(server, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, TIMEOUT)
+    css = lambda root, selector: root.find_elements(By.CSS_SELECTOR, selector)  # noqa: E731
+
+    def each(selector: str, expression: str) -> list:
+        """`expression` of every element matching `selector` (as `e`), in one round trip to the browser."""
+        return browser.execute_script(f"return [...document.querySelectorAll(arguments[0])].map((e) => {expression})",
+                                      selector)
+
+    last, first = (server.get(route("frame", run=RUN, step=step)) for step in (FRAMES[-1], FRAMES[0]))
+    names = [last["vocab"][t] for t in last["tokens"]]
+    predicted = [None if t is None else last["vocab"][t] for t in last["predict"]]
+
+    browser.get(f"{server.url}/#{tags.PLUGIN}")
+    browser.switch_to.frame(wait.until(lambda b: css(b, "iframe"))[0])
+    cells = LAYERS * HEADS * POSITIONS**2
+    wait.until(lambda b: len(css(b, "td.cell")) == cells)
+    assert browser.execute_script("return document.body.dataset.step") == str(FRAMES[-1])  # opens at the last step
+    (section,) = css(browser, "section.run")
+    assert section.get_attribute("data-run") == RUN
+    assert css(section, "h2 .run-label")[0].text == " ".join(TINY_RUN)
+    assert css(browser, ".run-choice")[0].text == " ".join(TINY_RUN)  # the picker lists it by the same name
+
+    # Layer 0, head 1: tokens as text on both axes, query rows with the token they predict, the alignment in the
+    # title, the target's cells outlined.
+    selected = "figure.heatmap[data-layer='0'][data-head='1']"
+    head = css(section, selected)[0]
+    assert each(f"{selected} th.col .token", "e.textContent") == names
+    assert each(f"{selected} th.row .token", "e.textContent") == names
+    notes = each(f"{selected} th.row", "e.querySelector('.note')?.textContent ?? null")
+    assert notes == [None if p is None else f"→ {p}" for p in predicted]
+    assert css(head, "figcaption")[0].text == f"layer 0 · head 1 · alignment {last['alignment'][0][1]:.2f}"
+    targets = each(f"{selected} td.cell", "e.classList.contains('target')")
+    outlined = [(i // POSITIONS, i % POSITIONS) for i, target in enumerate(targets) if target]
+    assert outlined == sorted((q, k) for q, k, _ in last["targets"][0])
+    assert not any(each("figure[data-layer='1'] td.cell", "e.classList.contains('target')"))
+
+    # Hover: query position and token, key position and token, weight.
+    q, k = outlined[0]
+    ActionChains(browser).move_to_element(css(head, "td.cell")[q * POSITIONS + k]).perform()
+    tooltip = wait.until(lambda b: [t for t in css(b, ".tooltip") if t.is_displayed()])[0]
+    assert tooltip.text == (f"query {q} “{names[q]}” (predicts “{predicted[q]}”) · key {k} “{names[k]}” · "
+                            f"weight {last['attention'][0][1][q][k]:.3f}")
+
+    # The step slider: Home goes to the first logged step, and the cells show that frame.
+    colours = lambda: each(f"{selected} td.cell", "getComputedStyle(e).backgroundColor")  # noqa: E731
+    before = colours()
+    css(browser, "#step")[0].send_keys(Keys.HOME)
+    wait.until(lambda b: b.execute_script("return document.body.dataset.step") == str(FRAMES[0]))
+    assert css(browser, ".step-value")[0].text == str(FRAMES[0])
+    assert css(head, "figcaption")[0].text == f"layer 0 · head 1 · alignment {first['alignment'][0][1]:.2f}"
+    assert colours() != before
+    css(browser, "#step")[0].send_keys(Keys.ARROW_RIGHT)  # one stop on: the next logged step, not step 1
+    wait.until(lambda b: b.execute_script("return document.body.dataset.step") == str(FRAMES[1]))
+
+    # The circuits: three maps per head, positions x positions with the future keys masked.
+    css(browser, "#circuits")[0].click()
+    wait.until(lambda b: len(css(section, "figure[data-circuit]")) == LAYERS * HEADS * 3)
+    positional = "figure[data-circuit='qk_positions']"
+    assert len(each(f"{positional} td.cell", "1")) == LAYERS * HEADS * POSITIONS**2
+    assert len(each(f"{positional} td.cell.masked", "1")) == LAYERS * HEADS * POSITIONS * (POSITIONS - 1) // 2
+    assert len(each("figure[data-circuit='ov'] td.cell", "1")) == LAYERS * HEADS * len(last["vocab"]) ** 2
+    assert browser.execute_script("return document.querySelectorAll('.error').length") == 0
