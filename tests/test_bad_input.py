@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 # (id, overrides, exit code, what stderr must say). {tmp} is the case's own temporary directory.
-# Exit 2: attnlab's checks (one line starting "error:"); exit 1: Hydra's own (unknown option, mistyped key).
+# Exit 2 and one line starting "error:", Hydra's refusals (an unknown option, a key without +) included.
 CASES = [
     ("dim-not-a-number", ["model.dim=abc"], 2, ["model.dim must be an integer", "'abc'"]),
     ("dim-zero", ["model.dim=0"], 2, ["model.dim must be >= 1", "got 0"]),
@@ -43,12 +43,29 @@ CASES = [
     ("ckpt-not-a-run", ["ckpt_path={tmp}/weights.pt"], 2, ["ckpt_path: {tmp}/weights.pt is not a training checkpoint"]),
     ("resume-not-a-run", ["resume={tmp}"], 2, ["resume: {tmp} is not a run directory", "allowed:"]),
     ("resume-no-checkpoint", ["resume={tmp}/started"], 2, ["resume: {tmp}/started has no checkpoints/last.ckpt"]),
-    # Hydra's own checks: the message names the group or key; for a group it lists the options.
-    ("task-group-unknown", ["data=palindrome"], 1, ["Could not find 'data/palindrome'", "Available options in 'data'", "reverse"]),
-    ("device-unknown", ["device=tpu"], 1, ["Could not find 'device/tpu'", "Available options in 'device'", "cpu"]),
-    ("logging-unknown", ["logging=verbose"], 1, ["Could not find 'logging/verbose'", "Available options in 'logging'", "off"]),
-    ("launcher-unknown", ["hydra/launcher=cluster"], 1, ["Could not find 'hydra/launcher/cluster'", "Available options in 'hydra/launcher'", "basic"]),
-    ("key-typo", ["model.dimm=64"], 1, ["Could not override 'model.dimm'", "Key 'dimm' is not in struct"]),
+    # Keys attnlab would ignore: refused, with the section's allowed keys and the closest one.
+    ("key-unknown-model", ["+model.dropout=0.1"], 2, ["model.dropout is not a key of model: allowed dim, heads, layers"]),
+    ("key-unknown-top", ["+foo=1"], 2, ["foo is not a key of the config: allowed seed, ckpt_path"]),
+    ("key-unknown-data", ["+data.seqlen=8"], 2, ["data.seqlen is not a key of data (reverse): allowed task, seq_len, vocab_size, batch_size, val_size; did you mean data.seq_len?"]),
+    ("key-of-another-task", ["data.num_tokens=3"], 2, ["data.num_tokens is not a key of data (reverse)"]),
+    ("key-unknown-optim", ["+optim.momentum=0.9"], 2, ["optim.momentum is not a key of optim: allowed lr, weight_decay"]),
+    ("key-unknown-logging", ["+logging.every_steps=5"], 2, ["logging.every_steps is not a key of logging", "did you mean logging.every_n_steps?"]),
+    ("key-typo", ["model.dimm=64"], 2, ["model.dimm is not a key of model", "did you mean model.dim?"]),
+    # Trainer arguments: Lightning's names only, not those attnlab sets, with values Lightning takes.
+    ("trainer-argument-typo", ["++trainer.gradient_clipval=1"], 2, ["trainer.gradient_clipval is not a key of trainer", "did you mean trainer.gradient_clip_val?"]),
+    ("trainer-argument-ours", ["++trainer.accelerator=cpu"], 2, ["trainer.accelerator is set by attnlab from device"]),
+    ("trainer-argument-max-epochs", ["++trainer.max_epochs=3"], 2, ["trainer.max_epochs is set by attnlab from trainer.max_steps"]),
+    ("trainer-clip-algorithm", ["++trainer.gradient_clip_algorithm=l1"], 2, ["trainer.gradient_clip_algorithm must be one of norm, value", "'l1'"]),
+    ("trainer-accumulate-zero", ["++trainer.accumulate_grad_batches=0"], 2, ["trainer.accumulate_grad_batches must be >= 1"]),
+    ("trainer-refused-by-lightning", ["++trainer.limit_val_batches=-1"], 2, ["trainer.limit_val_batches=-1: Lightning refuses it: You have passed invalid value -1 for limit_val_batches"]),
+    # Options a group does not have: one line with the group's options (Hydra's own search path not printed).
+    ("task-group-unknown", ["data=palindrome"], 2, ["data=palindrome: no such option; allowed: copy, histogram,", "reverse"]),
+    ("task-group-unknown-in-sweep", ["-m", "data=copy,palindrome"], 2, ["data=palindrome: no such option"]),
+    ("device-unknown", ["device=tpu"], 2, ["device=tpu: no such option; allowed: auto, cpu"]),
+    ("logging-unknown", ["logging=verbose"], 2, ["logging=verbose: no such option; allowed: default, off"]),
+    ("debug-unknown", ["debug=everything"], 2, ["debug=everything: no such option; allowed: anomaly, fdr, overfit, profiler"]),
+    ("recipe-unknown", ["+experiment=palindrome"], 2, ["experiment=palindrome: no such option; allowed: copy"]),
+    ("launcher-unknown", ["hydra/launcher=cluster"], 2, ["hydra/launcher=cluster: no such option; allowed: basic", "joblib"]),
     # The run or sweep directory: checked before Hydra makes it (attnlab.config.OutputDirCheck).
     ("output-dir-unwritable", ["hydra.run.dir={tmp}/a_file/run"], 2, ["hydra.run.dir: cannot write to {tmp}/a_file/run (Not a directory)"]),
     ("sweep-dir-unwritable", ["-m", "model.dim=16,32", "hydra.sweep.dir={tmp}/a_file/sweep"], 2, ["hydra.sweep.dir: cannot write to {tmp}/a_file/sweep"]),
