@@ -195,11 +195,11 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         run_dir, name="", version="", default_hp_metric=False, purge_step=start_step if ckpt_path else None
     )
     try:
-        log_config(logger, cfg, start_step)
         callbacks = run_callbacks(cfg, task, data, run_dir)
         stopper = next(c for c in callbacks if isinstance(c, StopOnSignal))
-
+        # Before anything is written: a Trainer argument Lightning refuses leaves no run behind.
         trainer = make_trainer(cfg, run_dir, logger, callbacks + list(extra_callbacks), extra, module.accumulate_grad_batches)
+        log_config(logger, cfg, start_step)
         try:
             # weights_only: the checkpoint is loaded as tensors and plain values, never as arbitrary pickled objects.
             trainer.fit(module, datamodule=data, ckpt_path=ckpt_path or None, weights_only=True)
