@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from attnlab.config import ConfigError
-from attnlab.sweep import summarize
+from attnlab.summary import summarize
 
 
 def main() -> None:

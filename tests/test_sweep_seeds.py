@@ -12,7 +12,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from attnlab import seeds, sweep
+from attnlab import seeds, summary
 from conftest import ROOT
 
 
@@ -54,7 +54,7 @@ def seeded_sweep(tmp_path):
 
 
 def test_seeds_grouped_per_setting(seeded_sweep, capsys):
-    sweep.summarize(seeded_sweep)
+    summary.summarize(seeded_sweep)
     table = {row["optim.lr"]: row for row in rows(seeded_sweep / "summary_seeds.csv")}
     assert set(table) == {"0.001", "0.01"}
     slow, fast = table["0.001"], table["0.01"]
@@ -84,7 +84,7 @@ def test_no_seed_table_without_seeds_to_aggregate(tmp_path, capsys):
     for number, dim in enumerate((16, 32)):  # seeds not swept: nothing to aggregate
         job_dir(tmp_path, number, [f"model.dim={dim}"], {"val/seq_acc": 1.0, "step": 100})
     (tmp_path / "summary_seeds.csv").write_text("from an older summary\n")
-    sweep.summarize(tmp_path)
+    summary.summarize(tmp_path)
     assert not (tmp_path / "summary_seeds.csv").exists()
     assert "Over seeds" not in capsys.readouterr().out
 
@@ -94,7 +94,7 @@ def test_the_seed_alone_swept_and_stop_at_null(tmp_path):
     means a final val/seq_acc of at least 0.99."""
     for seed, seq_acc in enumerate((1.0, 0.995, 0.5)):
         job_dir(tmp_path, seed, [f"seed={seed}"], {"val/seq_acc": seq_acc, "step": 1000}, stop_at=None)
-    sweep.summarize(tmp_path)
+    summary.summarize(tmp_path)
     (row,) = rows(tmp_path / "summary_seeds.csv")
     assert (row["n"], row["solved"], row["solved_step_mean"]) == ("3", "2", "")
     assert list(row)[0] == "seeds"  # no other swept key to name the setting

@@ -1,7 +1,7 @@
 """A sweep's jobs grouped over seeds: where jobs differ only in `seed`, one row per setting (the other swept values)
 with n, how many failed and how many solved, and mean, std, min and max of each final metric and of the step at
-which the run reached trainer.stop_at. attnlab.sweep writes it as summary_seeds.csv, prints it under the jobs'
-table and draws it in summary.png. Made from the job dicts of attnlab.sweep.read_jobs, so from files only, whichever
+which the run reached trainer.stop_at. attnlab.summary writes it as summary_seeds.csv, prints it under the jobs'
+table and draws it in summary.png. Made from the job dicts of attnlab.summary.read_jobs, so from files only, whichever
 launcher ran the jobs.
 """
 
