@@ -152,7 +152,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     message = str(caught.value)
     # Caught at the next logging step (every 5): the step, the last finite loss, a hint, the checkpoint kept.
     assert "train/loss is nan at step 25" in message and "last finite train/loss:" in message and "at step 20" in message
-    assert "lower optim.lr (now 0.003)" in message
+    assert "lower optim.lr (now 0.02)" in message
     assert f"{tmp_path / 'checkpoints' / 'last.ckpt'} keeps the weights of step 20" in message
     kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert kept["global_step"] == 20 and all(torch.isfinite(t).all() for t in kept["state_dict"].values())

@@ -45,8 +45,8 @@ def test_reverse_solved_aligned_and_logged(tmp_path):
 
 
 def test_mqar_solved_with_both_steps_of_the_circuit(tmp_path):
-    metrics, untrained = train(tmp_path, "data=mqar", "model.layers=2", "model.dim=64", "trainer.max_steps=200",
-                               "trainer.stop_at=null", "logging=off")
+    metrics, untrained = train(tmp_path, "data=mqar", "model.layers=2", "model.dim=64", "optim.lr=3e-3",
+                               "trainer.max_steps=200", "trainer.stop_at=null", "logging=off")
     assert metrics["val/seq_acc"] >= 0.99
     # Layer 0 carries each key into its value's position, layer 1 reads the value after the matching key.
     assert metrics[tags.align(0, 0)] >= 0.9 and metrics[tags.align(1, 0)] >= 0.9

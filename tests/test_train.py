@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     result = subprocess.run(
         [sys.executable, "scripts/train.py", "device=cpu", "data.seq_len=6", "model.dim=32", "model.heads=2",
-         "trainer.max_steps=1500", "trainer.val_every_n_steps=50", "logging.images_every_n_steps=50",
+         "optim.lr=3e-3", "trainer.max_steps=1500", "trainer.val_every_n_steps=50", "logging.images_every_n_steps=50",
          "logging.progress_bar=false", f"hydra.run.dir={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
