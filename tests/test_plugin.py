@@ -6,6 +6,7 @@ with no frames at all has the tab inactive. Then in a real browser (Selenium + h
 is installed): the tab opens in TensorBoard's page, shows the labels and the cells, hovers, and the step slider
 changes the frame."""
 
+import json
 import shutil
 import tomllib
 import urllib.error
@@ -16,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch.utils.tensorboard import SummaryWriter
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
 
-from attnlab import tags
+from attnlab import hparams, tags
 from attnlab.alignment import alignment
 from attnlab.tensorboard_plugin import plugin
 from attnlab.tensorboard_server import TensorBoardServer
@@ -33,15 +35,21 @@ RUN, NO_FRAMES = "tiny", "no_frames"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
+OVERRIDDEN = ["optim.lr=0.01", "model.heads=2"]  # the HParams of the run without frames: as if a sweep's job
+
+
 @pytest.fixture(scope="module")
 def logdir(tiny_run, tmp_path_factory) -> Path:
-    """The tiny run as a sweep job leaves it (with Hydra's .hydra/overrides.yaml), beside a run that logged a scalar
-    and no frames."""
+    """The tiny run as a sweep job leaves it (with Hydra's .hydra/overrides.yaml), beside a run without frames: the
+    tiny run's config and final metrics logged for HParams as a job overriding OVERRIDDEN would."""
     root = tmp_path_factory.mktemp("plugin_logdir")
     shutil.copytree(tiny_run, root / RUN)
     (root / RUN / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(TINY_RUN))
-    with SummaryWriter(root / NO_FRAMES) as writer:
-        writer.add_scalar(tags.metric("train", "loss"), 1.0, 0)
+    final = json.loads((tiny_run / "metrics.json").read_text())
+    final.pop("step", None)  # not a metric (attnlab.train.finish)
+    logger = TensorBoardLogger(root / NO_FRAMES, name="", version="", default_hp_metric=False)
+    hparams.log(logger, OmegaConf.load(tiny_run / ".hydra" / "config.yaml"), final, STEPS, OVERRIDDEN)
+    logger.finalize("success")
     return root
 
 
@@ -90,6 +98,24 @@ def test_inactive_without_frames(servers):
     server = servers["none"]
     assert server.get("/data/plugins_listing")[tags.PLUGIN]["enabled"] is False
     assert server.get(route("runs")) == {"runs": []}
+
+
+def test_hparams_lists_overridden_keys_first(servers):
+    """TensorBoard ticks the first five hparams and metrics of the experiment for display: the keys the job
+    overrides come first, flagged as differing, then the validation metrics."""
+    experiment = servers["none"].get("/data/plugin/hparams/experiment", {"experimentName": ""})
+    infos = experiment["hparamInfos"]
+    assert [i["name"] for i in infos[:2]] == sorted(o.split("=")[0].replace(".", "/") for o in OVERRIDDEN)
+    assert [bool(i.get("differs")) for i in infos] == [True, True] + [False] * (len(infos) - 2)
+    metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    assert metrics[:4] == ["val/loss", "val/acc", "val/seq_acc", "align/best"] and len(metrics) > 4
+
+
+def test_overridden_keys():
+    keys = ["data/task", "data/seq_len", "model/heads", "model/dim", "seed"]
+    assert hparams.overridden(keys, ["model.heads=2", "seed=3"]) == {"model/heads", "seed"}
+    assert hparams.overridden(keys, ["data=sort", "+experiment=induction", "hydra/launcher=stacked"]) == {
+        "data/task", "data/seq_len"}  # a group sets all its keys; what the config has no key for, nothing
 
 
 def test_runs(server):

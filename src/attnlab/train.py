@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import config, resume, sweep, tags, viz
+from attnlab import config, hparams, resume, sweep, tags, viz
 from attnlab.alignment_callback import AlignmentScalars
 from attnlab.callbacks import AttentionImages
 from attnlab.data import TaskDataModule
@@ -243,7 +243,7 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
 
 def finish(logger, cfg: DictConfig, final: dict[str, float], step: int, run_dir: Path) -> dict[str, float]:
     """A trained run's last records (a stacked member's too): HParams with its final metrics, metrics.json."""
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics=final, step=step)
+    hparams.log(logger, cfg, final, step, hparams.job_overrides())  # the keys the job overrides first
     logger.finalize("success")
     # The step the final weights are of: where trainer.stop_at was reached, else max_steps. Not an HParams
     # metric (logged above without it); the sweep summary reads how many steps each seed took (attnlab.seeds).
