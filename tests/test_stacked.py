@@ -1,0 +1,196 @@
+"""Stacked training (attnlab.stacked, hydra/launcher=stacked): each member trains as its solo run would (the same
+losses step by step, final metrics, checkpoint and TensorBoard tags), stops and fails on its own, and is a real run
+directory that resume= goes on from; the launcher groups a sweep's jobs by shape, through scripts/train.py."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from attnlab import stacked, tags, train
+from attnlab.guards import Diverged
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "scripts" / "train.py"
+STEPS = 20
+SHORT = ["device=cpu", f"trainer.max_steps={STEPS}", "trainer.val_every_n_steps=10", "trainer.stop_at=null",
+         "logging.every_n_steps=1", "logging.images_every_n_steps=10", "logging.progress_bar=false", "data.val_size=64"]
+# Two members that differ in all a member may: seed, lr, weight decay, warm-up and schedule.
+MEMBERS = [["seed=1", "optim.lr=3e-3"],
+           ["seed=2", "optim.lr=1e-2", "optim.weight_decay=0.1", "optim.warmup_steps=5", "optim.schedule=cosine"]]
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def tag_set(run_dir: Path) -> dict[str, list[str]]:
+    return {kind: sorted(names) for kind, names in events(run_dir).Tags().items() if isinstance(names, list)}
+
+
+def flat(d, prefix: str = "") -> dict:
+    """A checkpoint's nested dicts and lists as {"a/b/0/c": leaf}."""
+    items = d.items() if isinstance(d, dict) else enumerate(d)
+    out = {}
+    for key, value in items:
+        nested = isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict))
+        out.update(flat(value, f"{prefix}{key}/") if nested else {f"{prefix}{key}": value})
+    return out
+
+
+@pytest.mark.parametrize("model", [[], ["model.layers=2", "model.heads=2", "model.mlp=true", "model.norm=true"]],
+                         ids=["1-layer", "2-layer-mlp-norm"])
+def test_members_train_as_their_solo_runs(tmp_path, model):
+    cfgs = [compose_cfg(SHORT + model + member) for member in MEMBERS]
+    members = stacked.train_group(cfgs, [tmp_path / f"member{k}" for k in range(len(cfgs))])
+    for k, (cfg, member) in enumerate(zip(cfgs, members)):
+        solo_dir = tmp_path / f"solo{k}"
+        solo = train.run(cfg, solo_dir)
+        assert isinstance(member.outcome, dict)
+        # every step's loss (logging.every_n_steps=1) and the lr it was taken at
+        for tag in (tags.metric("train", "loss"), stacked.LR_TAG):
+            ours, theirs = events(member.run_dir).Scalars(tag), events(solo_dir).Scalars(tag)
+            assert [e.step for e in ours] == [e.step for e in theirs] == list(range(STEPS))
+            torch.testing.assert_close([e.value for e in ours], [e.value for e in theirs], rtol=1e-5, atol=1e-5)
+        final = json.loads((member.run_dir / "metrics.json").read_text())
+        assert final.keys() == solo.keys() and final["step"] == STEPS
+        torch.testing.assert_close(final, solo, rtol=1e-4, atol=1e-5)
+        assert final["val/loss"] < math.log(cfg.data.vocab_size)  # learned something
+        # every TensorBoard tag the solo run writes: scalars, images, histograms, text, HParams, the plugin's frames
+        assert tag_set(member.run_dir) == tag_set(solo_dir)
+        # checkpoints/last.ckpt in the solo format, with the same weights, moments and loop state
+        ours, theirs = (flat(torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)) for d in (member.run_dir, solo_dir))
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            if "dirpath" in key or "best_model_path" in key:
+                assert value.replace(str(solo_dir), str(member.run_dir)) == ours[key]
+            elif torch.is_tensor(value):
+                torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-6, msg=key)
+            elif isinstance(value, float):
+                assert ours[key] == pytest.approx(value), key  # an lr: computed on the host, per member
+            else:
+                assert ours[key] == value, key
+
+
+def test_a_member_stops_or_fails_alone(tmp_path):
+    """A member past trainer.stop_at is frozen at that step with its solo run's metrics and checkpoint; a member that
+    diverges fails with the solo message; the member between them trains on to max_steps."""
+    base = ["device=cpu", "data.seq_len=2", "data.vocab_size=3", "trainer.max_steps=30", "trainer.val_every_n_steps=10",
+            "logging.every_n_steps=5", "logging.images_every_n_steps=0", "logging.progress_bar=false",
+            "data.val_size=64"]
+    # 2 tokens of 3: guessing already solves 1/9 of the sequences, past stop_at=0.05 at the first validation
+    cfgs = [compose_cfg(base + o) for o in (["seed=1", "trainer.stop_at=0.05"], ["seed=2", "trainer.stop_at=null"],
+                                             ["seed=3", "trainer.stop_at=null", "optim.lr=1e30"])]
+    stopping, going, diverging = stacked.train_group(cfgs, [tmp_path / f"m{k}" for k in range(3)])
+
+    solo = train.run(cfgs[0], tmp_path / "solo")
+    assert stopping.outcome["step"] == solo["step"] == 10
+    torch.testing.assert_close(stopping.outcome, solo, rtol=1e-4, atol=1e-5)
+    saved = torch.load(stopping.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    reference = torch.load(tmp_path / "solo" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 10
+    for name, weight in reference["state_dict"].items():
+        torch.testing.assert_close(saved["state_dict"][name], weight, rtol=1e-4, atol=1e-5)
+        # frozen since: the stacked weights still hold what step 10 saved
+        torch.testing.assert_close(stopping.view.state_dict()[name], weight, rtol=1e-4, atol=1e-5)
+    for ours, theirs in zip(saved["optimizer_states"][0]["state"].values(), reference["optimizer_states"][0]["state"].values()):
+        assert float(ours["step"]) == float(theirs["step"]) == 10
+        torch.testing.assert_close(ours["exp_avg_sq"], theirs["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+    assert [e.step for e in events(stopping.run_dir).Scalars("train/loss")] == [4, 9]  # nothing after it stopped
+
+    assert going.outcome["step"] == 30 and math.isfinite(going.outcome["val/loss"])
+    assert isinstance(diverging.outcome, Diverged)
+    assert "training diverged: train/loss is nan at step" in str(diverging.outcome)
+    assert not (diverging.run_dir / "metrics.json").exists()
+
+
+def run_script(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+TINY = ["device=cpu", "trainer.max_steps=20", "trainer.val_every_n_steps=10", "trainer.stop_at=null",
+        "logging.every_n_steps=5", "logging.images_every_n_steps=10", "logging.progress_bar=false", "data.val_size=64"]
+
+
+@pytest.mark.slow
+def test_stacked_sweep_through_the_launcher_and_resume_a_member(tmp_path):
+    sweep = tmp_path / "sweep"
+    # 8 jobs: two widths x two seeds, each with a valid and an invalid weight decay: 2 groups of 2 members, 4 refused
+    result = run_script(["-m", "hydra/launcher=stacked", "model.dim=16,32", "seed=0,1", "optim.weight_decay=0,-1",
+                         *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("members (") == 2 and "2 members" in result.stderr  # two stacked groups of two
+    with (sweep / "summary.csv").open() as f:
+        import csv
+
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8
+    for row in rows:
+        record = json.loads((sweep / row["run_dir"] / "job.json").read_text())
+        if row["optim.weight_decay"] == "-1":
+            assert row["status"] == "failed" and "optim.weight_decay must be a number >= 0" in row["error"]
+            assert not (sweep / row["run_dir"] / ".hydra").exists()  # refused: no run left, as under any launcher
+            continue
+        run_dir = sweep / row["run_dir"]
+        assert row["status"] == "ok" and record["status"] == "ok", row
+        assert (run_dir / ".hydra" / "config.yaml").is_file() and list(run_dir.glob("events.out.tfevents.*"))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert float(row["val/loss"]) == pytest.approx(metrics["val/loss"]) and metrics["step"] == 20
+        assert metrics["val/loss"] < math.log(10)
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
+    assert (sweep / "summary.png").is_file()
+
+    # A member is a run like any other: resume goes on from its checkpoint, in its directory, alone.
+    member = next(sweep / r["run_dir"] for r in rows if r["status"] == "ok" and r["model.dim"] == "16")
+    resumed = run_script([f"resume={member}", "trainer.max_steps=30"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((member / "metrics.json").read_text())["step"] == 30
+    assert torch.load(member / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+
+
+def test_multi_process_devices_are_refused_with_one_line(tmp_path):
+    result = run_script(["-m", "hydra/launcher=stacked", "device=cpu_ddp", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"],
+                        tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: device=cpu_ddp: hydra/launcher=stacked trains a group's members in one process (allowed: device=auto, "
+        "cpu, gpu or mps); launch multi-process runs with the basic, joblib or slurm launcher"
+    ]
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_a_signal_stops_every_member_with_its_checkpoint_and_resume_line(tmp_path):
+    sweep, steps = tmp_path / "sweep", 2000
+    args = [a for a in TINY if not a.startswith("trainer.max_steps")] + [f"trainer.max_steps={steps}"]
+    process = subprocess.Popen([sys.executable, str(TRAIN), "-m", "hydra/launcher=stacked", "seed=0,1", *args,
+                                f"hydra.sweep.dir={sweep}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(sweep.glob("*/checkpoints/last.ckpt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 128 + signal.SIGINT, err[-3000:]
+    run_dirs = sorted(p.parent.parent for p in sweep.glob("*/checkpoints/last.ckpt"))
+    assert len(run_dirs) == 2
+    saved = {torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for d in run_dirs}
+    assert len(saved) == 1 and 10 <= saved.pop() < steps  # both at the step the group stopped at
+    for run_dir in run_dirs:
+        assert f"Resume with:  python {TRAIN} resume={run_dir}" in err
+        assert json.loads((run_dir / "job.json").read_text())["status"] == "interrupted"
