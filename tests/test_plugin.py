@@ -81,6 +81,12 @@ def route(name: str, **args) -> str:
     return f"/data/plugin/{tags.PLUGIN}/{name}?" + "&".join(f"{k}={v}" for k, v in args.items())
 
 
+def frame(server, step: int, run: str = RUN) -> dict:
+    (answer,) = server.get(route("frames", run=run, step=step))["frames"]
+    assert (answer["run"], answer["step"]) == (run, step)
+    return answer
+
+
 def http_error(server, path: str) -> tuple[int, str]:
     with pytest.raises(urllib.error.HTTPError) as raised:
         server.get(path)
@@ -127,14 +133,14 @@ def test_runs(server):
 
 
 def test_run_without_frames_is_a_404(server):
-    code, text = http_error(server, route("frame", run=NO_FRAMES, step=0))
+    code, text = http_error(server, route("frames", run=NO_FRAMES, step=0))
     assert code == 404 and "no Attention frames" in text
-    assert http_error(server, route("frame", run=RUN, step=1))[0] == 404  # not a logged step
-    assert http_error(server, route("frame", run=RUN))[0] == 400
+    assert http_error(server, route("frames", run=RUN, step=1))[0] == 404  # not a logged step
+    assert http_error(server, route("frames", run=RUN))[0] == 400
 
 
 def test_frame(server):
-    first, last = (server.get(route("frame", run=RUN, step=step)) for step in (FRAMES[0], FRAMES[-1]))
+    first, last = (frame(server, step) for step in (FRAMES[0], FRAMES[-1]))
     attention = np.array(last["attention"], dtype=float)  # [layer, head, query, key]
     assert attention.shape == (LAYERS, HEADS, POSITIONS, POSITIONS)
     assert np.allclose(attention.sum(-1), 1, atol=1e-2)  # float16, rounded: rows of weights sum to 1
@@ -162,7 +168,7 @@ def test_frame(server):
 
 def test_circuits_are_the_final_weights(server, tiny_run):
     """The last frame is logged at the end of training: its circuits are the saved checkpoint's."""
-    answer = server.get(route("circuits", run=RUN, step=FRAMES[-1]))
+    (answer,) = server.get(route("circuits", run=RUN, step=FRAMES[-1]))["circuits"]
     state = {k.removeprefix("model."): v.float() for k, v in
              torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"].items()}
     E, P, U = state["embedding.weight"], state["positions"][:POSITIONS], state["readout.weight"]
@@ -247,7 +253,7 @@ def test_tab_in_a_browser(server, browser):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, TIMEOUT)
+    wait = WebDriverWait(browser, TIMEOUT, poll_frequency=0.1)
     css = lambda root, selector: root.find_elements(By.CSS_SELECTOR, selector)  # noqa: E731
 
     def each(selector: str, expression: str) -> list:
@@ -255,7 +261,7 @@ def test_tab_in_a_browser(server, browser):
         return browser.execute_script(f"return [...document.querySelectorAll(arguments[0])].map((e) => {expression})",
                                       selector)
 
-    last, first = (server.get(route("frame", run=RUN, step=step)) for step in (FRAMES[-1], FRAMES[0]))
+    last, first = (frame(server, step) for step in (FRAMES[-1], FRAMES[0]))
     names = [last["vocab"][t] for t in last["tokens"]]
     predicted = [None if t is None else last["vocab"][t] for t in last["predict"]]
 
@@ -287,8 +293,8 @@ def test_tab_in_a_browser(server, browser):
     q, k = outlined[0]
     ActionChains(browser).move_to_element(css(head, "td.cell")[q * POSITIONS + k]).perform()
     tooltip = wait.until(lambda b: [t for t in css(b, ".tooltip") if t.is_displayed()])[0]
-    assert tooltip.text == (f"query {q} “{names[q]}” (predicts “{predicted[q]}”) · key {k} “{names[k]}” · "
-                            f"weight {last['attention'][0][1][q][k]:.3f}")
+    weight = last["attention"][0][1][q][k]
+    assert tooltip.text == f"query {q} “{names[q]}” (predicts “{predicted[q]}”) · key {k} “{names[k]}” · weight {weight:.3f}"
 
     # The step slider: Home goes to the first logged step, and the cells show that frame.
     colours = lambda: each(f"{selected} td.cell", "getComputedStyle(e).backgroundColor")  # noqa: E731

@@ -3,8 +3,9 @@ TensorBoard's data provider (the multiplexer is None under TensorBoard's default
 
 Routes, under /data/plugin/attnlab/ (the page's fetch("./runs") reaches them):
     runs                     every run with frames: its label (the overrides that tell it apart), steps, shape
-    frame?run=R&step=S       that frame's attention [layer][head][query][key], alignment and labels
-    circuits?run=R&step=S    each head's QK and OV circuits through the embeddings, computed here from the weights
+    frames?run=R&step=S...   those frames' attention [layer][head][query][key], alignment and labels (one pair
+                             per run shown: a move of the step slider is one request)
+    circuits?run=R&step=S... each head's QK and OV circuits through the embeddings, computed here from the weights
     colormaps                the two colour scales as 256 CSS colours (matplotlib's, as the Images tab's)
     index.js, *.js, *.css    the page
 
@@ -88,7 +89,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
         self.static = {f"/{p.name}": p for p in STATIC.iterdir() if p.suffix in CONTENT_TYPES}
 
     def get_plugin_apps(self):
-        apps = {"/runs": self.runs_route, "/frame": self.frame_route, "/circuits": self.circuits_route,
+        apps = {"/runs": self.runs_route, "/frames": self.frames_route, "/circuits": self.circuits_route,
                 "/colormaps": self.colormaps_route}
         return {**apps, **{path: self.static_route for path in self.static}}
 
@@ -139,44 +140,51 @@ class AttentionPlugin(base_plugin.TBPlugin):
                            "alignment": rounded(frames[-1].numpy)})
         return http_util.Respond(request, {"runs": answer}, "application/json")
 
-    def frame_at(self, request, wanted: list[str]) -> tuple[int, dict[str, np.ndarray]]:
-        """The step asked and {tag: array} of the run asked at that step, for the tags wanted."""
-        run, step = request.args.get("run"), request.args.get("step", "")
-        if run is None or not step.lstrip("-").isdigit():
-            raise errors.InvalidArgumentError("give run=<name> and step=<integer>")
-        data = self.read(request, [run], wanted).get(run, {})
-        if not data:
-            raise errors.NotFoundError(f"run {run!r} has no Attention frames (logging.images_every_n_steps=0?)")
-        arrays = {}
-        for tag in wanted:
-            datum = next((d for d in data.get(tag, []) if d.step == int(step)), None)
-            if datum is None:
-                raise errors.NotFoundError(f"run {run!r} has no {tag} at step {step}")
-            arrays[tag] = datum.numpy
-        return int(step), arrays
+    def frames_at(self, request, wanted: list[str]) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+        """(run, step, {tag: array}) for each run=R&step=S pair asked, in one read of the data provider (a step of
+        the slider asks for every run shown at once)."""
+        runs, steps = request.args.getlist("run"), request.args.getlist("step")
+        if not runs or len(runs) != len(steps) or not all(s.lstrip("-").isdigit() for s in steps):
+            raise errors.InvalidArgumentError("give run=<name>&step=<integer> pairs")
+        found = self.read(request, sorted(set(runs)), wanted)
+        frames = []
+        for run, step in zip(runs, map(int, steps)):
+            data = found.get(run, {})
+            if not data:
+                raise errors.NotFoundError(f"run {run!r} has no Attention frames (logging.images_every_n_steps=0?)")
+            arrays = {}
+            for tag in wanted:
+                datum = next((d for d in data.get(tag, []) if d.step == step), None)
+                if datum is None:
+                    raise errors.NotFoundError(f"run {run!r} has no {tag} at step {step}")
+                arrays[tag] = datum.numpy
+            frames.append((run, step, arrays))
+        return frames
 
     @wrappers.Request.application
-    def frame_route(self, request):
-        step, frame = self.frame_at(request, [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE])
-        labels = json.loads(frame[tags.FRAME_PROBE].item())
-        answer = {"step": step, "attention": rounded(frame[tags.FRAME_ATTENTION]),
-                  "alignment": rounded(frame[tags.FRAME_ALIGNMENT]), **labels}
-        return http_util.Respond(request, answer, "application/json")
+    def frames_route(self, request):
+        answer = []
+        for run, step, frame in self.frames_at(request, [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE]):
+            labels = json.loads(frame[tags.FRAME_PROBE].item())
+            answer.append({"run": run, "step": step, "attention": rounded(frame[tags.FRAME_ATTENTION]),
+                           "alignment": rounded(frame[tags.FRAME_ALIGNMENT]), **labels})
+        return http_util.Respond(request, {"frames": answer}, "application/json")
 
     @wrappers.Request.application
     def circuits_route(self, request):
         wanted = [tags.FRAME_ALIGNMENT, tags.FRAME_PROBE, tags.FRAME_WEIGHTS, tags.FRAME_EMBEDDING,
                   tags.FRAME_POSITIONS, tags.FRAME_UNEMBEDDING]
-        step, frame = self.frame_at(request, wanted)
-        labels = json.loads(frame[tags.FRAME_PROBE].item())
-        heads = frame[tags.FRAME_ALIGNMENT].shape[1]
-        per_head = circuits(frame[tags.FRAME_WEIGHTS], frame[tags.FRAME_EMBEDDING], frame[tags.FRAME_POSITIONS],
-                            frame[tags.FRAME_UNEMBEDDING], heads, labels["causal"])
-        layers = [[{name: {"values": rounded(m), "scale": float(np.nanmax(np.abs(m)))} for name, m in head.items()}
-                   for head in layer] for layer in per_head]
-        answer = {"step": step, "vocab": labels["vocab"], "positions": len(frame[tags.FRAME_POSITIONS]),
-                  "layers": layers}
-        return http_util.Respond(request, answer, "application/json")
+        answer = []
+        for run, step, frame in self.frames_at(request, wanted):
+            labels = json.loads(frame[tags.FRAME_PROBE].item())
+            heads = frame[tags.FRAME_ALIGNMENT].shape[1]
+            per_head = circuits(frame[tags.FRAME_WEIGHTS], frame[tags.FRAME_EMBEDDING], frame[tags.FRAME_POSITIONS],
+                                frame[tags.FRAME_UNEMBEDDING], heads, labels["causal"])
+            layers = [[{name: {"values": rounded(m), "scale": float(np.nanmax(np.abs(m)))} for name, m in h.items()}
+                       for h in layer] for layer in per_head]
+            answer.append({"run": run, "step": step, "vocab": labels["vocab"],
+                           "positions": len(frame[tags.FRAME_POSITIONS]), "layers": layers})
+        return http_util.Respond(request, {"circuits": answer}, "application/json")
 
     @wrappers.Request.application
     def colormaps_route(self, request):

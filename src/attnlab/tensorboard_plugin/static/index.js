@@ -26,12 +26,24 @@ async function getJSON(path) {
   return response.json();
 }
 
-function cached(route, run, step) {
-  const key = `${route} ${run} ${step}`;
-  if (!state.cache.has(key)) {
-    state.cache.set(key, getJSON(`./${route}?${new URLSearchParams({run, step})}`));
+/**
+ * The route's answers for [run, step] pairs, from the cache or in one request for all those missing (a move of
+ * the step slider asks for every run shown at once). route: 'frames' or 'circuits'.
+ */
+function cached(route, pairs) {
+  const key = ([run, step]) => `${route} ${run} ${step}`;
+  const missing = pairs.filter((pair) => !state.cache.has(key(pair)));
+  if (missing.length) {
+    const query = new URLSearchParams();
+    for (const [run, step] of missing) {
+      query.append('run', run);
+      query.append('step', step);
+    }
+    const answer = getJSON(`./${route}?${query}`);
+    missing.forEach((pair, i) => state.cache.set(key(pair), answer.then((all) => all[route][i])));
+    answer.catch(() => missing.forEach((pair) => state.cache.delete(key(pair))));  // asked again next time
   }
-  return state.cache.get(key);
+  return Promise.all(pairs.map((pair) => state.cache.get(key(pair))));
 }
 
 export async function render() {
@@ -131,22 +143,32 @@ async function draw() {
   document.querySelector('.step-value').textContent = step === undefined ? '' : `${step}`;
   const main = document.querySelector('main.runs');
   const shown = state.runs.filter((r) => state.shown.has(r.run));
-  await Promise.all(shown.map(async (r) => {
-    const own = r.steps[nearestIndex(r.steps, step)];  // the run's own frame at or before the shared step
-    const [frame, circuits] = await Promise.all([
-      cached('frame', r.run, own),
-      state.circuits ? cached('circuits', r.run, own) : null,
+  // Each run's own frame at or before the shared step.
+  const pairs = shown.map((r) => [r.run, r.steps[nearestIndex(r.steps, step)]]);
+  try {
+    const [frames, circuits] = await Promise.all([
+      cached('frames', pairs),
+      state.circuits ? cached('circuits', pairs) : pairs.map(() => null),
     ]);
     if (drawing !== state.drawn) return;  // the slider has moved on
-    drawRun(r, frame, circuits);
-  }).map((p) => p.catch((error) => showError(error))));
+    shown.forEach((r, i) => drawRun(r, frames[i], circuits[i]));
+  } catch (error) {
+    showError(error);
+    return;
+  }
   if (drawing !== state.drawn) return;
-  // Sections in the picker's order, the unticked ones hidden (kept: ticking a run again costs nothing).
+  // Sections in the picker's order, the unticked ones hidden (kept: ticking a run again costs nothing). Moved
+  // only when new: moving a section lays the page out again.
+  let previous = null;
   for (const r of state.runs) {
     const view = state.views.get(r.run);
     if (!view) continue;
-    view.section.hidden = !state.shown.has(r.run);
-    main.append(view.section);
+    const hidden = !state.shown.has(r.run);
+    if (view.section.hidden !== hidden) view.section.hidden = hidden;
+    if (view.section.parentElement !== main) {
+      main.insertBefore(view.section, previous ? previous.nextSibling : main.firstChild);
+    }
+    previous = view.section;
   }
   document.body.dataset.step = `${step}`;  // for tests: the step whose frames are on the page
 }
