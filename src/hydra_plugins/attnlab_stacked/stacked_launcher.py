@@ -106,7 +106,7 @@ class StackedLauncher(Launcher):
                     sweep_dir.rmdir()
                 sys.exit(2)
 
-        from attnlab import stacked  # torch and Lightning: seconds, so only now
+        from attnlab import signals, stacked  # torch and Lightning: seconds, so only now
 
         log.info(f"Stacked launcher: {len(configs)} jobs, at most {self.max_members} members per model")
         groups: dict[str, list[int]] = {}
@@ -127,16 +127,19 @@ class StackedLauncher(Launcher):
             runs[i] = self.run(configs[i])
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         for n, batch in enumerate(batches):
+            if signals.received() is not None:  # the sweep was stopped: each job says it did not start, as its own
+                for i in batch:
+                    runs[i] = self.run(configs[i])
+                continue
             nums = ", ".join(f"#{configs[i].hydra.job.num}" for i in batch)
             log.info(f"Group {n + 1}/{len(batches)}: {len(batch)} members ({nums}) trained as one model")
-            interrupted = self.train_group(stacked, [configs[i] for i in batch], runs, batch)
+            self.train_group(stacked, [configs[i] for i in batch], runs, batch)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            if interrupted is not None:  # every member of the group saved and said how to resume; the sweep stops
-                raise interrupted
         return runs
 
-    def train_group(self, stacked, configs: list[DictConfig], runs: list, where: list[int]) -> Optional[SystemExit]:
-        """Trains one group, then finishes each member as its own job. Returns the SystemExit of a signal."""
+    def train_group(self, stacked, configs: list[DictConfig], runs: list, where: list[int]) -> None:
+        """Trains one group, then finishes each member as its own job (on a signal: each saved, each says how to
+        resume)."""
         import torch
 
         run_dirs = [self.output_dir(c) for c in configs]
@@ -152,13 +155,8 @@ class StackedLauncher(Launcher):
             members = stacked.train_group(tasks, run_dirs)
         finally:
             torch.set_num_threads(threads)
-        interrupted = None
         for i, config, member in zip(where, configs, members):
-            try:
-                runs[i] = self.finish(config, member)
-            except SystemExit as stop:  # a signal: this member said how to resume; the others say so too
-                interrupted = interrupted or stop
-        return interrupted
+            runs[i] = self.finish(config, member)
 
     def finish(self, config: DictConfig, member) -> JobReturn:
         from attnlab import sweep
