@@ -8,15 +8,17 @@
 import contextlib
 import gc
 import shutil
+import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from attnlab import config, resume, sweep
+from attnlab import config, console, resume, signals, sweep
 from attnlab.config import ConfigError
 
 
@@ -56,6 +58,7 @@ def collector_paused():
 
 def train(cfg: DictConfig) -> float:
     """One run; returns cfg.optimized_metric (the value a sweeper such as Optuna optimises)."""
+    start = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # Bad input fails at once: what can be checked is, before the imports that take seconds (torch, Lightning).
     with collector_paused():
@@ -71,6 +74,8 @@ def train(cfg: DictConfig) -> float:
             stop_before_training(error, run_dir)
         from attnlab.guards import Diverged, Interrupted
         from attnlab.train import PROFILE_FILE, run
+
+        console.one_handler_for_lightning()
 
     # TensorBoard's writer thread hands a failed write (disk full) on to the main thread, which reports it below
     # once; the thread's own traceback would only repeat it.
@@ -99,6 +104,8 @@ def train(cfg: DictConfig) -> float:
               " was written, nothing here is a result.")
     if (profile := run_dir / PROFILE_FILE).is_file():
         print(f"\nProfile ({profile}), the top of it:\n" + "\n".join(profile.read_text().splitlines()[:14]))
+    if not cfg.trainer.get("fast_dev_run"):  # a dry run learned nothing to report
+        print("\n" + console.learned(metrics, time.perf_counter() - start))
     # images=1000: TensorBoard keeps only 10 frames per image tag by default (and images=0 shows none in 2.21).
     print(f"\nRun saved in {run_dir}\nView it with:  tensorboard --logdir {run_dir} --samples_per_plugin images=1000")
     metric = cfg.get("optimized_metric", "val/seq_acc")  # runs made before the key existed can be resumed
@@ -119,4 +126,9 @@ if __name__ == "__main__":
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl+C before training began, or pressed again in a sweep: stopped at once
+        sys.exit(128 + signal.SIGINT)
+    if (signum := signals.received()) is not None:  # a sweep stopped by a signal, ended with its summary
+        sys.exit(128 + signum)

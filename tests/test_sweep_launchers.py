@@ -1,15 +1,22 @@
 """Sweeps under the other launchers and the Optuna sweeper: joblib (jobs side by side, threads shared),
 submitit_local (each job a process of its own, as on SLURM), each with a 2-process (ddp_spawn) job and a failing
-one; Optuna with 3 trials into a sqlite study."""
+one; a joblib sweep stopped by SIGTERM; Optuna with 3 trials into a sqlite study."""
 
+import contextlib
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from test_sweep import TINY, rows, train
+from test_sweep import TINY, TRAIN, rows, train
 
 SAME = ["dim", "heads", "layers", "lr", "weight_decay", "batch_size", "seed", "max_steps", "world_size", "threads"]
 
@@ -43,6 +50,61 @@ def test_joblib_parallel_jobs_with_ddp(tmp_path):
     ranks = check_ddp_and_failure(sweep)
     # 2 jobs side by side, 2 processes each: each process gets its share of this machine's cores
     assert ranks[0]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2 // 2)
+
+
+def alive(pgid: int) -> list[str]:
+    """The processes of process group `pgid` that have not ended (a zombie has), as `pid command`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            command, _, rest = stat.read_text().rpartition(")")
+            state, _ppid, group = rest.split()[:3]
+        except (OSError, ValueError):  # ended while being read
+            continue
+        if int(group) == pgid and state != "Z":
+            found.append(f"{stat.parent.name} {command.partition('(')[2]}")
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the sweep's processes from /proc")
+def test_sigterm_to_a_joblib_sweep_stops_it_as_ctrl_c_does(tmp_path):
+    """kill of the sweep's process group (a user's kill, a scheduler): the two running jobs save their checkpoints
+    at the step they reached, the third does not start, the summary says so, and no process of the sweep is left."""
+    sweep, log = tmp_path / "sweep", tmp_path / "stderr"
+    args = [sys.executable, str(TRAIN), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "device=cpu",
+            "seed=0,1,2", "trainer.max_steps=100000", "trainer.val_every_n_steps=10", "trainer.stop_at=null",
+            "logging=off", "data.val_size=64", f"hydra.sweep.dir={sweep}"]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 200
+        while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 2:  # both workers are training (step 10 passed)
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        process.wait(timeout=60)
+        while alive(process.pid) and time.monotonic() < signalled + 20:
+            time.sleep(0.2)
+        left, took = alive(process.pid), time.monotonic() - signalled
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    stderr = log.read_text()
+    assert not left, f"still running {took:.0f} s after SIGTERM: {left}"
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+
+    table = {r["seed"]: r for r in rows(sweep / "summary.csv")}
+    assert sorted(r["status"] for r in table.values()) == ["interrupted", "interrupted", "not started"]
+    assert not list(sweep.glob("*/metrics.json"))  # no job trained on to the end
+    stopped = re.findall(r"Training stopped by SIGTERM at step (\d+); checkpoint saved: (\S+)", stderr)
+    assert len(stopped) == 2
+    for step, checkpoint in stopped:  # each saved at the step it stopped at: resumed, it goes on from there
+        assert torch.load(checkpoint, weights_only=True)["global_step"] == int(step) >= 10
+    waiting = next(r for r in table.values() if r["status"] == "not started")
+    assert waiting["error"] == "the sweep was stopped by SIGTERM before this job began"
+    assert not list((sweep / waiting["run_dir"]).glob("events.out*"))
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import threading
 import lightning.pytorch as L
 import torch
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from attnlab import signals
 
 
 class Interrupted(Exception):
@@ -30,7 +30,8 @@ class StopOnSignal(L.Callback):
     """On SIGINT or SIGTERM during training: finish the current step, let Lightning validate and save
     checkpoints/last.ckpt (a stop requested through `trainer.should_stop` does both), then stop. The checkpoint
     is at a step boundary, so a resumed run goes on exactly as if never stopped. A second Ctrl+C stops at once
-    without saving (Lightning's own KeyboardInterrupt handling).
+    without saving (Lightning's own KeyboardInterrupt handling). A job of a sweep whose process was signalled
+    while the job was starting (attnlab.signals) stops before its first step.
 
     Lightning's SIGTERM handler alone would stop by raising an exception after the step, with no checkpoint."""
 
@@ -43,11 +44,16 @@ class StopOnSignal(L.Callback):
         # Installed here, after Lightning installed its own in fit(), and only in the main thread (where Python
         # delivers signals; a test may call fit from another).
         if threading.current_thread() is threading.main_thread():
-            self.previous = {signum: signal.signal(signum, self.received) for signum in SIGNALS}
+            self.previous = {signum: signal.signal(signum, self.received) for signum in signals.SIGNALS}
+        if self.signum is None and signals.received() is not None:
+            self.signum, self.stopped_at = signals.received(), trainer.global_step
+            trainer.should_stop = True
 
     def received(self, signum: int, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
+        if signals.note(signum):
             raise KeyboardInterrupt  # the second Ctrl+C
+        if self.signum is not None:
+            return  # asked already
         self.signum = signum
         print(
             f"\n{signal.Signals(signum).name} received: stopping after this step and saving a checkpoint"

@@ -11,6 +11,7 @@ import io
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
@@ -21,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from attnlab import signals
 from attnlab.config import integer
 
 JOB_FILE = "job.json"
@@ -37,7 +39,7 @@ def in_sweep() -> bool:
 def write_job_record(run_dir: Path, status: str, wall_s: float, error: str | None = None, code: int | None = None):
     hydra = HydraConfig.get()
     record = {
-        "status": status,  # ok | failed | interrupted
+        "status": status,  # ok | failed | interrupted | not started
         "error": error,
         "exit_code": code,
         "wall_s": round(wall_s, 3),
@@ -69,8 +71,15 @@ class _Tee(io.TextIOBase):
 def isolated(train: Callable[[DictConfig], float], cfg: DictConfig, run_dir: Path) -> float | None:
     """Run one job of a sweep so that its failure does not end the sweep: whatever stops it (bad input, an
     exception, the entry point's sys.exit) is written to job.json and the job returns None, which the basic and
-    joblib launchers pass over and the Optuna sweeper records as a failed trial. A signal (Ctrl-C, SIGTERM) still
-    stops the whole sweep, as the user asked."""
+    joblib launchers pass over and the Optuna sweeper records as a failed trial. A signal (Ctrl-C, SIGTERM) stops
+    the sweep (attnlab.signals): the running job saves its checkpoint and is recorded as interrupted, every job
+    after it as not started, and the sweep ends with its summary."""
+    signals.listen()  # from this job on, a signal to this process stops its job and lets it take no other
+    if (signum := signals.received()) is not None and trained_outcome(run_dir) is None:  # (a stacked member began)
+        why = f"the sweep was stopped by {signal.Signals(signum).name} before this job began"
+        write_job_record(run_dir, "not started", 0.0, why)
+        print(f"[sweep] job {HydraConfig.get().job.num} not started: {why}", file=sys.stderr)
+        return None
     start = time.perf_counter()
     tee = _Tee(sys.stderr)
     try:
@@ -81,8 +90,8 @@ def isolated(train: Callable[[DictConfig], float], cfg: DictConfig, run_dir: Pat
         signalled = code > 128
         write_job_record(run_dir, "interrupted" if signalled else "failed", time.perf_counter() - start,
                          tee.last_line() or f"exit code {code}", code)
-        if signalled:
-            raise
+        if signalled:  # it said so, and where its checkpoint is; the jobs after it will not start
+            return None
         print(f"[sweep] job {HydraConfig.get().job.num} failed; the sweep goes on", file=sys.stderr)
         return None
     except Exception as error:  # unexpected: keep the traceback on the terminal, the message in job.json
