@@ -5,7 +5,7 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as L
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +17,7 @@ from attnlab.data import TaskDataModule
 from attnlab.guards import Diverged, Interrupted, StopOnDivergence, StopOnSignal
 from attnlab.model import AttentionModel
 from attnlab.module import AttentionLM
+from attnlab.progress import RunProgress
 from attnlab.ranks import FinalCheckpoint, RankRecord
 from attnlab.tasks import make_task
 
@@ -150,7 +151,7 @@ def run_callbacks(cfg: DictConfig, task, data, run_dir: Path) -> list[L.Callback
     if cfg.logging.progress_bar:
         # Redrawn every 20 steps (10 times a second at the default size): each redraw re-reads the logged metrics,
         # ~0.4 ms, which Lightning's default bar does at every step, 7% of a default-size step (issue 5).
-        callbacks.append(TQDMProgressBar(refresh_rate=20))
+        callbacks.append(RunProgress(refresh_rate=20))
     if cfg.trainer.stop_at is not None:
         callbacks.append(EarlyStopping("val/seq_acc", mode="max", stopping_threshold=cfg.trainer.stop_at, patience=10**9))
     return callbacks
