@@ -195,3 +195,26 @@ def test_a_signal_stops_every_member_with_its_checkpoint_and_resume_line(tmp_pat
     for run_dir in run_dirs:
         assert f"Resume with:  python {TRAIN} resume={run_dir}" in err
         assert json.loads((run_dir / "job.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_optuna_batch_trained_together_each_trial_valued_by_its_own_run(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    sweep, db = tmp_path / "sweep", tmp_path / "study.db"
+    tiny = [a for a in TINY if not a.startswith("logging.images")] + ["logging.images_every_n_steps=0"]
+    # The shipped search space with one width and head count: only the lr differs, so a batch is one group.
+    result = run_script(["-m", "hydra/launcher=stacked", "+hparams_search=lr_dim_heads",
+                         'hydra.sweeper.params={model.dim:"choice(32)",model.heads:"choice(1)"}',
+                         "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4",
+                         "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",
+                         f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *tiny,
+                         f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 members (" in result.stdout + result.stderr  # the batch of n_jobs trials as one model
+    losses = {}
+    for metrics in sweep.glob("trial*/metrics.json"):
+        losses[int(metrics.parent.name.removeprefix("trial").split("_")[0])] = json.loads(metrics.read_text())["val/loss"]
+    assert sorted(losses) == [0, 1, 2, 3] and len(set(losses.values())) == 4  # each trial its own lr, its own loss
+    study = optuna.load_study(study_name="test", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 4
+    assert {t.number: t.value for t in study.get_trials()} == pytest.approx(losses)
