@@ -214,6 +214,27 @@ def test_page_files_are_served_and_shipped(server):
             assert response.headers.get_content_type() == plugin.CONTENT_TYPES[path.suffix]
 
 
+def test_default_frame_is_a_few_kilobytes(tmp_path):
+    """A frame of the default model (1 layer, 1 head, dim 32; reverse of 8: 15 positions, 10 tokens), as a run of
+    one step writes it: most of it the four float16 weight matrices (4 x 32 x 32 x 2 bytes = 8 KB)."""
+    from hydra import compose, initialize_config_dir
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util.tensor_util import make_ndarray
+
+    from attnlab.train import run
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["device=cpu", "trainer.max_steps=1", "logging.every_n_steps=1",
+                                             "logging.progress_bar=false"])
+    run(cfg, tmp_path)
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    frames = [e for e in EventFileLoader(str(events)).Load() if e.summary.value and e.summary.value[0].tag in tags.FRAME]
+    assert [e.step for e in frames] == [0, 1]  # the first step and the last
+    shapes = {v.tag: make_ndarray(v.tensor).shape for v in frames[-1].summary.value}
+    assert shapes[tags.FRAME_ATTENTION] == (1, 1, 15, 15) and shapes[tags.FRAME_WEIGHTS] == (1, 4, 32, 32)
+    assert 8 * 1024 < frames[-1].ByteSize() < 12_000
+
+
 def test_run_labels():
     sweep = {"a": ["data=reverse", "model.heads=1"], "b": ["data=reverse", "model.heads=2"], "c": ["data=reverse"]}
     assert plugin.run_labels(sweep) == {"a": "model.heads=1", "b": "model.heads=2", "c": "c"}
@@ -294,7 +315,8 @@ def test_tab_in_a_browser(server, browser):
     ActionChains(browser).move_to_element(css(head, "td.cell")[q * POSITIONS + k]).perform()
     tooltip = wait.until(lambda b: [t for t in css(b, ".tooltip") if t.is_displayed()])[0]
     weight = last["attention"][0][1][q][k]
-    assert tooltip.text == f"query {q} “{names[q]}” (predicts “{predicted[q]}”) · key {k} “{names[k]}” · weight {weight:.3f}"
+    query, key = f"query {q} “{names[q]}” (predicts “{predicted[q]}”)", f"key {k} “{names[k]}”"
+    assert tooltip.text == f"{query} · {key} · weight {weight:.3f}"
 
     # The step slider: Home goes to the first logged step, and the cells show that frame.
     colours = lambda: each(f"{selected} td.cell", "getComputedStyle(e).backgroundColor")  # noqa: E731
