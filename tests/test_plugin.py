@@ -294,7 +294,9 @@ def test_tab_in_a_browser(server, browser):
     (section,) = css(browser, "section.run")
     assert section.get_attribute("data-run") == RUN
     assert css(section, "h2 .run-label")[0].text == " ".join(TINY_RUN)
-    assert css(browser, ".run-choice")[0].text == " ".join(TINY_RUN)  # the picker lists it by the same name
+    # The picker lists it by the same name, with its last frame's alignment (as align/best: layer 1 has no target).
+    assert css(browser, ".run-choice span")[0].text == " ".join(TINY_RUN)
+    assert css(browser, ".run-choice .run-best")[0].text == f"alignment {max(last['alignment'][0]):.2f}"
 
     # Layer 0, head 1: tokens as text on both axes, query rows with the token they predict, the alignment in the
     # title, the target's cells outlined.

@@ -2,7 +2,8 @@
 TensorBoard's data provider (the multiplexer is None under TensorBoard's default Rust data server).
 
 Routes, under /data/plugin/attnlab/ (the page's fetch("./runs") reaches them):
-    runs                     every run with frames: its label (the overrides that tell it apart), steps, shape
+    runs                     every run with frames: its label (the overrides that tell it apart), steps, shape,
+                             the last frame's alignment [layer][head]
     frames?run=R&step=S...   those frames' attention [layer][head][query][key], alignment and labels (one pair
                              per run shown: a move of the step slider is one request)
     circuits?run=R&step=S... each head's QK and OV circuits through the embeddings, computed here from the weights
@@ -117,11 +118,13 @@ class AttentionPlugin(base_plugin.TBPlugin):
         if not self.logdir or "://" in self.logdir:
             return []
         path = Path(self.logdir) / run / OVERRIDES
-        try:
-            import yaml  # PyYAML comes with Hydra; imported here, so TensorBoard starts without it
+        if not path.is_file():
+            return []
+        import yaml  # PyYAML comes with Hydra: imported here, where a run has Hydra's files
 
+        try:
             items = yaml.safe_load(path.read_text())
-        except (OSError, ImportError, ValueError):
+        except (OSError, yaml.YAMLError):
             return []
         return [str(item) for item in items] if isinstance(items, list) else []
 

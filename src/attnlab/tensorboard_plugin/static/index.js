@@ -78,7 +78,9 @@ function controls() {
       box.checked ? state.shown.add(r.run) : state.shown.delete(r.run);
       updateSteps(false);
     });
+    const best = bestAlignment(r.alignment);
     const label = el('label', 'run-choice', [box, el('span', '', r.label)]);
+    if (best !== null) label.append(el('span', 'run-best', `alignment ${best.toFixed(2)}`));
     label.title = [r.run, ...r.overrides].join('\n');
     picker.append(label);
   }
@@ -109,6 +111,13 @@ function controls() {
     el('span', 'target-key', 'outlined: the target pattern\'s cells'),
   ]);
   return el('header', '', [picker, stepper, legends]);
+}
+
+/** As align/best, of the last frame: per layer with a target its best head, then the weakest such layer. */
+function bestAlignment(alignment) {
+  const perLayer = alignment.map((heads) => heads.filter((a) => a !== null))
+      .filter((heads) => heads.length).map((heads) => Math.max(...heads));
+  return perLayer.length ? Math.min(...perLayer) : null;
 }
 
 function sharedOverrides() {
