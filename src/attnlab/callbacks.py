@@ -110,7 +110,8 @@ class AttentionImages(L.Callback):
     model with its attention weights and logs, per layer and head, the attention map, and per layer the
     W_Q/W_K/W_V/W_O images (and histograms). Weight images share one colour scale for the whole run so that
     frames compare across steps. With `targets` (the probe's target pattern per layer, [1, query, key] or None)
-    the target is logged once beside the attention maps; layer 0's positional QK circuit is logged per head."""
+    the target is logged once beside the attention maps; layer 0's positional QK circuit is logged per head. Each
+    frame also goes to the Attention tab as tensors (attnlab.tensorboard_plugin.summary), on the same thread."""
 
     def __init__(
         self,
