@@ -51,6 +51,12 @@ def half(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", torch.float16, copy=True)
 
 
+def target_cells(pattern: torch.Tensor) -> list[list]:
+    """[query, key] -> [[query, key, weight], ...] of its nonzero cells."""
+    cells = pattern.nonzero()  # [cell, 2]
+    return [[q, k, w] for (q, k), w in zip(cells.tolist(), pattern[cells[:, 0], cells[:, 1]].tolist())]
+
+
 def probe_labels(token_names: list[str], inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                  patterns: list[torch.Tensor | None], causal: bool) -> dict:
     """The probe as the tab labels it. inputs/targets/mask: [query]; patterns per layer [query, key] or None."""
@@ -59,7 +65,7 @@ def probe_labels(token_names: list[str], inputs: torch.Tensor, targets: torch.Te
         "tokens": inputs.tolist(),  # token id at each position
         "predict": [t if m else None for t, m in zip(targets.tolist(), mask.tolist())],  # None: position not scored
         # Per layer the target's cells as [query, key, weight] (a few per row, the rest zero), or None.
-        "targets": [None if p is None else [[q, k, p[q, k].item()] for q, k in p.nonzero().tolist()] for p in patterns],
+        "targets": [None if p is None else target_cells(p) for p in patterns],
         "causal": bool(causal),
     }
 
@@ -98,6 +104,10 @@ def add_frame(writer, step: int, *, attention: torch.Tensor, token_names: list[s
     pattern per layer, [query, key] or None; weights [layer, 4, dim, dim] (W_Q, W_K, W_V, W_O); embedding and
     unembedding [vocab, dim]; positions [query, dim]."""
     copies = [half(t) for t in (attention, weights, embedding, positions, unembedding)]
-    labels = probe_labels(token_names, inputs, targets, mask, patterns, causal)
     file_writer = writer.writer.file_writer
-    writer.add(lambda: file_writer.add_summary(frame_summary(copies[0], labels, *copies[1:]), step))
+
+    def write() -> None:  # the probe and its targets are never changed: read on the thread, as they are
+        labels = probe_labels(token_names, inputs, targets, mask, patterns, causal)
+        file_writer.add_summary(frame_summary(copies[0], labels, *copies[1:]), step)
+
+    writer.add(write)
