@@ -107,6 +107,33 @@ def test_sigterm_to_a_joblib_sweep_stops_it_as_ctrl_c_does(tmp_path):
     assert not list((sweep / waiting["run_dir"]).glob("events.out*"))
 
 
+IDLE_WORKERS = """
+import os, signal, time
+from joblib import Parallel, delayed
+from omegaconf import OmegaConf
+from attnlab import signals
+
+launcher = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+signals.SweepSignals().on_multirun_start(OmegaConf.create({"hydra": {"launcher": {"_target_": launcher}}}))
+with Parallel(n_jobs=2) as parallel:
+    workers = set(parallel(delayed(os.getpid)() for _ in range(8)))
+    for pid in workers:  # idle now, as a worker with no job left when the sweep is stopped
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.5)
+    after = parallel(delayed(lambda: (time.sleep(0.1), os.getpid(), signals.received())[1:])() for _ in range(8))
+print(len(workers), {pid for pid, _ in after} == workers, {signal.Signals(s).name for _, s in after})
+"""
+
+
+def test_joblib_workers_listen_from_their_start():
+    """A joblib worker that has no job when SIGTERM comes lives on, knowing the sweep is stopped (its next job
+    would not start): it listens from its start. Had it ended, loky would take it for a crash and kill the busy
+    workers at once, in the middle of saving their checkpoints."""
+    result = subprocess.run([sys.executable, "-c", IDLE_WORKERS], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[0] == "2 True {'SIGTERM'}"
+
+
 @pytest.mark.slow
 def test_submitit_local_with_ddp(tmp_path):
     sweep = tmp_path / "sweep"

@@ -1,10 +1,12 @@
 """One real run of scripts/train.py: it solves reverse, and its run directory and TensorBoard events hold what the
-README promises."""
+README promises, and its console what it should: each notice once, one progress line, what was learned."""
 
 import io
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,24 +16,33 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from attnlab import tags, viz
+from attnlab import console, tags, viz
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
+    """The run's directory, what it printed (with its progress line: logging.progress_bar is on by default), and
+    how long the process took."""
     out = tmp_path_factory.mktemp("run")
+    start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "scripts/train.py", "device=cpu", "data.seq_len=6", "model.dim=32", "model.heads=2",
          "optim.lr=3e-3", "trainer.max_steps=1500", "trainer.val_every_n_steps=50", "logging.images_every_n_steps=50",
-         "logging.progress_bar=false", f"hydra.run.dir={out}"],
+         f"hydra.run.dir={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
+    took = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]
     assert "deprecated" not in result.stderr  # nothing a user cannot act on (Lightning's LeafSpec warning)
     assert f"Run saved in {out}" in result.stdout and f"tensorboard --logdir {out}" in result.stdout
-    return out
+    return out, result, took
+
+
+@pytest.fixture(scope="module")
+def run_dir(run) -> Path:
+    return run[0]
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +136,44 @@ def test_hparams_hold_the_config_and_final_metrics(events, run_dir):
     # TensorBoard shows each metric's last value: it must be the final one in metrics.json.
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert events.Scalars("val/seq_acc")[-1].value == pytest.approx(metrics["val/seq_acc"])
+
+
+def test_console_prints_each_notice_once_and_one_progress_line(run, events):
+    run_dir, result, _ = run
+    printed, log = result.stdout + result.stderr, (run_dir / "train.log").read_text()
+    # Once on the console (Lightning's own handler and Hydra's printed it twice), once in the run's log file.
+    assert printed.count("GPU available:") == 1 and log.count("GPU available:") == 1
+    assert "litlogger" not in printed + log  # Lightning's advertisement, in every run
+    assert "Validation" not in printed and "Epoch" not in printed and "it/s" not in printed  # Lightning's own bars
+    assert "`Trainer.fit` stopped" not in printed  # the progress line says why, in the run's terms
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    step = metrics["step"]
+    reason = "max_steps reached" if step == 1500 else "stop_at 0.999 reached"  # trainer.stop_at: the default
+    assert ("`Trainer.fit` stopped: `max_steps=1500` reached." in log) == (step == 1500)
+    progress = [line.rstrip() for line in re.split(r"[\r\n]", result.stdout) if line.startswith("step ")]
+    assert len(progress) >= step // 20  # redrawn every 20 steps, after each validation, and at the end
+    # The last: the step training ended at, the train loss last logged, the last validation's seq_acc, and why.
+    loss = events.Scalars(tags.metric("train", "loss"))[-1].value
+    shown = rf"step {step}/1500 .{{20}} loss {loss:.4g} · val/seq_acc {metrics['val/seq_acc']:.3f} · {reason} "
+    assert re.fullmatch(shown + r"\[\d\d:\d\d, [\d.]+ steps/s\]", progress[-1]), progress[-1]
+
+
+def test_ends_with_a_line_of_what_was_learned(run):
+    run_dir, result, took = run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    found = re.search(rf"^Trained {metrics['step']} steps in (\d+\.\d) s: val/loss {metrics['val/loss']:.3g} · "
+                      rf"val/seq_acc {metrics['val/seq_acc']:.3f} · align/best {metrics['align/best']:.3f}$",
+                      result.stdout, re.M)
+    assert found, result.stdout[-1000:]
+    assert 0 < float(found[1]) < took  # the run's wall time, within the process's
+    assert found.end() < result.stdout.index("Run saved in")
+
+
+def test_what_was_learned_without_a_target_pattern():
+    # A task without a target pattern has no align/best; longer runs in minutes and hours.
+    metrics = {"step": 20, "val/loss": 2.34567, "val/acc": 0.25, "val/seq_acc": 0.0}
+    assert console.learned(metrics, 125.4) == "Trained 20 steps in 2 min 05 s: val/loss 2.35 · val/seq_acc 0.000"
+    assert console.duration(7500) == "2 h 05 min"
 
 
 def test_imports_run_with_the_collector_paused_then_frozen():
