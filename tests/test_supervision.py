@@ -1,11 +1,13 @@
 """Attention supervision (loss.attention): the loss itself, off by default at no cost, logged and learned from when
-on, and refused where there is nothing to supervise."""
+on, and refused where there is nothing to supervise; scripts/ablate.py on the supervised run."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from attnlab import sweep, tags
@@ -15,13 +17,21 @@ from attnlab.config import ConfigError
 from attnlab.tasks.histogram import Histogram
 from attnlab.train import build, run
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 QUIET = ["device=cpu", "logging.progress_bar=false", "logging.images_every_n_steps=0", "data.val_size=200"]
 
 
 def composed(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=[*QUIET, *overrides])
+
+
+def ablate_script():
+    spec = importlib.util.spec_from_file_location("ablate", ROOT / "scripts" / "ablate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def histogram_target() -> torch.Tensor:
@@ -57,8 +67,13 @@ def test_supervised_run_logs_its_loss_and_learns_the_target(tmp_path):
     logged = events.Scalars(tags.ATTENTION_LOSS)
     assert [e.step for e in logged] == list(range(19, 120, 20))
     assert logged[-1].value < logged[0].value / 2
-    # Reverse's anti-diagonal, pulled on directly, is on target well before the plain run sharpens onto it.
     assert metrics[tags.ALIGN_BEST] >= 0.9
+    # scripts/ablate.py on it: the head replaced by its target keeps the task solved, spread evenly it does not.
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # as Hydra leaves it in a run directory
+    step, results = ablate_script().ablate(tmp_path)
+    assert step == 120 and results["learned"][0] == pytest.approx(metrics["val/seq_acc"])
+    assert results["L0H0 target"][0] >= 0.99 and results["L0H0 uniform"][0] < 0.5
 
 
 def test_off_by_default_at_no_cost(tmp_path, monkeypatch):

@@ -1,0 +1,104 @@
+"""Does a trained model use its task's target pattern? Replace one head's attention by a pattern on the rows the
+target covers and score the validation set again.
+
+    python scripts/ablate.py RUN_DIR [RUN_DIR ...]
+
+Per run, per layer with a target and per head, val/seq_acc and val/acc with that head's attention:
+  learned   as trained (the run's own score);
+  target    the task's target pattern (rows normalised to sum 1), the rest of the model as trained;
+  uniform   spread evenly over the keys the row may see: a control, which tells whether the head matters at all.
+A model that computes with the target pattern keeps its accuracy under `target`; one that solved the task some
+other way loses it there, while `uniform` shows what the head was worth.
+"""
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from attnlab.attention import SelfAttention
+from attnlab.config import ConfigError
+from attnlab.data import TaskDataModule
+from attnlab.inspection import load_run
+from attnlab.module import scores
+
+
+@contextlib.contextmanager
+def replaced(attention: SelfAttention, head: int, pattern: Tensor):
+    """attention's head `head` attends as `pattern` [batch, query, key] says on the rows where it has mass (the rows
+    without keep the learned weights); the other heads and the output projection are left as they are."""
+    mass = pattern.sum(-1, keepdim=True)  # [batch, query, 1]
+    pattern = pattern / mass.clamp(min=1e-12)
+
+    def forward(x: Tensor, need_weights: bool = True):
+        _, weights = SelfAttention.forward(attention, x, need_weights=True)  # [batch, head, query, key]
+        weights = weights.clone()
+        weights[:, head] = torch.where(mass > 0, pattern, weights[:, head])
+        value = attention._split_heads(x @ attention.W_V)  # [batch, head, key, d_head]
+        return attention._merge_heads(weights @ value) @ attention.W_O, weights
+
+    attention.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
+    try:
+        yield
+    finally:
+        del attention.forward
+
+
+def uniform_like(target: Tensor, causal: bool) -> Tensor:
+    """Even weight over the keys each target row may see (all keys, or those up to the query when causal)."""
+    n = target.shape[-1]
+    allowed = torch.ones(n, n).tril() if causal else torch.ones(n, n)  # [query, key]
+    return allowed.expand_as(target) * (target.sum(-1, keepdim=True) > 0)
+
+
+def ablate(run_dir: Path) -> tuple[int, dict[str, tuple[float, float]]]:
+    """(the checkpoint's step, {"learned" | "L{layer}H{head} target" | "L{layer}H{head} uniform": (val/seq_acc,
+    val/acc)}) over the run's validation set."""
+    run = load_run(run_dir)
+    data = TaskDataModule(run.task, run.cfg.data.batch_size, run.cfg.data.val_size, run.cfg.seed)
+    data.setup("validate")
+    inputs, targets, mask = data.validation
+
+    @torch.no_grad()
+    def score() -> tuple[float, float]:
+        logits, _ = run.model(inputs)
+        result = scores(logits, targets, mask)
+        return result["seq_acc"].item(), result["acc"].item()
+
+    results = {"learned": score()}
+    for layer, block in enumerate(run.model.blocks):
+        target = run.task.target_attention(inputs, layer)
+        if target is None:
+            continue
+        for head in range(block.attention.heads):
+            for name, pattern in (("target", target), ("uniform", uniform_like(target, block.attention.causal))):
+                with replaced(block.attention, head, pattern):
+                    results[f"L{layer}H{head} {name}"] = score()
+    return run.step, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", metavar="RUN_DIR", type=Path, nargs="+", help="run directories (or sweep jobs)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        for run_dir in args.run_dirs:
+            step, results = ablate(run_dir)
+            print(f"{run_dir} (step {step}): val/seq_acc / val/acc, with the head's attention replaced")
+            for name, (seq_acc, acc) in results.items():
+                print(f"    {name:14s} {seq_acc:.3f} / {acc:.3f}")
+            if len(results) == 1:
+                print("    (the task has no target pattern at any layer of this model)")
+            sys.stdout.flush()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
