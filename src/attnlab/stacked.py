@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from attnlab import module as solo, resume, tags, train
+from attnlab import resume, tags, train
 from attnlab.config import ConfigError
 from attnlab.alignment_callback import AlignmentScalars
 from attnlab.callbacks import AttentionImages
@@ -391,11 +391,19 @@ class StackedLM(L.LightningModule):
     def forward(self, tokens: Tensor) -> Tensor:
         return self.model(tokens)
 
-    def member_scores(self, logits: Tensor, targets: Tensor, mask: Tensor, all_scores: bool) -> Tensor:
-        """Per member module.loss (and accuracies): [member] or [member, 3] (loss, acc, seq_acc)."""
+    @staticmethod
+    def member_scores(logits: Tensor, targets: Tensor, mask: Tensor, all_scores: bool) -> Tensor:
+        """module.loss (and module.scores' accuracies) of each member, in one pass: logits [member, batch, pos,
+        vocab] -> [member] losses, or [member, 3] (loss, acc, seq_acc) with all_scores."""
+        weight = mask.float()
+        per_token = F.cross_entropy(logits.flatten(0, 1).transpose(1, 2), targets.flatten(0, 1), reduction="none")
+        counted = weight.sum((1, 2))
+        losses = (per_token.view(targets.shape) * weight).sum((1, 2)) / counted
         if not all_scores:
-            return torch.stack([solo.loss(*parts) for parts in zip(logits, targets, mask)])
-        return torch.stack([torch.stack(list(solo.scores(*parts).values())) for parts in zip(logits, targets, mask)])
+            return losses
+        right = (logits.argmax(-1) == targets) | ~mask  # positions outside the mask count as right
+        acc = (right & mask).float().sum((1, 2)) / counted
+        return torch.stack([losses, acc, right.all(dim=2).float().mean(1)], dim=1)
 
     # -- training
 

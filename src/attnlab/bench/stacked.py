@@ -1,0 +1,136 @@
+"""7. Stacked sweeps (hydra/launcher=stacked): whole sweep commands against the basic and joblib launchers, one
+group's training steps against the same model at one big batch, and peak memory."""
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+
+from attnlab import stacked
+from attnlab.bench.harness import TRAIN, Report, Sizes, config, launch, quiet, rounds_of, say, table
+from attnlab.bench.loop import StepTimer, framework_window
+from attnlab.bench.sweep import SWEEP_WORKERS, joblib_available, usage
+
+STACKED = ["hydra/launcher=stacked"]
+# Small members: a quarter of the width, an eighth of the batch.
+SMALL = ["model.dim=16", "data.batch_size=16"]
+
+
+def sweep_command(jobs: int, steps: int, launcher: list[str], extra: list[str] = ()) -> list[str]:
+    return [sys.executable, str(TRAIN), "-m", f"seed=range(0,{jobs})", "trainer.stop_at=null",
+            f"trainer.max_steps={steps}", *extra, *launcher]
+
+
+def sweep_side(jobs: int, steps: int, launcher: list[str], extra: list[str] = ()):
+    def side() -> tuple[float, float, float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            return launch(sweep_command(jobs, steps, launcher, extra) + [f"hydra.sweep.dir={tmp}"])
+
+    return side
+
+
+def group_window(members: int, steps: int, skip: int, threads: int) -> tuple[float, float, float]:
+    """One stacked group's training steps (logging off), K members of the default size, timed from step `skip`."""
+    torch.set_num_threads(threads)
+    cfgs = [config(["logging=off", "trainer.stop_at=null", f"trainer.max_steps={steps}", f"seed={k}"]) for k in range(members)]
+    timer = StepTimer(skip, steps)
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        stacked.train_group(cfgs, [Path(tmp) / str(k) for k in range(members)], extra_callbacks=[timer])
+    return timer.window()
+
+
+def big_batch_window(batch: int, steps: int, skip: int, threads: int) -> tuple[float, float, float]:
+    torch.set_num_threads(threads)
+    cfg = config(["logging=off", "trainer.stop_at=null", f"trainer.max_steps={steps}", f"data.batch_size={batch}"])
+    return framework_window(cfg, skip)
+
+
+PEAK_RSS = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], capture_output=True, check=True); " \
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+
+
+def peak_rss_mb(command: list[str]) -> float:
+    """The peak resident memory of `command`'s largest process (the sweep's own, where the group trains), in MB."""
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def measure(sizes: Sizes, report: Report) -> None:
+    jobs, steps = sizes.stacked_jobs
+    rows = []
+    # 1. The default config, 8 seeds: whole commands, the three launchers interleaved.
+    sides = {"basic (jobs one after another)": sweep_side(jobs, steps, []), "stacked": sweep_side(jobs, steps, STACKED)}
+    if joblib_available():
+        joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={SWEEP_WORKERS}"]
+        sides[f"joblib, {SWEEP_WORKERS} workers"] = sweep_side(jobs, steps, joblib)
+    say(f"stacked: {sizes.sweep_rounds} rounds of {jobs} seeds x {steps} steps (default logging), "
+        f"{', '.join(sides)} interleaved")
+    results = dict(zip(sides, rounds_of(*sides.values(), rounds=sizes.sweep_rounds)))
+    basic = results["basic (jobs one after another)"]
+    for name, runs in results.items():
+        rows.append((jobs, steps, "default", name, *usage(runs)))
+    over_basic = statistics.median(b[0] / s[0] for b, s in zip(basic, results["stacked"]))
+    report.target(f"{jobs} seeds x {steps} steps, default config, whole sweep: stacked / basic launcher, throughput",
+                  f"{over_basic:.2f}x", ">= 2x", over_basic >= 2)
+    rows.append((jobs, steps, "default", "**stacked / basic**", f"**{over_basic:.2f}x**",
+                 "rounds: " + ", ".join(f"{b[0] / s[0]:.2f}" for b, s in zip(basic, results["stacked"])), ""))
+    if (joblib_name := f"joblib, {SWEEP_WORKERS} workers") in results:
+        over_joblib = statistics.median(j[0] / s[0] for j, s in zip(results[joblib_name], results["stacked"]))
+        report.target(f"{jobs} seeds x {steps} steps, default config, whole sweep: stacked / joblib (n_jobs="
+                      f"{SWEEP_WORKERS}), throughput", f"{over_joblib:.2f}x", ">= 1.2x", over_joblib >= 1.2)
+        rows.append((jobs, steps, "default", f"**stacked / joblib**", f"**{over_joblib:.2f}x**",
+                     "rounds: " + ", ".join(f"{j[0] / s[0]:.2f}" for j, s in zip(results[joblib_name], results["stacked"])), ""))
+
+    # 2. Small members, 32 seeds: stacked against the basic launcher.
+    small_jobs = sizes.stacked_small_jobs
+    say(f"stacked: {sizes.sweep_rounds} rounds of {small_jobs} small seeds x {steps} steps, basic and stacked interleaved")
+    basic, group = rounds_of(sweep_side(small_jobs, steps, [], SMALL), sweep_side(small_jobs, steps, STACKED, SMALL),
+                             rounds=sizes.sweep_rounds)
+    small = statistics.median(b[0] / s[0] for b, s in zip(basic, group))
+    report.target(f"{small_jobs} small seeds ({' '.join(SMALL)}) x {steps} steps, whole sweep: stacked / basic",
+                  f"{small:.2f}x", ">= 4x", small >= 4)
+    rows += [(small_jobs, steps, "small", "basic", *usage(basic)), (small_jobs, steps, "small", "stacked", *usage(group)),
+             (small_jobs, steps, "small", "**stacked / basic**", f"**{small:.2f}x**",
+              "rounds: " + ", ".join(f"{b[0] / s[0]:.2f}" for b, s in zip(basic, group)), "")]
+
+    # 3. One group's steps against one model at the group's whole batch, on the same threads.
+    members, group_steps, skip = sizes.stacked_members, sizes.stacked_steps, sizes.warmup_steps
+    step_rows = []
+    for threads in sorted({1, torch.get_num_threads(), len(__import__("os").sched_getaffinity(0))}):
+        say(f"stacked: {sizes.rounds} rounds of a {members}-member group vs batch {members * 128}, {threads} threads")
+        group, big = rounds_of(lambda: group_window(members, group_steps, skip, threads),
+                               lambda: big_batch_window(members * 128, group_steps, skip, threads), rounds=sizes.rounds)
+        share = statistics.median(b[0] / g[0] for g, b in zip(group, big))  # same examples per step: time ratio
+        step_rows.append((threads, f"{(group_steps - skip) / statistics.median(g[0] for g in group):.1f}",
+                          f"{(group_steps - skip) / statistics.median(b[0] for b in big):.1f}", f"{share:.0%}"))
+        report.target(f"one stacked group (K={members}, default size) / the model at batch {members * 128}, "
+                      f"examples/s, {threads} thread(s)", f"{share:.0%}", ">= 90%", share >= 0.9)
+
+    # 4. Peak resident memory of a stacked sweep's process.
+    memory_rows = []
+    for k in sizes.stacked_memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            mb = peak_rss_mb(sweep_command(k, sizes.stacked_memory_steps, STACKED) + [f"hydra.sweep.dir={tmp}"])
+        memory_rows.append((k, f"{mb:.0f}"))
+        report.target(f"peak resident memory, stacked sweep of {k} default-size seeds", f"{mb:.0f} MB", "-", None)
+
+    report.details.append(
+        "### 7. Stacked sweeps\n\n"
+        "Whole commands, `python scripts/train.py -m seed=range(0,JOBS) trainer.stop_at=null "
+        "trainer.max_steps=STEPS [LAUNCHER]` with the default logging, launcher by launcher: the basic one, "
+        f"`hydra/launcher=joblib hydra.launcher.n_jobs={SWEEP_WORKERS}`, `hydra/launcher=stacked` (all jobs one "
+        f"group, on all cores); {sizes.sweep_rounds} rounds interleaved as in section 1, medians. Small members: "
+        f"the same with `{' '.join(SMALL)}`.\n\n"
+        + table(["jobs", "steps per job", "size", "launcher", "seconds", "CPU s", "cores used (CPU s / s)"], rows)
+        + f"\n\nOne group's training steps (attnlab.stacked.train_group, {members} members, logging off) against the "
+        f"same model trained alone at batch {members}x128 (train.run), steps {skip}-{group_steps} timed, "
+        f"{sizes.rounds} rounds interleaved; both see {members * 128} examples a step.\n\n"
+        + table(["torch threads", "group steps/s", f"batch-{members * 128} steps/s", "group / big batch"], step_rows)
+        + f"\n\nPeak resident memory of the stacked sweep's process ({sizes.stacked_memory_steps} steps):\n\n"
+        + table(["members", "peak RSS (MB)"], memory_rows)
+    )
