@@ -13,6 +13,8 @@ each with its `measure(sizes, report)`; harness.py holds what they share (sizes,
 5. sweep      a sweep of short jobs under Hydra's basic launcher vs the joblib launcher with 2 workers (n_jobs=2):
               8 jobs (throughput), and 2 (as many jobs as workers: start-up bound)
 6. solve      the default config (a user's `python scripts/train.py`) until val/seq_acc >= 0.99
+7. stacked    hydra/launcher=stacked: 8 seeds (and 32 small ones) as whole sweep commands against the basic and
+              joblib launchers; one group's steps against the same model at the group's whole batch; peak memory
 
     python scripts/bench.py                    # everything (~15 min on 2 CPU cores); docs/bench.md, performance.md
     python scripts/bench.py --sections loop,startup
@@ -26,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from attnlab.bench import attention, logging_cost, loop, solve, startup, sweep, threads
+from attnlab.bench import attention, logging_cost, loop, solve, stacked, startup, sweep, threads
 from attnlab.bench.harness import QUICK, ROOT, Report, Sizes, config, render, update_page
 
 # In the order they run and report.
 SECTIONS = {"loop": loop, "threads": threads, "logging": logging_cost, "startup": startup, "attention": attention,
-            "sweep": sweep, "solve": solve}  # fmt: skip
+            "sweep": sweep, "solve": solve, "stacked": stacked}  # fmt: skip
 PAGE = ROOT / "docs" / "performance.md"
 
 

@@ -54,12 +54,22 @@ class Sizes:
     sweep_rounds: int = 3
     threads_steps: int = 100
     solve: bool = True
+    # stacked sweeps (section 7): (seeds, steps) of the whole commands, the small members' seeds, one group's
+    # members and steps against the big batch, the members of the memory runs and their steps
+    stacked_jobs: tuple = (8, 1000)
+    stacked_small_jobs: int = 32
+    stacked_members: int = 8
+    stacked_steps: int = 300
+    stacked_memory: tuple = (8, 32)
+    stacked_memory_steps: int = 200
 
 
 QUICK = Sizes(
     rounds=1, loop_steps=12, loop_steps_larger=8, warmup_steps=2, threads_steps=6, logging_steps=12, logging_rounds=1, startup_rounds=1,
     attention_dims=(64,), attention_lengths=(16, 32), attention_tokens=64, attention_repeats=1,
     sweep_jobs=((3, 2),), scaling_iterations=200, sweep_rounds=1, solve=False,
+    stacked_jobs=(2, 4), stacked_small_jobs=2, stacked_members=2, stacked_steps=8, stacked_memory=(2,),
+    stacked_memory_steps=4,
 )  # fmt: skip
 
 
