@@ -6,8 +6,8 @@ sweep each) and write the table into docs/tasks.md between the `experiments` mar
     python scripts/experiments.py --no-docs          # print and save the table only
     python scripts/experiments.py --out outputs/experiments/2026-12-01_07-00-00   # go on with a stopped run
 
-The seeds of a recipe run as one stacked model (hydra/launcher=stacked) where that launcher is installed, else as
-joblib jobs, two at a time (one per core of the machine the figures come from), at nice 10 so that a shared
+The seeds of a recipe run as one stacked model (hydra/launcher=stacked) where that launcher is installed, else
+(or with --launcher joblib) as joblib jobs, two at a time (one per core of the machine the figures come from), at nice 10 so that a shared
 machine stays usable. Sweeps go to outputs/experiments/<date>_<time>/<recipe>/, with the table as results.md and
 every job's figures as results.json beside them. With --out, a recipe whose directory there already holds all its
 seeds' metrics.json is read rather than trained again (delete the directory to retrain it); the others are run.
@@ -15,8 +15,9 @@ seeds' metrics.json is read rather than trained again (delete the directory to r
 Per recipe: seeds solved (final val/seq_acc >= 0.99 in metrics.json: the model the run ends with, not a passing
 moment), seeds aligned (final align/best >= 0.9; 0.95 for the <task>_supervised recipes), the first validation
 step with val/seq_acc >= 0.99 (median [min-max] over the seeds that reached it), final align/best (median [min]),
-and wall time: per seed (a job's own, from its job.json) and the recipe's whole sweep. Training is seeded and
-deterministic on the CPU, so two runs of the script agree on every count and step; wall times move with the load.
+and wall time: per seed (a job's own, from its job.json; stacked: the sweep's shared out over its seeds) and the
+recipe's whole sweep. Training is seeded and deterministic on the CPU, so two runs of the script agree on every
+count and step; wall times move with the load.
 """
 
 import argparse
@@ -102,7 +103,7 @@ def job(job_dir: Path) -> dict:
     }
 
 
-def recipe(name: str, sweep_dir: Path, wall: float) -> dict:
+def recipe(name: str, sweep_dir: Path, wall: float, stacked: bool) -> dict:
     jobs = sorted((job(d) for d in sweep_dir.iterdir() if d.is_dir() and (d / ".hydra").is_dir()),
                   key=lambda j: (j["seed"] is None, j["seed"]))
     configs = sorted(sweep_dir.glob("*/.hydra/config.yaml"))
@@ -117,6 +118,7 @@ def recipe(name: str, sweep_dir: Path, wall: float) -> dict:
         "model": f"{m.layers}/{m.heads}/{m.dim}" + (" +mlp" if m.mlp else ""),
         "supervised": bool(cfg.get("loss", {}).get("attention", 0)),
         "sweep_wall_s": wall,
+        "stacked": stacked,
         "jobs": jobs,
     }
 
@@ -136,8 +138,10 @@ def row(r: dict) -> str:
     aligns = [j["align"] for j in done if j["align"] is not None]
     has_target = bool(aligns)
     aligned = sum(a >= threshold for a in aligns)
+    # A seed's cost: its job's own wall time when the seeds ran as jobs side by side; when they trained as one
+    # stacked model (each member's job.json holds the group's time), the sweep's time shared out over them.
     walls = [j["wall_s"] for j in done if j["wall_s"] is not None]
-    per_seed = statistics.median(walls) if walls else float("nan")
+    per_seed = r["sweep_wall_s"] / SEEDS if r["stacked"] else statistics.median(walls) if walls else float("nan")
     holds = (solved >= HOLDS and (not has_target or aligned >= HOLDS)
              and per_seed <= BUDGET.get(r["task"], float("inf")))
     failed = SEEDS - len(done)
@@ -172,7 +176,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated recipe names (default: all in conf/experiment/)")
     parser.add_argument("--no-docs", action="store_true", help=f"do not write the table into {DOCS.relative_to(ROOT)}")
-    parser.add_argument("--out", type=Path, help="the directory to run in (default: a new one under outputs/experiments)")
+    parser.add_argument("--launcher", choices=("auto", "stacked", "joblib"), default="auto",
+                        help="auto (default): stacked where it composes, else joblib")
+    parser.add_argument("--out", type=Path,
+                        help="the directory to run in (default: a new one under outputs/experiments)")
     args = parser.parse_args()
     names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
     if args.only:
@@ -184,9 +191,9 @@ def main() -> None:
         names = [n for n in names if n in args.only.split(",")]
     out = (args.out or ROOT / "outputs" / "experiments" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    how = launcher()
+    how = {"auto": launcher, "stacked": lambda: ["hydra/launcher=stacked"], "joblib": lambda: JOBLIB}[args.launcher]()
     where = machine(how)
-    results = [recipe(name, out / name, sweep(name, out, how)) for name in names]
+    results = [recipe(name, out / name, sweep(name, out, how), how != JOBLIB) for name in names]
     text = f"Measured {where}, by `python scripts/experiments.py`:\n\n{table(results)}\n"
     print("\n" + text)
     (out / "results.md").write_text(text)
