@@ -7,8 +7,8 @@ sweep each) and write the table into docs/tasks.md between the `experiments` mar
     python scripts/experiments.py --out outputs/experiments/2026-12-01_07-00-00   # go on with a stopped run
 
 The seeds of a recipe run as one stacked model (hydra/launcher=stacked) where that launcher is installed, else
-(or with --launcher joblib) as joblib jobs, two at a time (one per core of the machine the figures come from), at nice 10 so that a shared
-machine stays usable. Sweeps go to outputs/experiments/<date>_<time>/<recipe>/, with the table as results.md and
+(or with --launcher joblib) as joblib jobs, two at a time (one per core of the machine the figures come from), at
+nice 10 so that a shared machine stays usable. Sweeps go to outputs/experiments/<date>_<time>/<recipe>/, with the table as results.md and
 every job's figures as results.json beside them. With --out, a recipe whose directory there already holds all its
 seeds' metrics.json is read rather than trained again (delete the directory to retrain it); the others are run.
 
