@@ -8,6 +8,7 @@
 import {colourOf, el, heatmap, legend} from './heatmap.js';
 
 const MAX_SHOWN = 16;  // runs shown at first; the others can be ticked in the picker
+const RELOAD_MS = 30_000;  // as TensorBoard's own auto-reload
 
 const state = {
   runs: [],  // from ./runs: {run, label, overrides, layers, heads, steps, alignment}
@@ -65,28 +66,12 @@ export async function render() {
   runs.slice(0, MAX_SHOWN).forEach((r) => state.shown.add(r.run));
   document.body.append(controls(), el('main', 'runs'));
   updateSteps(true);
+  setInterval(reload, RELOAD_MS);
 }
 
 function controls() {
-  const picker = el('fieldset', 'picker', [el('legend', '', 'Runs')]);
-  for (const r of state.runs) {
-    const box = el('input');
-    box.type = 'checkbox';
-    box.checked = state.shown.has(r.run);
-    box.value = r.run;
-    box.addEventListener('change', () => {
-      box.checked ? state.shown.add(r.run) : state.shown.delete(r.run);
-      updateSteps(false);
-    });
-    const best = bestAlignment(r.alignment);
-    const label = el('label', 'run-choice', [box, el('span', '', r.label)]);
-    if (best !== null) label.append(el('span', 'run-best', `alignment ${best.toFixed(2)}`));
-    label.title = [r.run, ...r.overrides].join('\n');
-    picker.append(label);
-  }
-  const shared = sharedOverrides();
-  if (shared.length) picker.append(el('p', 'shared', `All: ${shared.join(' ')}`));
-
+  const picker = el('fieldset', 'picker');
+  fillPicker(picker);
   const slider = el('input');
   slider.type = 'range';
   slider.id = 'step';
@@ -111,6 +96,51 @@ function controls() {
     el('span', 'target-key', 'outlined: the target pattern\'s cells'),
   ]);
   return el('header', '', [picker, stepper, legends]);
+}
+
+/** The run picker's choices, one per run, and the overrides all runs share. */
+function fillPicker(picker) {
+  picker.replaceChildren(el('legend', '', 'Runs'));
+  for (const r of state.runs) {
+    const box = el('input');
+    box.type = 'checkbox';
+    box.checked = state.shown.has(r.run);
+    box.value = r.run;
+    box.addEventListener('change', () => {
+      box.checked ? state.shown.add(r.run) : state.shown.delete(r.run);
+      updateSteps(false);
+    });
+    const best = bestAlignment(r.alignment);
+    const label = el('label', 'run-choice', [box, el('span', '', r.label)]);
+    if (best !== null) label.append(el('span', 'run-best', `alignment ${best.toFixed(2)}`));
+    label.title = [r.run, ...r.overrides].join('\n');
+    picker.append(label);
+  }
+  const shared = sharedOverrides();
+  if (shared.length) picker.append(el('p', 'shared', `All: ${shared.join(' ')}`));
+}
+
+/**
+ * New frames of the runs still training, and new runs, every RELOAD_MS (TensorBoard's own reload does not reach
+ * the tab's iframe). The slider stays on the last step if it was there.
+ */
+async function reload() {
+  let runs;
+  try {
+    ({runs} = await getJSON('./runs'));
+  } catch {
+    return;  // the server is gone or busy: try again next time
+  }
+  const atEnd = Number(document.getElementById('step').value) === state.steps.length - 1;
+  const known = new Set(state.runs.map((r) => r.run));
+  for (const r of runs) if (!known.has(r.run) && state.shown.size < MAX_SHOWN) state.shown.add(r.run);
+  state.runs = runs;
+  fillPicker(document.querySelector('.picker'));
+  for (const r of runs) {
+    const view = state.views.get(r.run);
+    if (view) view.label.textContent = r.label;  // a new run can change what tells the runs apart
+  }
+  updateSteps(atEnd);
 }
 
 /** As align/best, of the last frame: per layer with a target its best head, then the weakest such layer. */
@@ -226,11 +256,12 @@ function buildRun(r, frame) {
   const stepNote = el('span', 'step-note');
   const circuits = el('div', 'circuits');
   circuits.hidden = true;
-  const heading = el('h2', '', [el('span', 'run-label', r.label), stepNote]);
+  const label = el('span', 'run-label', r.label);
+  const heading = el('h2', '', [label, stepNote]);
   heading.title = r.run;
   const section = el('section', 'run', [heading, grid, circuits]);
   section.dataset.run = r.run;
-  const view = {section, stepNote, heads, targets, circuits, circuitMaps: null, tokens};
+  const view = {section, label, stepNote, heads, targets, circuits, circuitMaps: null};
   state.views.set(r.run, view);
   return view;
 }
