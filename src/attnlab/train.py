@@ -232,7 +232,9 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
             # score it here, with the same callbacks and logger, at the step training ended (for TensorBoard).
             scorer = L.Trainer(
                 accelerator=cfg.device.accelerator, devices=1, precision=cfg.device.precision, logger=logger,
-                callbacks=trainer.callbacks, enable_model_summary=False, enable_progress_bar=False,
+                # the run's own callbacks, its progress line among them where it has one (Lightning refuses that
+                # with enable_progress_bar=False); the line draws nothing for a validation
+                callbacks=trainer.callbacks, enable_model_summary=False, enable_progress_bar=cfg.logging.progress_bar,
                 default_root_dir=run_dir,
             )
             scorer.fit_loop.load_state_dict(loops["fit_loop"])
