@@ -128,7 +128,7 @@ TINY = ["device=cpu", "trainer.max_steps=20", "trainer.val_every_n_steps=10", "t
 
 
 @pytest.mark.slow
-def test_stacked_sweep_through_the_launcher_and_resume_a_member(tmp_path):
+def test_stacked_sweep_through_the_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     # 8 jobs: two widths x two seeds, each with a valid and an invalid weight decay: 2 groups of 2 members, 4 refused
     result = run_script(["-m", "hydra/launcher=stacked", "model.dim=16,32", "seed=0,1", "optim.weight_decay=0,-1",
@@ -156,13 +156,6 @@ def test_stacked_sweep_through_the_launcher_and_resume_a_member(tmp_path):
         assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
     assert (sweep / "summary.png").is_file()
 
-    # A member is a run like any other: resume goes on from its checkpoint, in its directory, alone.
-    member = next(sweep / r["run_dir"] for r in rows if r["status"] == "ok" and r["model.dim"] == "16")
-    resumed = run_script([f"resume={member}", "trainer.max_steps=30"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((member / "metrics.json").read_text())["step"] == 30
-    assert torch.load(member / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
-
 
 def test_multi_process_devices_are_refused_with_one_line(tmp_path):
     result = run_script(["-m", "hydra/launcher=stacked", "device=cpu_ddp", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"],
@@ -176,9 +169,10 @@ def test_multi_process_devices_are_refused_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_signal_stops_every_member_with_its_checkpoint_and_resume_line(tmp_path):
-    sweep, steps = tmp_path / "sweep", 2000
-    args = [a for a in TINY if not a.startswith("trainer.max_steps")] + [f"trainer.max_steps={steps}"]
+def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_alone(tmp_path):
+    sweep, steps = tmp_path / "sweep", 1000
+    args = [a for a in TINY if not a.startswith("trainer.max_steps")] + [f"trainer.max_steps={steps}", "model.dim=16",
+                                                                         "data.batch_size=32"]
     process = subprocess.Popen([sys.executable, str(TRAIN), "-m", "hydra/launcher=stacked", "seed=0,1", *args,
                                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -191,10 +185,17 @@ def test_a_signal_stops_every_member_with_its_checkpoint_and_resume_line(tmp_pat
     run_dirs = sorted(p.parent.parent for p in sweep.glob("*/checkpoints/last.ckpt"))
     assert len(run_dirs) == 2
     saved = {torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for d in run_dirs}
-    assert len(saved) == 1 and 10 <= saved.pop() < steps  # both at the step the group stopped at
+    assert len(saved) == 1 and 10 <= min(saved) < steps  # both at the step the group stopped at
     for run_dir in run_dirs:
         assert f"Resume with:  python {TRAIN} resume={run_dir}" in err
         assert json.loads((run_dir / "job.json").read_text())["status"] == "interrupted"
+
+    # A member is a run like any other: resume goes on from its checkpoint, in its directory, alone (10 more steps).
+    more = min(saved) + 10
+    resumed = run_script([f"resume={run_dirs[0]}", f"trainer.max_steps={more}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dirs[0] / "metrics.json").read_text())["step"] == more
+    assert torch.load(run_dirs[0] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == more
 
 
 @pytest.mark.slow
