@@ -72,4 +72,5 @@ def test_anchors_are_githubs():
 def test_inspect_page_shows_what_the_screenshot_script_printed():
     """docs/inspect.md's terminal example is scripts/screenshots.py's docs/images/inspect_terminal.txt, verbatim."""
     shown = (ROOT / "docs" / "inspect.md").read_text()
-    assert (ROOT / "docs" / "images" / "inspect_terminal.txt").read_text().strip("\n") in shown
+    printed = (ROOT / "docs" / "images" / "inspect_terminal.txt").read_text().strip("\n")
+    assert printed in shown, "docs/inspect.md's terminal example is not docs/images/inspect_terminal.txt: copy it over"
