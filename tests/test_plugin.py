@@ -35,20 +35,20 @@ RUN, NO_FRAMES = "tiny", "no_frames"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-OVERRIDDEN = ["optim.lr=0.01", "model.heads=2"]  # the HParams of the run without frames: as if a sweep's job
+DIFFERING = ["optim.lr", "model.heads"]  # the HParams of the run without frames: as if a sweep's job
 
 
 @pytest.fixture(scope="module")
 def logdir(tiny_run, tmp_path_factory) -> Path:
     """The tiny run as a sweep job leaves it (with Hydra's .hydra/overrides.yaml), beside a run without frames: the
-    tiny run's config and final metrics logged for HParams as a job overriding OVERRIDDEN would."""
+    tiny run's config and final metrics logged for HParams as a job of a sweep over DIFFERING would."""
     root = tmp_path_factory.mktemp("plugin_logdir")
     shutil.copytree(tiny_run, root / RUN)
     (root / RUN / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(TINY_RUN))
     final = json.loads((tiny_run / "metrics.json").read_text())
     final.pop("step", None)  # not a metric (attnlab.train.finish)
     logger = TensorBoardLogger(root / NO_FRAMES, name="", version="", default_hp_metric=False)
-    hparams.log(logger, OmegaConf.load(tiny_run / ".hydra" / "config.yaml"), final, STEPS, OVERRIDDEN)
+    hparams.log(logger, OmegaConf.load(tiny_run / ".hydra" / "config.yaml"), final, STEPS, DIFFERING)
     logger.finalize("success")
     return root
 
@@ -106,12 +106,12 @@ def test_inactive_without_frames(servers):
     assert server.get(route("runs")) == {"runs": []}
 
 
-def test_hparams_lists_overridden_keys_first(servers):
-    """TensorBoard ticks the first five hparams and metrics of the experiment for display: the keys the job
-    overrides come first, flagged as differing, then the validation metrics."""
+def test_hparams_lists_differing_keys_first(servers):
+    """TensorBoard ticks the first five hparams and metrics of the experiment for display: the keys the sweep
+    varies come first, flagged as differing, and the validation metrics."""
     experiment = servers["none"].get("/data/plugin/hparams/experiment", {"experimentName": ""})
     infos = experiment["hparamInfos"]
-    assert [i["name"] for i in infos[:2]] == sorted(o.split("=")[0].replace(".", "/") for o in OVERRIDDEN)
+    assert [i["name"] for i in infos[:2]] == sorted(key.replace(".", "/") for key in DIFFERING)
     assert [bool(i.get("differs")) for i in infos] == [True, True] + [False] * (len(infos) - 2)
     metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metrics[:4] == ["val/loss", "val/acc", "val/seq_acc", "align/best"] and len(metrics) > 4
@@ -119,9 +119,31 @@ def test_hparams_lists_overridden_keys_first(servers):
 
 def test_overridden_keys():
     keys = ["data/task", "data/seq_len", "model/heads", "model/dim", "seed"]
-    assert hparams.overridden(keys, ["model.heads=2", "seed=3"]) == {"model/heads", "seed"}
-    assert hparams.overridden(keys, ["data=sort", "+experiment=induction", "hydra/launcher=stacked"]) == {
-        "data/task", "data/seq_len"}  # a group sets all its keys; what the config has no key for, nothing
+    assert hparams.overridden(keys, ["model.heads", "seed"]) == {"model/heads", "seed"}
+    assert hparams.overridden(keys, ["data", "+experiment", "hydra/launcher"]) == {
+        "data/task", "data/seq_len"}  # a group names all its keys; what the config has no key for, nothing
+
+
+def test_differing_keys_are_what_the_sweep_sweeps(tmp_path):
+    """A sweep's job: the keys its command line sweeps over (from the sweep's multirun.yaml, as Hydra's basic
+    sweeper writes it), not the fixed overrides every job of it shares; a run of its own: its overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    command = ["model.heads=1,2", "seed=range(3)", "data=reverse", "device=cpu"]
+    OmegaConf.save({"hydra": {"overrides": {"task": command}}}, tmp_path / "multirun.yaml")
+    job = ["model.heads=2", "seed=1", "data=reverse", "device=cpu"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = {mode: compose("train", overrides=job + [f"hydra.sweep.dir={tmp_path}", f"hydra.mode={mode}"],
+                             return_hydra_config=True) for mode in ("MULTIRUN", "RUN")}
+    try:
+        HydraConfig.instance().set_config(cfg["MULTIRUN"])
+        assert hparams.differing_keys() == ["model.heads", "seed"]
+        HydraConfig.instance().set_config(cfg["RUN"])
+        assert hparams.differing_keys() == ["model.heads", "seed", "data", "device"]
+    finally:
+        HydraConfig.instance().cfg = None
+    assert hparams.differing_keys() == []  # outside Hydra
 
 
 def test_runs(server):

@@ -246,7 +246,7 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
 
 def finish(logger, cfg: DictConfig, final: dict[str, float], step: int, run_dir: Path) -> dict[str, float]:
     """A trained run's last records (a stacked member's too): HParams with its final metrics, metrics.json."""
-    hparams.log(logger, cfg, final, step, hparams.job_overrides())  # the keys the job overrides first
+    hparams.log(logger, cfg, final, step, hparams.differing_keys())  # the keys a sweep varies first
     logger.finalize("success")
     # The step the final weights are of: where trainer.stop_at was reached, else max_steps. Not an HParams
     # metric (logged above without it); the sweep summary reads how many steps each seed took (attnlab.seeds).
