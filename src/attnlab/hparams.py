@@ -3,7 +3,7 @@ that differ between the runs of its sweep marked so.
 
 TensorBoard orders the hparams of the experiment config it finds by `differs` first, then by name, and its HParams
 tab ticks the first five hparams and the first five metrics for display (tf-hparams-query-pane). Without the flag
-it ticks data/batch_size, data/seq_len, data/task, data/val_size, data/vocab_size, whatever a sweep varied.
+it ticks the first five by name (ckpt_path, data/...), whatever a sweep varied.
 Which keys differ: those the sweep's command line sweeps over (`-m model.heads=1,2` -> model/heads), from the
 multirun.yaml Hydra's basic sweeper writes into the sweep directory, and those its sweeper searches
 (hydra.sweeper.params: the Optuna search); for a run of its own, those its command line overrides.
