@@ -71,12 +71,12 @@ def alive(pgid: int) -> list[str]:
 def test_sigterm_to_a_joblib_sweep_stops_it_as_ctrl_c_does(tmp_path):
     """kill of the sweep's process group (a user's kill, a scheduler): the two running jobs save their checkpoints
     at the step they reached, the third does not start, the summary says so, and no process of the sweep is left."""
-    sweep, log = tmp_path / "sweep", tmp_path / "stderr"
+    sweep, log, out = tmp_path / "sweep", tmp_path / "stderr", tmp_path / "stdout"
     args = [sys.executable, str(TRAIN), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "device=cpu",
             "seed=0,1,2", "trainer.max_steps=100000", "trainer.val_every_n_steps=10", "trainer.stop_at=null",
             "logging=off", "data.val_size=64", f"hydra.sweep.dir={sweep}"]
-    with log.open("w") as stderr:
-        process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    with log.open("w") as stderr, out.open("w") as stdout:
+        process = subprocess.Popen(args, cwd=tmp_path, stdout=stdout, stderr=stderr, start_new_session=True)
     try:
         deadline = time.monotonic() + 200
         while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 2:  # both workers are training (step 10 passed)
@@ -97,6 +97,7 @@ def test_sigterm_to_a_joblib_sweep_stops_it_as_ctrl_c_does(tmp_path):
 
     table = {r["seed"]: r for r in rows(sweep / "summary.csv")}
     assert sorted(r["status"] for r in table.values()) == ["interrupted", "interrupted", "not started"]
+    assert "3 jobs, 2 interrupted, 1 not started." in out.read_text()
     assert not list(sweep.glob("*/metrics.json"))  # no job trained on to the end
     stopped = re.findall(r"Training stopped by SIGTERM at step (\d+); checkpoint saved: (\S+)", stderr)
     assert len(stopped) == 2
@@ -116,19 +117,21 @@ from attnlab import signals
 launcher = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 signals.SweepSignals().on_multirun_start(OmegaConf.create({"hydra": {"launcher": {"_target_": launcher}}}))
 with Parallel(n_jobs=2) as parallel:
-    workers = set(parallel(delayed(os.getpid)() for _ in range(8)))
+    workers = set()
+    while len(workers) < 2:  # both started (on a busy machine one may take all the jobs of a round)
+        workers |= set(parallel(delayed(lambda: (time.sleep(0.1), os.getpid())[1])() for _ in range(4)))
     for pid in workers:  # idle now, as a worker with no job left when the sweep is stopped
         os.kill(pid, signal.SIGTERM)
     time.sleep(0.5)
     after = parallel(delayed(lambda: (time.sleep(0.1), os.getpid(), signals.received())[1:])() for _ in range(8))
-print(len(workers), {pid for pid, _ in after} == workers, {signal.Signals(s).name for _, s in after})
+print(len(workers), {pid for pid, _ in after} <= workers, {signal.Signals(s).name if s else None for _, s in after})
 """
 
 
 def test_joblib_workers_listen_from_their_start():
-    """A joblib worker that has no job when SIGTERM comes lives on, knowing the sweep is stopped (its next job
-    would not start): it listens from its start. Had it ended, loky would take it for a crash and kill the busy
-    workers at once, in the middle of saving their checkpoints."""
+    """A joblib worker that has no job when SIGTERM comes lives on (the jobs after run in the same workers),
+    knowing the sweep is stopped (its next job would not start): it listens from its start. Had it ended, loky
+    would take it for a crash and kill the busy workers at once, in the middle of saving their checkpoints."""
     result = subprocess.run([sys.executable, "-c", IDLE_WORKERS], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split("\n")[0] == "2 True {'SIGTERM'}"

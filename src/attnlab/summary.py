@@ -213,7 +213,9 @@ def summarize(sweep_dir: Path, metric: str | None = None) -> list[dict]:
         metric = next((m for m in found if m), DEFAULT_METRIC)
     write_csv(jobs, sweep_dir, sweep_dir / SUMMARY_CSV)
     plot(jobs, metric, sweep_dir / SUMMARY_PLOT)
-    failed = sum(job["status"] != "ok" for job in jobs)
+    # "8 jobs, 1 failed"; a sweep stopped by a signal: "8 jobs, 2 interrupted, 6 not started"
+    outcomes = [job["status"] for job in jobs if job["status"] != "ok"]
+    counted = ", ".join(f"{outcomes.count(s)} {s}" for s in dict.fromkeys(sorted(outcomes))) or "0 failed"
     written = [sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_PLOT]
     over_seeds = ""
     groups = seeds.settings(jobs, swept_keys(jobs))
@@ -223,7 +225,7 @@ def summarize(sweep_dir: Path, metric: str | None = None) -> list[dict]:
         over_seeds = f"\n\nOver seeds, per setting:\n{seeds.table(groups, shown_metrics(jobs, metric))}"
     else:  # an older summary's, from jobs since changed (summarize_sweep.py on a sweep dir with jobs added)
         (sweep_dir / SUMMARY_SEEDS).unlink(missing_ok=True)
-    print(f"\n{table(jobs, metric)}{over_seeds}\n\n{len(jobs)} jobs, {failed} failed. Summary: "
+    print(f"\n{table(jobs, metric)}{over_seeds}\n\n{len(jobs)} jobs, {counted}. Summary: "
           f"{', '.join(map(str, written))}\nCompare them with:  tensorboard --logdir {sweep_dir}")
     return jobs
 
