@@ -6,6 +6,7 @@ again); the two that must fail as a user sees it (exit code, one line) are real 
 import json
 import math
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -17,9 +18,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from attnlab import tags
+from attnlab import signals, tags
 from attnlab.config import ConfigError
-from attnlab.guards import Diverged
+from attnlab.guards import Diverged, Interrupted
 from attnlab.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +157,17 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     assert f"{tmp_path / 'checkpoints' / 'last.ckpt'} keeps the weights of step 20" in message
     kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert kept["global_step"] == 20 and all(torch.isfinite(t).all() for t in kept["state_dict"].values())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_job_signalled_while_it_started_stops_before_its_first_step(tmp_path, monkeypatch):
+    # A process running a sweep's jobs that got SIGTERM while this job was being built (attnlab.signals noted it):
+    # no step is trained, and the checkpoint it leaves resumes the job from its start.
+    monkeypatch.setattr(signals, "_received", [signal.SIGTERM])
+    with pytest.raises(Interrupted) as caught:
+        train(tmp_path, "seed=0")
+    assert (caught.value.signum, caught.value.step, caught.value.saved_step) == (signal.SIGTERM, 0, 0)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 0
     assert not (tmp_path / "metrics.json").exists()
 
 
