@@ -1,7 +1,7 @@
 """The run's progress line: Lightning's tqdm bar in the run's own terms.
 
-    step 1400/3000 ━━━━━━━━━━━━━━━━━━━━ loss 0.0123 · val/seq_acc 0.984 [00:14, 98.1 steps/s]
-    step 1460/3000 ━━━━━━━━━━━━━━━━━━━━ loss 0.0021 · val/seq_acc 1.000 · stop_at 0.999 reached [00:15, 97.4 steps/s]
+    step 1400/3000 █████████▎           loss 0.0123 · val/seq_acc 0.984 [00:14, 98.10 steps/s]
+    step 1460/3000 █████████▋           loss 0.0021 · val/seq_acc 1.000 · stop_at 0.999 reached [00:15, 97.40 steps/s]
 
 Lightning's own bar counts batches of an "epoch" (a run is one epoch of trainer.max_steps batches: "Epoch 0: 7%
 200/3000" for a run stopped at step 200) and draws a bar of its own for every validation, which interleaved with it.

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []  # the signals this process received, in order
-_message: list[str] = []  # what this process prints on the first one (listen)
+_message: str | None = None  # what this process prints on the first one (listen)
 
 
 def received() -> int | None:
@@ -49,7 +49,7 @@ def _handle(signum: int, frame) -> None:
     if not first:
         return
     if _message:
-        print(f"\n{signal.Signals(signum).name} received: {_message[0]}", file=sys.stderr, flush=True)
+        print(f"\n{signal.Signals(signum).name} received: {_message}", file=sys.stderr, flush=True)
     # The worker processes this one started (a joblib sweep's) had the signal too when the whole process group got
     # it (Ctrl+C, a scheduler); not when only this process did (`kill PID`).
     for child in multiprocessing.active_children():
@@ -60,8 +60,8 @@ def _handle(signum: int, frame) -> None:
 def listen(message: str | None = None) -> None:
     """From now on a signal asks this process to stop (as above) instead of ending it; `message` is printed on the
     first one (the one given first is kept). Only the main thread can set handlers: elsewhere this does nothing."""
-    if message and not _message:
-        _message.append(message)
+    global _message
+    _message = _message or message
     if threading.current_thread() is threading.main_thread():
         for signum in SIGNALS:
             signal.signal(signum, _handle)
