@@ -15,6 +15,8 @@ A run without frames is simply not listed; asked for by name, it is a 404 with t
 
 import json
 import math
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,9 @@ DOWNSAMPLE = 100_000
 # The colour scales of the Images tab (attnlab.viz): attention weights in [0, 1], signed values around 0.
 COLORMAPS = {"attention": "viridis", "signed": "RdBu_r"}
 OVERRIDES = Path(".hydra") / "overrides.yaml"  # Hydra writes a run's command-line overrides there
+# (run, tag) series kept decoded; one is read again once its run has newer frames. 16 runs of 100 frames of the
+# six tags a view reads stay below 100 series.
+CACHED_SERIES = 512
 
 
 def rounded(values: np.ndarray, digits: int = 4):
@@ -88,6 +93,8 @@ class AttentionPlugin(base_plugin.TBPlugin):
         self.data = context.data_provider
         self.logdir = context.logdir  # for the runs' .hydra/overrides.yaml; None or a URL: runs keep their names
         self.static = {f"/{p.name}": p for p in STATIC.iterdir() if p.suffix in CONTENT_TYPES}
+        self.cache: OrderedDict[tuple[str, str], tuple[tuple, dict[int, np.ndarray]]] = OrderedDict()
+        self.lock = threading.Lock()  # TensorBoard answers requests on several threads
 
     def get_plugin_apps(self):
         apps = {"/runs": self.runs_route, "/frames": self.frames_route, "/circuits": self.circuits_route,
@@ -107,12 +114,37 @@ class AttentionPlugin(base_plugin.TBPlugin):
         path = self.static[request.path[request.path.rindex("/"):]]
         return http_util.Respond(request, path.read_bytes(), CONTENT_TYPES[path.suffix])
 
-    def read(self, request, runs: list[str] | None, tag_names: list[str]) -> dict:
-        """{run: {tag: [TensorDatum]}} for the runs named (all with None) and the tags asked."""
-        return self.data.read_tensors(
-            plugin_util.context(request.environ), experiment_id=plugin_util.experiment_id(request.environ),
-            plugin_name=tags.PLUGIN, downsample=DOWNSAMPLE, run_tag_filter=provider.RunTagFilter(runs, tag_names),
-        )
+    def series(self, request, runs: list[str] | None, tag_names: list[str]) -> dict[str, dict[str, dict]]:
+        """{run: {tag: {step: array}}} for the runs named (all with None) and the tags asked. The data provider has
+        no read of one step: each read decodes a tag's every frame. So a series is decoded once and kept while
+        TensorBoard lists it unchanged (its last step and wall time): moving the slider reads nothing again."""
+        ctx, experiment = plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
+        wanted = provider.RunTagFilter(runs, tag_names)
+        listed = self.data.list_tensors(ctx, experiment_id=experiment, plugin_name=tags.PLUGIN, run_tag_filter=wanted)
+        versions = {(run, tag): (series.max_step, series.max_wall_time)
+                    for run, by_tag in listed.items() for tag, series in by_tag.items()}
+        out, stale = {}, set()
+        with self.lock:
+            for key, version in versions.items():
+                kept = self.cache.get(key)
+                if kept is not None and kept[0] == version:
+                    self.cache.move_to_end(key)
+                    out.setdefault(key[0], {})[key[1]] = kept[1]
+                else:
+                    stale.add(key)
+        if stale:
+            found = self.data.read_tensors(
+                ctx, experiment_id=experiment, plugin_name=tags.PLUGIN, downsample=DOWNSAMPLE,
+                run_tag_filter=provider.RunTagFilter(sorted({r for r, _ in stale}), sorted({t for _, t in stale})),
+            )
+            with self.lock:
+                for run, tag in stale:
+                    frames = {datum.step: datum.numpy for datum in found.get(run, {}).get(tag, [])}
+                    self.cache[(run, tag)] = (versions[(run, tag)], frames)
+                    out.setdefault(run, {})[tag] = frames
+                while len(self.cache) > CACHED_SERIES:
+                    self.cache.popitem(last=False)
+        return out
 
     def overrides(self, run: str) -> list[str]:
         if not self.logdir or "://" in self.logdir:
@@ -130,17 +162,16 @@ class AttentionPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def runs_route(self, request):
-        found = self.read(request, None, [tags.FRAME_ALIGNMENT])
-        series = {run: data[tags.FRAME_ALIGNMENT] for run, data in found.items() if data.get(tags.FRAME_ALIGNMENT)}
-        overrides = {run: self.overrides(run) for run in series}
+        found = self.series(request, None, [tags.FRAME_ALIGNMENT])
+        alignments = {run: data[tags.FRAME_ALIGNMENT] for run, data in found.items() if data.get(tags.FRAME_ALIGNMENT)}
+        overrides = {run: self.overrides(run) for run in alignments}
         labels = run_labels(overrides)
         answer = []
-        for run in sorted(series):
-            frames = sorted(series[run], key=lambda datum: datum.step)
-            layers, heads = frames[-1].numpy.shape
-            answer.append({"run": run, "label": labels[run], "overrides": overrides[run], "layers": layers,
-                           "heads": heads, "steps": [datum.step for datum in frames],
-                           "alignment": rounded(frames[-1].numpy)})
+        for run in sorted(alignments):
+            steps = sorted(alignments[run])
+            last = alignments[run][steps[-1]]  # [layer, head]
+            answer.append({"run": run, "label": labels[run], "overrides": overrides[run], "layers": last.shape[0],
+                           "heads": last.shape[1], "steps": steps, "alignment": rounded(last)})
         return http_util.Respond(request, {"runs": answer}, "application/json")
 
     def frames_at(self, request, wanted: list[str]) -> list[tuple[str, int, dict[str, np.ndarray]]]:
@@ -149,7 +180,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
         runs, steps = request.args.getlist("run"), request.args.getlist("step")
         if not runs or len(runs) != len(steps) or not all(s.lstrip("-").isdigit() for s in steps):
             raise errors.InvalidArgumentError("give run=<name>&step=<integer> pairs")
-        found = self.read(request, sorted(set(runs)), wanted)
+        found = self.series(request, sorted(set(runs)), wanted)
         frames = []
         for run, step in zip(runs, map(int, steps)):
             data = found.get(run, {})
@@ -157,10 +188,9 @@ class AttentionPlugin(base_plugin.TBPlugin):
                 raise errors.NotFoundError(f"run {run!r} has no Attention frames (logging.images_every_n_steps=0?)")
             arrays = {}
             for tag in wanted:
-                datum = next((d for d in data.get(tag, []) if d.step == step), None)
-                if datum is None:
+                if step not in data.get(tag, {}):
                     raise errors.NotFoundError(f"run {run!r} has no {tag} at step {step}")
-                arrays[tag] = datum.numpy
+                arrays[tag] = data[tag][step]
             frames.append((run, step, arrays))
         return frames
 
