@@ -226,7 +226,7 @@ class StackedAdamW(torch.optim.Optimizer):
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(group["eps"])
             param.sub_(exp_avg / denom * step_size.view(shape))
 
-    def member_state(self, k: int, names: list[str]) -> dict[int, dict[str, Tensor]]:
+    def member_state(self, k: int) -> dict[int, dict[str, Tensor]]:
         """Member k's moments and step as torch.optim.AdamW's state_dict()["state"] (index: parameter order)."""
         params = self.param_groups[0]["params"]
         return {
@@ -348,7 +348,6 @@ def member_checkpoint(member: Member, k: int, trainer: L.Trainer, optimizer: Sta
     if loader:  # the stacked batches' state -> this member's generator, as data.Batches saves it
         loader[0] = {"generator": loader[0]["generators"][k]}
     view = member.view
-    names = [name for name, _ in view.named_parameters()]
     # torch.optim.AdamW (and LambdaLR) made for the solo module give the exact state_dict layout; the moments are
     # this member's.
     solo_optimizer = torch.optim.AdamW(view.parameters(), lr=member.cfg.optim.lr, weight_decay=member.cfg.optim.weight_decay)
@@ -361,7 +360,7 @@ def member_checkpoint(member: Member, k: int, trainer: L.Trainer, optimizer: Sta
         solo_optimizer.param_groups[0]["lr"] = lr
         schedulers.append(state)
     optimizer_state = solo_optimizer.state_dict()
-    optimizer_state["state"] = optimizer.member_state(k, names)
+    optimizer_state["state"] = optimizer.member_state(k)
     callbacks = {c.state_key: c.state_dict() for c in member.callbacks if isinstance(c, (ModelCheckpoint, EarlyStopping))}
     return {
         "epoch": trainer.current_epoch,
@@ -494,7 +493,7 @@ class StackedLM(L.LightningModule):
         self.val_sums = sums if self.val_sums is None else self.val_sums + sums
         self.val_count += len(batch[0])
 
-    def member_metrics(self, member: Member, k: int, values: list[float]) -> dict[str, float]:
+    def member_metrics(self, member: Member, values: list[float]) -> dict[str, float]:
         """A member's validation metrics, as its solo run's validation logs them: val/*, align/*, entropy/*."""
         metrics = {tags.metric("val", name): v for name, v in zip(tags.METRICS, values)}
         inputs = self.trainer.datamodule.validation[0]
@@ -510,7 +509,7 @@ class StackedLM(L.LightningModule):
         for k, member in enumerate(self.members):
             if not member.active:
                 continue
-            metrics = self.member_metrics(member, k, means[k])
+            metrics = self.member_metrics(member, means[k])
             if not fitting:  # the final scoring of the weights training ended with
                 self.final[k] = metrics
                 continue
@@ -550,6 +549,13 @@ class StackedLM(L.LightningModule):
             images.on_train_end(MemberTrainer(member, self.trainer), member.view)
         member.logger.log_metrics({**metrics, "epoch": float(self.trainer.current_epoch)}, step=step)
         member.outcome = train.finish(member.logger, member.cfg, dict(metrics), step, member.run_dir)
+
+    def on_train_end(self) -> None:
+        # The last frame of every member still training, however training ended (as Lightning's on_train_end
+        # gives a solo run's AttentionImages).
+        for member in self.members:
+            if member.active and (images := member.callback(AttentionImages)):
+                images.on_train_end(MemberTrainer(member, self.trainer), member.view)
 
     def on_exception(self, exception: BaseException) -> None:
         for member in self.members:
