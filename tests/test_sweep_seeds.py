@@ -58,8 +58,8 @@ def test_seeds_grouped_per_setting(seeded_sweep, capsys):
     table = {row["optim.lr"]: row for row in rows(seeded_sweep / "summary_seeds.csv")}
     assert set(table) == {"0.001", "0.01"}
     slow, fast = table["0.001"], table["0.01"]
-    assert (slow["seeds"], slow["n"], slow["failed"], slow["solved"]) == ("0 1 2", "3", "0", "3")
-    assert (fast["n"], fast["failed"], fast["solved"]) == ("3", "1", "1")
+    assert (slow["seeds"], slow["n"], slow["finished"], slow["solved"]) == ("0 1 2", "3", "3", "3")
+    assert (fast["n"], fast["finished"], fast["solved"]) == ("3", "2", "1")
     loss = [0.01, 0.02, 0.015]
     assert float(slow["val/loss_mean"]) == pytest.approx(statistics.fmean(loss))
     assert float(slow["val/loss_std"]) == pytest.approx(statistics.stdev(loss))

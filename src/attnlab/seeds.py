@@ -1,5 +1,5 @@
 """A sweep's jobs grouped over seeds: where jobs differ only in `seed`, one row per setting (the other swept values)
-with n, how many failed and how many solved, and mean, std, min and max of each final metric and of the step at
+with n, how many finished and how many solved, and mean, std, min and max of each final metric and of the step at
 which the run reached trainer.stop_at. attnlab.summary writes it as summary_seeds.csv, prints it under the jobs'
 table and draws it in summary.png. Made from the job dicts of attnlab.summary.read_jobs, so from files only, whichever
 launcher ran the jobs.
@@ -55,6 +55,10 @@ class Setting:
         std = statistics.stdev(values) if len(values) > 1 else math.nan
         return statistics.fmean(values), std, min(values), max(values)
 
+    def finished(self) -> int:
+        """Jobs with final metrics: not failed, interrupted or left unstarted by a stopped sweep."""
+        return sum(job["status"] == "ok" for job in self.jobs)
+
     def seeds(self) -> str:
         return " ".join(str(job["params"].get(SEED, "")) for job in self.jobs)
 
@@ -83,14 +87,14 @@ def write_csv(groups: list[Setting], metrics: list[str], path: Path) -> None:
     names = aggregated(metrics)
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow([*keys, "seeds", "n", "failed", "solved", *(f"{m}_{s}" for m in names for s in ("mean", "std", "min", "max"))])
+        out.writerow([*keys, "seeds", "n", "finished", "solved", *(f"{m}_{s}" for m in names for s in ("mean", "std", "min", "max"))])
         for group in groups:
             cells = []
             for name in names:
                 stats = group.stats(name)
                 cells += ["" if stats is None or math.isnan(v) else v for v in stats or (None,) * 4]
             out.writerow([
-                *group.params.values(), group.seeds(), len(group.jobs), sum(j["status"] != "ok" for j in group.jobs),
+                *group.params.values(), group.seeds(), len(group.jobs), group.finished(),
                 sum(map(solved, group.jobs)), *cells,
             ])  # fmt: skip
 
@@ -106,9 +110,9 @@ def _cell(stats: tuple | None, digits: str = ".4g") -> str:
 def table(groups: list[Setting], shown: list[str]) -> str:
     """For the terminal: per setting n, solved, and mean ± std [min, max] of the shown metrics and SOLVED_STEP."""
     keys = list(groups[0].params)
-    head = [*keys, "n", "failed", "solved", *shown, SOLVED_STEP]
+    head = [*keys, "n", "finished", "solved", *shown, SOLVED_STEP]
     rows = [
-        [*map(str, g.params.values()), str(len(g.jobs)), str(sum(j["status"] != "ok" for j in g.jobs)),
+        [*map(str, g.params.values()), str(len(g.jobs)), str(g.finished()),
          str(sum(map(solved, g.jobs))), *(_cell(g.stats(m)) for m in shown), _cell(g.stats(SOLVED_STEP), ".0f")]
         for g in groups
     ]  # fmt: skip
