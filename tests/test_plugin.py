@@ -4,7 +4,7 @@ Over HTTP, what the tab's page asks: the plugin is listed, its runs, a frame, th
 checkpoint's weights), and a run without frames is left out or answered 404, never a server error; a TensorBoard
 with no frames at all has the tab inactive. Then in a real browser (Selenium + headless Chromium, skipped where none
 is installed): the tab opens in TensorBoard's page, shows the labels and the cells, hovers, and the step slider
-changes the frame."""
+changes the frame. Beside them: a default run's frame is a few KB, and HParams lists the keys a sweep varies first."""
 
 import json
 import shutil
@@ -33,8 +33,6 @@ POSITIONS = 2 * N - 1
 TIMEOUT = 60  # seconds for a server to be up and to have read the run
 RUN, NO_FRAMES = "tiny", "no_frames"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
 DIFFERING = ["optim.lr", "model.heads"]  # the HParams of the run without frames: as if a sweep's job
 
 
@@ -64,7 +62,7 @@ def servers(logdir, tmp_path_factory):
     started = {"both": TensorBoardServer(logdir, log=logs / "both.log"),
                "none": TensorBoardServer(logdir / NO_FRAMES, log=logs / "none.log")}
     try:
-        started["both"].wait_until("/data/plugin/attnlab/runs", loaded, TIMEOUT)
+        started["both"].wait_until(f"/data/plugin/{tags.PLUGIN}/runs", loaded, TIMEOUT)
         started["none"].wait_until("/data/runs", lambda runs: runs == ["."], TIMEOUT)
         yield started
     finally:
