@@ -53,8 +53,9 @@ def flat(d, prefix: str = "") -> dict:
     return out
 
 
-@pytest.mark.parametrize("model", [[], ["model.layers=2", "model.heads=2", "model.mlp=true", "model.norm=true"]],
-                         ids=["1-layer", "2-layer-mlp-norm"])
+@pytest.mark.parametrize("model", [[], ["model.layers=2", "model.heads=2", "model.mlp=true", "model.norm=true",
+                                         "++trainer.gradient_clip_val=0.1"]],
+                         ids=["1-layer", "2-layer-mlp-norm-clipped"])
 def test_members_train_as_their_solo_runs(tmp_path, model):
     cfgs = [compose_cfg(SHORT + model + member) for member in MEMBERS]
     members = stacked.train_group(cfgs, [tmp_path / f"member{k}" for k in range(len(cfgs))])

@@ -445,6 +445,9 @@ class StackedLM(L.LightningModule):
         objective = torch.where(active, losses, 0.0).sum()
         optimizer.optimizer.lr = self.lr_table[step]
         self.manual_backward(objective)
+        solo = self.members[0].view  # trainer.* is the same for the whole group
+        if solo.gradient_clip_val:
+            self.clip_members(solo.gradient_clip_val, solo.gradient_clip_algorithm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if logged:
@@ -455,6 +458,20 @@ class StackedLM(L.LightningModule):
                     member.logger.log_metrics({**metrics, LR_TAG: lr}, step=step)
         self.last_losses = losses.detach()
         return objective
+
+    @torch.no_grad()
+    def clip_members(self, value: float, algorithm: str) -> None:
+        """trainer.gradient_clip_val for each member over its own gradients, as Lightning clips a solo run's
+        (torch.nn.utils.clip_grad_norm_: the global norm, here per member; or clip_grad_value_)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if algorithm == "value":
+            for grad in grads:
+                grad.clamp_(-value, value)
+            return
+        norms = torch.stack([grad.flatten(1).norm(dim=1) for grad in grads], dim=1).norm(dim=1)  # [member]
+        coefficient = (value / (norms + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(coefficient.view((-1,) + (1,) * (grad.dim() - 1)))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step = self.trainer.global_step
@@ -580,7 +597,8 @@ def refusal(cfg: DictConfig) -> str | None:
         return "it goes on from a checkpoint (ckpt_path)"
     if float(cfg.get("loss", {}).get("attention", 0) or 0) > 0:
         return "loss.attention > 0 trains on the attention weights' explicit path"
-    extra = [k for k, v in cfg.trainer.items() if k not in ("max_steps", "val_every_n_steps", "stop_at") and v not in (None, False, 0)]
+    stacked = ("max_steps", "val_every_n_steps", "stop_at", "gradient_clip_val", "gradient_clip_algorithm")
+    extra = [k for k, v in cfg.trainer.items() if k not in stacked and v not in (None, False, 0)]
     if extra:
         return f"trainer.{extra[0]} is a solo run's option"
     return None
