@@ -81,18 +81,22 @@ function controls() {
   slider.addEventListener('input', () => draw());
   const stepLabel = el('output', 'step-value');
   stepLabel.htmlFor = 'step';
+  const signed = legend(state.scales.signed, 'circuits (each map on its own ± scale, in its title)',
+                        ['−max', '0', '+max']);
+  signed.hidden = true;
   const circuits = el('input');
   circuits.type = 'checkbox';
   circuits.id = 'circuits';
   circuits.addEventListener('change', () => {
     state.circuits = circuits.checked;
+    signed.hidden = !circuits.checked;
     draw();
   });
   const circuitsLabel = el('label', 'circuits-choice', [circuits, el('span', '', 'QK / OV circuits')]);
   const stepper = el('div', 'stepper', [el('label', '', 'Step'), slider, stepLabel, circuitsLabel]);
   const legends = el('div', 'legends', [
     legend(state.scales.attention, 'attention weight', ['0', '0.5', '1']),
-    legend(state.scales.signed, 'circuits (each map on its own ± scale, in its title)', ['−max', '0', '+max']),
+    signed,
     el('span', 'target-key', 'outlined: the target pattern\'s cells'),
   ]);
   return el('header', '', [picker, stepper, legends]);
@@ -228,7 +232,7 @@ function drawRun(r, frame, circuits) {
     view.heads[layer][head].update(values, colour, view.targets[layer], caption);
   }));
   view.circuits.hidden = !circuits;
-  if (circuits) drawCircuits(view, r, circuits);
+  if (circuits) drawCircuits(view, circuits);
 }
 
 function tokenName(frame, id) {
@@ -273,7 +277,7 @@ const CIRCUITS = [
   ['ov', 'OV', 'vocab', 'vocab', ['attended token', 'raised logit']],
 ];
 
-function drawCircuits(view, r, answer) {
+function drawCircuits(view, answer) {
   const positions = Array.from({length: answer.positions}, (_, i) => `${i}`);
   const axes = {vocab: answer.vocab, positions};
   if (!view.circuitMaps) {
