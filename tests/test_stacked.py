@@ -158,15 +158,17 @@ def test_stacked_sweep_through_the_launcher(tmp_path):
     assert (sweep / "summary.png").is_file()
 
 
-def test_multi_process_devices_are_refused_with_one_line(tmp_path):
-    result = run_script(["-m", "hydra/launcher=stacked", "device=cpu_ddp", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"],
+@pytest.mark.parametrize("given, line", [
+    ("device=cpu_ddp", "error: device=cpu_ddp: hydra/launcher=stacked trains a group's members in one process (allowed: "
+                       "device=auto, cpu, gpu or mps); launch multi-process runs with the basic, joblib or slurm launcher"),
+    ("hydra.launcher.max_members=0", "error: hydra.launcher.max_members must be >= 1, got 0"),
+])
+def test_what_cannot_be_stacked_is_refused_with_one_line(tmp_path, given, line):
+    result = run_script(["-m", "hydra/launcher=stacked", given, "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"],
                         tmp_path, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: device=cpu_ddp: hydra/launcher=stacked trains a group's members in one process (allowed: device=auto, "
-        "cpu, gpu or mps); launch multi-process runs with the basic, joblib or slurm launcher"
-    ]
-    assert not (tmp_path / "s").exists()
+    assert result.stderr.strip().splitlines() == [line]
+    assert not (tmp_path / "s").exists()  # no sweep directory left
 
 
 @pytest.mark.slow

@@ -27,10 +27,23 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from attnlab.config import ConfigError, integer
+
 log = logging.getLogger(__name__)
 
 # What cannot be stacked at all: a member is one slice of one process's model.
 REFUSED_DEVICES = ("cpu_ddp", "gpu_ddp")
+
+
+def refuse(message: str, sweep_dir: Path) -> None:
+    """Bad input for the launcher itself: one line, exit 2, and no sweep directory left (the sweeper has written
+    only its multirun.yaml there)."""
+    print(f"error: {message}", file=sys.stderr)
+    if sweep_dir.is_dir() and {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+        for leftover in sweep_dir.iterdir():
+            leftover.unlink()
+        sweep_dir.rmdir()
+    sys.exit(2)
 
 
 class StackedLauncher(Launcher):
@@ -94,17 +107,20 @@ class StackedLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        try:
+            integer(self.max_members, "hydra.launcher.max_members")
+            if self.threads is not None:
+                integer(self.threads, "hydra.launcher.threads")
+        except ConfigError as error:
+            refuse(str(error), sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         configs = [self.job_config(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
         for config in configs:
             device = config.hydra.runtime.choices.get("device")
             if device in REFUSED_DEVICES or config.device.get("strategy", "auto") != "auto":
-                print(f"error: device={device}: hydra/launcher=stacked trains a group's members in one process "
-                      f"(allowed: device=auto, cpu, gpu or mps); launch multi-process runs with the basic, joblib or "
-                      f"slurm launcher", file=sys.stderr)
-                if not any(sweep_dir.iterdir()):
-                    sweep_dir.rmdir()
-                sys.exit(2)
+                refuse(f"device={device}: hydra/launcher=stacked trains a group's members in one process (allowed: "
+                       "device=auto, cpu, gpu or mps); launch multi-process runs with the basic, joblib or slurm "
+                       "launcher", sweep_dir)
 
         from attnlab import signals, stacked  # torch and Lightning: seconds, so only now
 
