@@ -31,6 +31,11 @@ ROOT = Path(__file__).resolve().parents[3]
 TRAIN = ROOT / "scripts" / "train.py"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"  # where the summary goes in its page
 
+# Commands are started with fork, not vfork: a side stopped between vfork and exec (interleaved's SIGSTOP) leaves
+# its parent in the kernel waiting for the exec, where it cannot stop either, and interleaved waiting for it to stop
+# (seen: a sweep side hung for 15 minutes). subprocess documents this switch.
+subprocess._USE_VFORK = False
+
 
 @dataclass
 class Sizes:
