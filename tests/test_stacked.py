@@ -209,12 +209,14 @@ def test_optuna_batch_trained_together_each_trial_valued_by_its_own_run(tmp_path
     # The shipped search space with one width and head count: only the lr differs, so a batch is one group.
     result = run_script(["-m", "hydra/launcher=stacked", "+hparams_search=lr_dim_heads",
                          'hydra.sweeper.params={model.dim:"choice(32)",model.heads:"choice(1)"}',
-                         "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4",
+                         "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4", "hydra.launcher.max_members=3",
                          "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",
                          f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *tiny,
                          f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 members (" in result.stdout + result.stderr  # the batch of n_jobs trials as one model
+    # the batch of n_jobs=4 trials split by max_members: 3 trained as one model, the fourth alone
+    log = result.stdout + result.stderr
+    assert log.count("3 members (") == 1 and log.count(" alone (a group of one)") == 1
     losses = {}
     for metrics in sweep.glob("trial*/metrics.json"):
         losses[int(metrics.parent.name.removeprefix("trial").split("_")[0])] = json.loads(metrics.read_text())["val/loss"]

@@ -135,7 +135,10 @@ class StackedLauncher(Launcher):
                 alone.append(i)
                 log.info(f"\t#{config.hydra.job.num} alone ({reason}): {' '.join(filter_overrides(config.hydra.overrides.task))}")
         batches = [idx[s : s + self.max_members] for idx in groups.values() for s in range(0, len(idx), self.max_members)]
-        alone += [i for batch in batches if len(batch) == 1 for i in batch]  # a group of one: the solo path itself
+        for i in (i for batch in batches if len(batch) == 1 for i in batch):  # a group of one: the solo path itself
+            alone.append(i)
+            log.info(f"\t#{configs[i].hydra.job.num} alone (a group of one): "
+                     f"{' '.join(filter_overrides(configs[i].hydra.overrides.task))}")
         batches = [batch for batch in batches if len(batch) > 1]
 
         runs: list[Optional[JobReturn]] = [None] * len(configs)
