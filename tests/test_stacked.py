@@ -23,9 +23,10 @@ TRAIN = ROOT / "scripts" / "train.py"
 STEPS = 20
 SHORT = ["device=cpu", f"trainer.max_steps={STEPS}", "trainer.val_every_n_steps=10", "trainer.stop_at=null",
          "logging.every_n_steps=1", "logging.images_every_n_steps=10", "logging.progress_bar=false", "data.val_size=64"]
-# Two members that differ in all a member may: seed, lr, weight decay, warm-up and schedule.
+# Two members that differ in all a member may: seed, lr, weight decay, warm-up, schedule, attention supervision.
 MEMBERS = [["seed=1", "optim.lr=3e-3"],
-           ["seed=2", "optim.lr=1e-2", "optim.weight_decay=0.1", "optim.warmup_steps=5", "optim.schedule=cosine"]]
+           ["seed=2", "optim.lr=1e-2", "optim.weight_decay=0.1", "optim.warmup_steps=5", "optim.schedule=cosine",
+            "loss.attention=0.5"]]
 
 
 def compose_cfg(overrides: list[str]):

@@ -18,6 +18,7 @@ train_group.
 """
 
 import copy
+import math
 import json
 import time
 from dataclasses import dataclass, field
@@ -85,25 +86,37 @@ class StackedEmbedding(nn.Module):
 
 
 class StackedAttention(nn.Module):
-    """attention.SelfAttention for each member (the article's steps, on the fused path that training steps take):
-    W_Q, W_K, W_V, W_O [member, dim, dim], applied as x @ W. The members are folded into the batch dimension, so
-    one scaled_dot_product_attention call covers them all."""
+    """attention.SelfAttention for each member: W_Q, W_K, W_V, W_O [member, dim, dim], applied as x @ W. The members
+    are folded into the batch dimension, so one scaled_dot_product_attention call covers them all (the fused path
+    that training steps take); with need_weights, the article's steps 3-5 written out (for loss.attention)."""
 
     def __init__(self, members: int, dim: int, heads: int, causal: bool):
         super().__init__()
         self.dim, self.heads, self.d_head, self.causal = dim, heads, dim // heads, causal
         self.W_Q, self.W_K, self.W_V, self.W_O = (nn.Parameter(torch.zeros(members, dim, dim)) for _ in range(4))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x [member, batch, pos, dim] -> (output [member, batch, pos, dim], weights [member, batch, head, query,
+        key] or None)."""
         members, batch, pos, dim = x.shape
         flat = x.reshape(members, batch * pos, dim)
         # Query, key and value in one batched matmul (one kernel instead of three), split into heads.
         # [member, batch * pos, 3 * dim] -> 3 x [member * batch, head, pos, d_head]
         projected = torch.bmm(flat, torch.cat((self.W_Q, self.W_K, self.W_V), dim=2))
         query, key, value = (self._split_heads(t, batch) for t in projected.split(dim, dim=2))
-        output = F.scaled_dot_product_attention(query, key, value, is_causal=self.causal)
+        weights = None
+        if not need_weights:
+            output = F.scaled_dot_product_attention(query, key, value, is_causal=self.causal)
+        else:
+            scores = query @ key.transpose(-2, -1) / math.sqrt(self.d_head)  # [member * batch, head, query, key]
+            if self.causal:
+                future = torch.ones(pos, pos, dtype=torch.bool, device=scores.device).triu(1)
+                scores = scores.masked_fill(future, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            output = weights @ value
+            weights = weights.view(members, batch, self.heads, pos, pos)
         merged = output.transpose(1, 2).reshape(members, batch * pos, dim)  # heads concatenated
-        return torch.bmm(merged, self.W_O).view(members, batch, pos, dim)
+        return torch.bmm(merged, self.W_O).view(members, batch, pos, dim), weights
 
     def _split_heads(self, t: Tensor, batch: int) -> Tensor:
         members, rows, _ = t.shape  # [member, batch * pos, dim] -> [member * batch, head, pos, d_head]
@@ -122,11 +135,12 @@ class StackedBlock(nn.Module):
         if mlp:
             self.mlp = nn.Sequential(StackedLinear(members, dim, 4 * dim), nn.GELU(), StackedLinear(members, 4 * dim, dim))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attention(self.norm1(x))
+    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        attended, weights = self.attention(self.norm1(x), need_weights)
+        x = x + attended
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
-        return x
+        return x, weights
 
 
 class StackedModel(nn.Module):
@@ -157,13 +171,18 @@ class StackedModel(nn.Module):
             for k, model in enumerate(solo_models):
                 self.load_member(k, model.state_dict())
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """tokens [member, batch, pos] -> (logits [member, batch, pos, vocab], per layer weights [member, batch,
+        head, query, key] where need_weights)."""
         members, batch, pos = tokens.shape
         positions = self.positions[..., :pos, :]  # [member, pos, dim] learned, [pos, dim] fixed
         x = self.embedding(tokens) + (positions.unsqueeze(1) if positions.dim() == 3 else positions)
+        attention = []
         for block in self.blocks:
-            x = block(x)  # [member, batch, pos, dim]
-        return self.readout(self.norm(x))
+            x, weights = block(x, need_weights)  # [member, batch, pos, dim]
+            if need_weights:
+                attention.append(weights)
+        return self.readout(self.norm(x)), attention
 
     def member_state(self, k: int) -> dict[str, Tensor]:
         """Member k's weights as a solo AttentionModel state_dict (views of the stacked tensors)."""
@@ -389,8 +408,8 @@ class StackedLM(L.LightningModule):
         self.val_sums: Tensor | None = None  # [member, 3]: loss, acc, seq_acc summed over validation examples
         self.val_count = 0
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.model(tokens)
+    def forward(self, tokens: Tensor, need_weights: bool = False):
+        return self.model(tokens, need_weights)
 
     @staticmethod
     def member_scores(logits: Tensor, targets: Tensor, mask: Tensor, all_scores: bool) -> Tensor:
@@ -421,6 +440,7 @@ class StackedLM(L.LightningModule):
                 param.data = stacked[name].data[k]
         optimizer = self.optimizers(use_pl_optimizer=False)
         optimizer.to(self.device)
+        self.attention_weights = torch.tensor([m.view.attention_weight for m in self.members], device=self.device)
         # Every member's lr at every step, from its own schedule: [step, member] (one row read per step).
         steps = self.trainer.max_steps
         self.lr_table = torch.tensor(
@@ -434,15 +454,19 @@ class StackedLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         inputs, targets, mask = batch  # [member, batch, pos]
-        logits = self.model(inputs)  # [member, batch, pos, vocab]
+        supervised = bool(self.attention_weights.any())  # loss.attention: the explicit path, for its weights
+        logits, attention = self.model(inputs, need_weights=supervised)  # [member, batch, pos, vocab]
         step, n = self.global_step, self.trainer.log_every_n_steps
         logged = (step + 1) % n == 0
         scores = self.member_scores(logits, targets, mask, logged)  # [member, 3] logged, else [member]
-        losses = scores[:, 0] if logged else scores
+        losses = objectives = scores[:, 0] if logged else scores
+        if supervised:
+            attention_losses = self.attention_losses(inputs, attention)  # [member]
+            objectives = losses + self.attention_weights * attention_losses
         optimizer = self.optimizers()
         active = optimizer.optimizer.active
         # The sum of the members' mean losses: each member's gradient is its solo run's (a mean would scale it).
-        objective = torch.where(active, losses, 0.0).sum()
+        objective = torch.where(active, objectives, 0.0).sum()
         optimizer.optimizer.lr = self.lr_table[step]
         self.manual_backward(objective)
         solo = self.members[0].view  # trainer.* is the same for the whole group
@@ -452,12 +476,25 @@ class StackedLM(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         if logged:
             values, lrs = scores.tolist(), self.lr_table[step].tolist()
-            for member, row, lr in zip(self.members, values, lrs):
+            supervision = attention_losses.tolist() if supervised else [None] * len(values)
+            for member, row, lr, term in zip(self.members, values, lrs, supervision):
                 if member.active:
                     metrics = {tags.metric("train", name): v for name, v in zip(tags.METRICS, row)}
+                    if member.view.attention_weight > 0:
+                        metrics[tags.ATTENTION_LOSS] = term
                     member.logger.log_metrics({**metrics, LR_TAG: lr}, step=step)
         self.last_losses = losses.detach()
         return objective
+
+    def attention_losses(self, inputs: Tensor, attention: list[Tensor]) -> Tensor:
+        """loss.attention's supervision term of each member: its solo module's own, on its slice of the weights;
+        0 for a member without it.  [member]"""
+        terms = [
+            member.view.attention_loss(inputs[k], [weights[k] for weights in attention])
+            if member.view.attention_weight > 0 else inputs.new_zeros((), dtype=torch.float)
+            for k, member in enumerate(self.members)
+        ]
+        return torch.stack(terms)
 
     @torch.no_grad()
     def clip_members(self, value: float, algorithm: str) -> None:
@@ -506,7 +543,7 @@ class StackedLM(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         inputs, targets, mask = (t.expand(len(self.members), *t.shape) for t in batch)  # the same set for everyone
-        sums = self.member_scores(self.model(inputs), targets, mask, True) * len(batch[0])
+        sums = self.member_scores(self.model(inputs)[0], targets, mask, True) * len(batch[0])
         self.val_sums = sums if self.val_sums is None else self.val_sums + sums
         self.val_count += len(batch[0])
 
@@ -595,8 +632,6 @@ def refusal(cfg: DictConfig) -> str | None:
         return f"refused: {error}"
     if cfg.get("ckpt_path"):
         return "it goes on from a checkpoint (ckpt_path)"
-    if float(cfg.get("loss", {}).get("attention", 0) or 0) > 0:
-        return "loss.attention > 0 trains on the attention weights' explicit path"
     stacked = ("max_steps", "val_every_n_steps", "stop_at", "gradient_clip_val", "gradient_clip_algorithm")
     extra = [k for k, v in cfg.trainer.items() if k not in stacked and v not in (None, False, 0)]
     if extra:
@@ -607,7 +642,7 @@ def refusal(cfg: DictConfig) -> str | None:
 # What members of one group may differ in; everything else fixes the shapes (or is the same for the group's one
 # Trainer: its steps, validation and logging cadence, device).
 MEMBER_KEYS = ("seed", "optim.lr", "optim.weight_decay", "optim.warmup_steps", "optim.schedule", "trainer.stop_at",
-               "optimized_metric")
+               "loss.attention", "optimized_metric")
 
 
 def group_key(cfg: DictConfig) -> str:
