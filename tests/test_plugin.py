@@ -8,6 +8,8 @@ changes the frame. Beside them: a default run's frame is a few KB, and HParams l
 
 import json
 import shutil
+import subprocess
+import sys
 import tomllib
 import urllib.error
 import urllib.request
@@ -253,6 +255,15 @@ def test_default_frame_is_a_few_kilobytes(tmp_path):
     shapes = {v.tag: make_ndarray(v.tensor).shape for v in frames[-1].summary.value}
     assert shapes[tags.FRAME_ATTENTION] == (1, 1, 15, 15) and shapes[tags.FRAME_WEIGHTS] == (1, 4, 32, 32)
     assert 8 * 1024 < frames[-1].ByteSize() < 12_000
+
+
+def test_what_tensorboard_imports_is_light():
+    """TensorBoard imports the plugin at start-up, in its own process: neither torch, Lightning, Hydra nor
+    matplotlib come with it (seconds of start-up, and an import error there would stop TensorBoard)."""
+    code = ("import sys; from attnlab.tensorboard_plugin import loader, plugin; "
+            "print([m for m in ('torch', 'lightning', 'hydra', 'matplotlib') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_run_labels():
