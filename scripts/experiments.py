@@ -5,6 +5,7 @@ sweep each) and write the table into docs/tasks.md between the `experiments` mar
     python scripts/experiments.py --only copy,mqar   # some of them (docs/tasks.md is left alone)
     python scripts/experiments.py --no-docs          # print and save the table only
     python scripts/experiments.py --out outputs/experiments/2026-12-01_07-00-00   # go on with a stopped run
+    python scripts/experiments.py --out outputs/experiments/2026-12-01_07-00-00 --read-only   # its table so far
 
 The seeds of a recipe run as one stacked model (hydra/launcher=stacked) where that launcher is installed, else
 (or with --launcher joblib) as joblib jobs, two at a time (one per core of the machine the figures come from), at
@@ -141,6 +142,8 @@ def median_range(values: list[float], fmt: str, low_only: bool = False) -> str:
 
 
 def row(r: dict) -> str:
+    if r.get("not_run"):
+        return f"| `{r['recipe']}` | not run | | | | | | | **no** |"
     done = [j for j in r["jobs"] if j["seed"] is not None]
     threshold = ALIGNED_SUPERVISED if r["supervised"] else ALIGNED
     solved = sum(j["seq_acc"] >= SOLVED for j in done)
@@ -158,7 +161,7 @@ def row(r: dict) -> str:
         f"| `{r['recipe']}`", r["model"] + (" +att.sup" if r["supervised"] else ""),
         f"{solved}/{SEEDS}" + (f" ({failed} failed)" if failed else ""),
         f"{aligned}/{SEEDS} (≥ {threshold:g})" if has_target else "no target",
-        median_range([j["solved_step"] for j in done if j["solved_step"] is not None], "d"),
+        median_range([j["solved_step"] for j in done if j["solved_step"] is not None], ".0f"),
         median_range(aligns, ".2f", low_only=True) if has_target else "–",
         f"{per_seed:.0f} (≤ {BUDGET.get(r['task'], '–')})", f"{r['sweep_wall_s']:.0f}",
         ("yes" if holds else "**no**") + " |",
@@ -171,7 +174,7 @@ def table(results: list[dict]) -> str:
         "[min] | wall per seed (s) | wall, 10 seeds (s) | holds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    total = sum(r["sweep_wall_s"] for r in results)
+    total = sum(r.get("sweep_wall_s", 0) for r in results)
     return "\n".join(lines + [row(r) for r in results]) + f"\n\nWhole table: {total / 60:.1f} min."
 
 
@@ -188,6 +191,8 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help=f"do not write the table into {DOCS.relative_to(ROOT)}")
     parser.add_argument("--launcher", choices=("auto", "stacked", "joblib"), default="auto",
                         help="auto (default): stacked where it composes, else joblib")
+    parser.add_argument("--read-only", action="store_true",
+                        help="train nothing: the table of what --out holds (recipes not finished there: 'not run')")
     parser.add_argument("--out", type=Path,
                         help="the directory to run in (default: a new one under outputs/experiments)")
     args = parser.parse_args()
@@ -208,6 +213,13 @@ def main() -> None:
         # The stacked launcher trains a supervised job alone (the attention loss needs the weights' explicit path),
         # one after another: such recipes run as joblib jobs, two at a time.
         used = JOBLIB if supervised(name) else how
+        if args.read_only:
+            if not (out / name / "wall.json").is_file():
+                results.append({"recipe": name, "not_run": True})
+                continue
+            wall = json.loads((out / name / "wall.json").read_text())["wall_s"]
+            results.append(recipe(name, out / name, wall, used != JOBLIB))
+            continue
         results.append(recipe(name, out / name, sweep(name, out, used), used != JOBLIB))
     text = f"Measured {where}, by `python scripts/experiments.py`:\n\n{table(results)}\n"
     print("\n" + text)
