@@ -51,7 +51,9 @@ export function heatmap({caption, rowLabels, colLabels, corner, describe}) {
     const col = td.cellIndex - 1;  // the row label comes first
     tooltip.textContent = describe(row, col, current[row][col]);
     tooltip.hidden = false;
-    tooltip.style.left = `${event.clientX + 14}px`;
+    // Beside the pointer, on its left near the right edge (the grid of the last run reaches it).
+    const right = event.clientX + 14 + tooltip.offsetWidth > window.innerWidth;
+    tooltip.style.left = `${right ? event.clientX - 14 - tooltip.offsetWidth : event.clientX + 14}px`;
     tooltip.style.top = `${event.clientY + 14}px`;
   });
   table.addEventListener('mouseleave', () => void (tooltip.hidden = true));
