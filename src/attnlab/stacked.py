@@ -20,7 +20,6 @@ train_group.
 import copy
 import math
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,7 +344,6 @@ class Member:
     logger: train.RunLogger | None = None
     stopped_at: int | None = None  # the step it stopped changing at (early stop, divergence)
     outcome: object = None  # its final metrics (dict), or the Diverged / Interrupted that ended it
-    wall_s: float = 0.0
 
     def callback(self, kind):
         return next((c for c in self.callbacks if isinstance(c, kind)), None)
@@ -660,7 +658,6 @@ def group_key(cfg: DictConfig) -> str:
 def train_group(cfgs: list[DictConfig], run_dirs: list[Path], extra_callbacks: list[L.Callback] = ()) -> list[Member]:
     """Train one group (same group_key) as a stacked model; every member's run directory is written as its solo
     run's. Returns the members, each with its outcome: final metrics, or the Diverged / Interrupted that ended it."""
-    start = time.perf_counter()
     members = []
     for cfg, run_dir in zip(cfgs, run_dirs):
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # as train.run: the initial weights from the seed
@@ -703,7 +700,4 @@ def train_group(cfgs: list[DictConfig], run_dirs: list[Path], extra_callbacks: l
     finally:
         for member in members:
             member.logger.close()
-    wall = time.perf_counter() - start
-    for member in members:
-        member.wall_s = wall
     return members

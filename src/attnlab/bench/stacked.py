@@ -5,10 +5,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import lightning.pytorch as L
 import torch
 
 from attnlab import stacked

@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, _save_config, configure_log, filter_overrides, run_job, setup_globals
@@ -168,28 +169,33 @@ class StackedLauncher(Launcher):
         for config in configs:
             HydraConfig.instance().set_config(config)  # ${hydra:...} in a job's config resolves as in its job
             tasks.append(self.task_config(config))
-        threads = torch.get_num_threads()
+        threads, start = torch.get_num_threads(), time.perf_counter()
         torch.set_num_threads(self.threads or len(os.sched_getaffinity(0)))
         try:
-            members = stacked.train_group(tasks, run_dirs)
+            outcomes = [m.outcome for m in stacked.train_group(tasks, run_dirs)]
+        except Exception as error:  # the group's own failure (a full disk, say) is each member's, in its job.json
+            outcomes = [error] * len(configs)
         finally:
             torch.set_num_threads(threads)
-        for i, config, member in zip(where, configs, members):
-            runs[i] = self.finish(config, member)
+        wall = time.perf_counter() - start
+        for i, config, run_dir, outcome in zip(where, configs, run_dirs, outcomes):
+            runs[i] = self.finish(config, run_dir, outcome, wall)
 
-    def finish(self, config: DictConfig, member) -> JobReturn:
+    def finish(self, config: DictConfig, run_dir: Path, outcome, wall_s: float) -> JobReturn:
+        """The member's job, through run_job and its task function, which gets `outcome` from train.run: its final
+        metrics, or the exception that ended it (raised there, where a solo run would raise it)."""
         from attnlab import sweep
 
-        def outcome() -> dict:
-            if isinstance(member.outcome, BaseException):
-                raise member.outcome
-            return dict(member.outcome)
+        def trained() -> dict:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return dict(outcome)
 
-        with sweep.trained_elsewhere(member.run_dir, outcome):
+        with sweep.trained_elsewhere(run_dir, trained):
             ret = self.run(config)
-        record = member.run_dir / sweep.JOB_FILE
+        record = run_dir / sweep.JOB_FILE
         if record.is_file():  # its wall time: the group's training, not the moment it took to finish it
             data = json.loads(record.read_text())
-            data["wall_s"] = round(member.wall_s, 3)
+            data["wall_s"] = round(wall_s, 3)
             record.write_text(json.dumps(data, indent=2) + "\n")
         return ret
