@@ -73,6 +73,7 @@ def measure(sizes: Sizes, report: Report) -> None:
     for name, runs in results.items():
         rows.append((jobs, steps, "default", name, *usage(runs)))
     over_basic = statistics.median(b[0] / s[0] for b, s in zip(basic, results["stacked"]))
+    say("stacked: " + ", ".join(f"{name} {statistics.median(r[0] for r in runs):.1f} s" for name, runs in results.items()))
     report.target(f"{jobs} seeds x {steps} steps, default config, whole sweep: stacked / basic launcher, throughput",
                   f"{over_basic:.2f}x", ">= 2x", over_basic >= 2)
     rows.append((jobs, steps, "default", "**stacked / basic**", f"**{over_basic:.2f}x**",
@@ -90,6 +91,7 @@ def measure(sizes: Sizes, report: Report) -> None:
     basic, group = rounds_of(sweep_side(small_jobs, steps, [], SMALL), sweep_side(small_jobs, steps, STACKED, SMALL),
                              rounds=sizes.sweep_rounds)
     small = statistics.median(b[0] / s[0] for b, s in zip(basic, group))
+    say(f"stacked: small members, basic / stacked {small:.2f}x")
     report.target(f"{small_jobs} small seeds ({' '.join(SMALL)}) x {steps} steps, whole sweep: stacked / basic",
                   f"{small:.2f}x", ">= 4x", small >= 4)
     rows += [(small_jobs, steps, "small", "basic", *usage(basic)), (small_jobs, steps, "small", "stacked", *usage(group)),
@@ -104,6 +106,7 @@ def measure(sizes: Sizes, report: Report) -> None:
         group, big = rounds_of(lambda: group_window(members, group_steps, skip, threads),
                                lambda: big_batch_window(members * 128, group_steps, skip, threads), rounds=sizes.rounds)
         share = statistics.median(b[0] / g[0] for g, b in zip(group, big))  # same examples per step: time ratio
+        say(f"stacked: {threads} threads, group / big batch {share:.0%}")
         step_rows.append((threads, f"{(group_steps - skip) / statistics.median(g[0] for g in group):.1f}",
                           f"{(group_steps - skip) / statistics.median(b[0] for b in big):.1f}", f"{share:.0%}"))
         report.target(f"one stacked group (K={members}, default size) / the model at batch {members * 128}, "
