@@ -114,6 +114,9 @@ def test_a_member_stops_or_fails_alone(tmp_path):
         assert float(ours["step"]) == float(theirs["step"]) == 10
         torch.testing.assert_close(ours["exp_avg_sq"], theirs["exp_avg_sq"], rtol=1e-4, atol=1e-9)
     assert [e.step for e in events(stopping.run_dir).Scalars("train/loss")] == [4, 9]  # nothing after it stopped
+    for tag in ("epoch", "val/loss", "val/seq_acc"):  # its validations logged as its solo run's, at the same steps
+        ours, theirs = events(stopping.run_dir).Scalars(tag), events(tmp_path / "solo").Scalars(tag)
+        assert [(e.step, round(e.value, 4)) for e in ours] == [(e.step, round(e.value, 4)) for e in theirs], tag
 
     assert going.outcome["step"] == 30 and math.isfinite(going.outcome["val/loss"])
     assert isinstance(diverging.outcome, Diverged)

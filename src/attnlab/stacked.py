@@ -599,7 +599,10 @@ class StackedLM(L.LightningModule):
         metrics.json)."""
         if images := member.callback(AttentionImages):
             images.on_train_end(MemberTrainer(member, self.trainer), member.view)
-        member.logger.log_metrics({**metrics, "epoch": float(self.trainer.current_epoch)}, step=step)
+        # The epoch as its solo run's final validation logs it: after fit, its one epoch done (a member stopped
+        # early is mid-epoch here, where its solo run would have ended the epoch).
+        epoch = self.trainer.current_epoch + (member.stopped_at is not None)
+        member.logger.log_metrics({**metrics, "epoch": float(epoch)}, step=step)
         member.outcome = train.finish(member.logger, member.cfg, dict(metrics), step, member.run_dir)
 
     def on_train_end(self) -> None:
