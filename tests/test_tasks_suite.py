@@ -165,7 +165,7 @@ def test_constraints(name, overrides, field):
 
 # Target attention: (task, layer) pairs that have a pattern; every other layer has none.
 TARGET_LAYERS = {
-    "copy": [0], "reverse": [0], "sort": [0], "histogram": [0], "majority": [0],
+    "copy": [0], "reverse": [0], "sort": [1], "histogram": [0], "majority": [0],
     "mqar": [0, 1], "induction": [0, 1], "selective_copy": [1], "modular_addition": [],
 }
 
