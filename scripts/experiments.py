@@ -9,16 +9,18 @@ sweep each) and write the table into docs/tasks.md between the `experiments` mar
 
 The seeds of a recipe run as one stacked model (hydra/launcher=stacked) where that launcher is installed, else
 (or with --launcher joblib) as joblib jobs, two at a time (one per core of the machine the figures come from), at
-nice 10 so that a shared machine stays usable. Sweeps go to outputs/experiments/<date>_<time>/<recipe>/, with the table as results.md and
-every job's figures as results.json beside them. With --out, a recipe whose directory there already holds all its
-seeds' metrics.json is read rather than trained again (delete the directory to retrain it); the others are run.
+nice 10 so that a shared machine stays usable. Sweeps go to outputs/experiments/<date>_<time>/<recipe>/, with the
+table as results.md and every job's figures as results.json beside them. With --out, a recipe whose directory there
+already holds all its seeds' metrics.json is read rather than trained again (delete the directory to retrain it);
+the others are run. --read-only trains nothing and tables what --out holds.
 
 Per recipe: seeds solved (final val/seq_acc >= 0.99 in metrics.json: the model the run ends with, not a passing
 moment), seeds aligned (final align/best >= 0.9; 0.95 for the <task>_supervised recipes), the first validation
 step with val/seq_acc >= 0.99 (median [min-max] over the seeds that reached it), final align/best (median [min]),
-and wall time: per seed (a job's own, from its job.json; stacked: the sweep's shared out over its seeds) and the
-recipe's whole sweep. Training is seeded and deterministic on the CPU, so two runs of the script agree on every
-count and step; wall times move with the load.
+wall time per seed (a job's own, from its job.json; stacked: the sweep's shared out over its seeds) and for the
+whole sweep, and CPU time per seed, which judges the task's time budget. A recipe holds over seeds when 9 of 10 are
+solved and, where the task has a target, 9 of 10 aligned. Training is seeded and deterministic on the CPU, so two
+runs of the script agree on every count and step; wall times move with the load.
 """
 
 import argparse
