@@ -11,9 +11,10 @@ A head trained on the task alone learns a soft version of it: most of its weight
 10-35% left on the other tokens and BOS weighted more than 1/(count+1) (alignment 0.5-0.8), and its MLP reads the
 count from that mix. It does not compute with the exact selector: given the target pattern in place of its own
 (python scripts/ablate.py RUN_DIR), the solved seeds of +experiment=histogram (as it was at commit 659451a,
-without LayerNorm) fall from val/seq_acc 1.0 to 0.00-0.46. Pulled onto the target (+experiment=histogram_supervised), the same one-layer model learns the selector
-and computes with it (under the same ablation it stays at 1.0), so the target stays: it is a mechanism this size
-can learn and use, though not the one training on the answers alone finds.
+without LayerNorm) fall from val/seq_acc 1.0 to 0.00-0.46. Pulled onto the target
+(+experiment=histogram_supervised), the same one-layer model learns the selector and computes with it (under the
+same ablation it stays at 1.0), so the target stays: it is a mechanism this size can learn and use, though not the
+one training on the answers alone finds.
 """
 
 import torch
