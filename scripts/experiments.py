@@ -90,7 +90,7 @@ def sweep(name: str, out: Path, how: list[str]) -> dict:
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
     start, used = time.perf_counter(), cpu_of_children()
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, preexec_fn=lambda: os.nice(10))
-    times = {"wall_s": time.perf_counter() - start, "cpu_s": cpu_of_children() - used}
+    times = {"wall_s": time.perf_counter() - start, "cpu_s": cpu_of_children() - used, "launcher": " ".join(how)}
     if finished.returncode != 0:
         print(finished.stderr[-3000:], file=sys.stderr)
     record.write_text(json.dumps(times) + "\n")
@@ -177,7 +177,7 @@ def row(r: dict) -> str:
         f"{aligned}/{SEEDS} (≥ {threshold:g})" if has_target else "no target",
         median_range([j["solved_step"] for j in done if j["solved_step"] is not None], ".0f"),
         median_range(aligns, ".2f", low_only=True) if has_target else "–",
-        f"{per_seed:.0f}", f"{r['sweep_wall_s']:.0f}", "–" if cpu is None else f"{cpu:.0f}",
+        f"{per_seed:.0f}" + (" (stacked)" if r["stacked"] else ""), f"{r['sweep_wall_s']:.0f}", "–" if cpu is None else f"{cpu:.0f}",
         f"{in_budget} (≤ {budget})", ("yes" if holds else "**no**") + " |",
     ])
 
@@ -192,11 +192,11 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines + [row(r) for r in results]) + f"\n\nWhole table: {total / 60:.1f} min."
 
 
-def machine(how: list[str]) -> str:
+def machine() -> str:
     return (f"{datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores "
             f"({platform.processor() or platform.machine()}), torch {torch.__version__}, seeds 0-{SEEDS - 1} "
-            f"with `{' '.join(how)}` (supervised recipes: `{' '.join(JOBLIB)}`), load average before the runs "
-            f"{os.getloadavg()[0]:.1f}")
+            f"as one `hydra/launcher=stacked` model where a row says so, else as `{' '.join(JOBLIB)}` jobs, "
+            f"load average {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -221,7 +221,7 @@ def main() -> None:
     out = (args.out or ROOT / "outputs" / "experiments" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     how = {"auto": launcher, "stacked": lambda: ["hydra/launcher=stacked"], "joblib": lambda: JOBLIB}[args.launcher]()
-    where = machine(how)
+    where = machine()
     results = []
     for name in names:
         # The stacked launcher trains a supervised job alone (the attention loss needs the weights' explicit path),
@@ -232,9 +232,11 @@ def main() -> None:
                 results.append({"recipe": name, "not_run": True})
                 continue
             times = json.loads((out / name / "wall.json").read_text())
-            results.append(recipe(name, out / name, times, used != JOBLIB))
+            stacked = times.get("launcher", " ".join(used)) != " ".join(JOBLIB)
+            results.append(recipe(name, out / name, times, stacked))
             continue
-        results.append(recipe(name, out / name, sweep(name, out, used), used != JOBLIB))
+        times = sweep(name, out, used)
+        results.append(recipe(name, out / name, times, times.get("launcher", " ".join(used)) != " ".join(JOBLIB)))
     text = f"Measured {where}, by `python scripts/experiments.py`:\n\n{table(results)}\n"
     print("\n" + text)
     (out / "results.md").write_text(text)
