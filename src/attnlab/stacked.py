@@ -439,11 +439,16 @@ class StackedLM(L.LightningModule):
         optimizer = self.optimizers(use_pl_optimizer=False)
         optimizer.to(self.device)
         self.attention_weights = torch.tensor([m.view.attention_weight for m in self.members], device=self.device)
-        # Every member's lr at every step, from its own schedule: [step, member] (one row read per step).
-        steps = self.trainer.max_steps
-        self.lr_table = torch.tensor(
-            [[m.cfg.optim.lr * m.factor(s) for m in self.members] for s in range(steps + 1)], device=self.device
-        )
+        # Every member's lr at every step, from its own schedule: [step, member] (one row read per step). A schedule
+        # is computed once for all the members that share it (a sweep over seeds: one for all).
+        steps, schedules = self.trainer.max_steps, {}
+        columns = []
+        for m in self.members:
+            shape = (m.cfg.optim.warmup_steps, m.cfg.optim.schedule)
+            if shape not in schedules:
+                schedules[shape] = torch.tensor([m.factor(s) for s in range(steps + 1)], dtype=torch.float64)
+            columns.append(m.cfg.optim.lr * schedules[shape])
+        self.lr_table = torch.stack(columns, dim=1).float().to(self.device)
 
     def on_train_start(self) -> None:
         for member in self.members:

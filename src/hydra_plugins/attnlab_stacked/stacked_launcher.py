@@ -48,8 +48,8 @@ def refuse(message: str, sweep_dir: Path) -> None:
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, max_members: int = 64, threads: Optional[int] = None) -> None:
-        self.max_members, self.threads = max_members, threads
+    def __init__(self, max_members: int = 64) -> None:
+        self.max_members = max_members
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -110,8 +110,6 @@ class StackedLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         try:
             integer(self.max_members, "hydra.launcher.max_members")
-            if self.threads is not None:
-                integer(self.threads, "hydra.launcher.threads")
         except ConfigError as error:
             refuse(str(error), sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +158,7 @@ class StackedLauncher(Launcher):
     def train_group(self, stacked, configs: list[DictConfig], runs: list, where: list[int]) -> None:
         """Trains one group, then finishes each member as its own job (on a signal: each saved, each says how to
         resume)."""
-        import torch
+        from attnlab import sweep
 
         run_dirs = [self.output_dir(c) for c in configs]
         for config, run_dir in zip(configs, run_dirs):
@@ -169,14 +167,13 @@ class StackedLauncher(Launcher):
         for config in configs:
             HydraConfig.instance().set_config(config)  # ${hydra:...} in a job's config resolves as in its job
             tasks.append(self.task_config(config))
-        threads, start = torch.get_num_threads(), time.perf_counter()
-        torch.set_num_threads(self.threads or len(os.sched_getaffinity(0)))
+        start = time.perf_counter()
         try:
-            outcomes = [m.outcome for m in stacked.train_group(tasks, run_dirs)]
+            # device.threads, as for any run (the group's: it is part of what groups jobs).
+            with sweep.job_process(tasks[0]):
+                outcomes = [m.outcome for m in stacked.train_group(tasks, run_dirs)]
         except Exception as error:  # the group's own failure (a full disk, say) is each member's, in its job.json
             outcomes = [error] * len(configs)
-        finally:
-            torch.set_num_threads(threads)
         wall = time.perf_counter() - start
         for i, config, run_dir, outcome in zip(where, configs, run_dirs, outcomes):
             runs[i] = self.finish(config, run_dir, outcome, wall)
