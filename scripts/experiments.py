@@ -135,7 +135,7 @@ def recipe(name: str, sweep_dir: Path, times: dict, stacked: bool) -> dict:
     return {
         "recipe": name,
         "task": cfg.data.task,
-        "model": f"{m.layers}/{m.heads}/{m.dim}" + (" +mlp" if m.mlp else ""),
+        "model": f"{m.layers}/{m.heads}/{m.dim}" + (" +mlp" if m.mlp else "") + (" +norm" if m.get("norm") else ""),
         "supervised": bool(cfg.get("loss", {}).get("attention", 0)),
         "sweep_wall_s": times["wall_s"],
         "cpu_per_seed_s": times["cpu_s"] / SEEDS if "cpu_s" in times else None,
