@@ -167,6 +167,14 @@ def checked_arguments(arguments: list[str]) -> list[str]:
                 pass  # Hydra says what is wrong with its syntax
         parsed.append(override)
 
+    searched = []
+    for flag, following in zip(arguments, [*arguments[1:], ""]):  # --config-dir=DIR, --config-dir DIR, -cd DIR
+        name, _, value = flag.partition("=")
+        if name in ("--config-dir", "-cd"):
+            searched.append(f"file://{Path(value or following).resolve()}")
+    for override in parsed:
+        if override is not None and override.key_or_group == "hydra.searchpath":
+            searched += [str(path) for path in override.value()]
     repository = None
     # The options the run composes: train.yaml's defaults, then the command line's group choices and the
     # "override /group" lines of the global configs it adds (+experiment=...).
@@ -178,7 +186,10 @@ def checked_arguments(arguments: list[str]) -> list[str]:
             continue
         group = override.key_or_group
         if repository is None:
-            repository = ConfigRepository(create_config_search_path(str(CONF_DIR)))
+            search_path = create_config_search_path(str(CONF_DIR))
+            for extra in searched:  # hydra.searchpath=[...] and --config-dir: where Hydra looks for options too
+                search_path.append("command-line", extra)
+            repository = ConfigRepository(search_path)
         if not repository.group_exists(group):
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
