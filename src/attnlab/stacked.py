@@ -17,7 +17,6 @@ hydra_plugins/attnlab_stacked (hydra/launcher=stacked) groups a sweep's jobs and
 train_group.
 """
 
-import copy
 import math
 import json
 from dataclasses import dataclass, field
@@ -360,10 +359,11 @@ class Member:
 def member_checkpoint(member: Member, k: int, trainer: L.Trainer, optimizer: StackedAdamW, step: int) -> dict:
     """Member k's checkpoint in the solo format, as its solo run's Trainer would save it at this step: its weights,
     its AdamW (and lr scheduler) state, the loop state with its own generator, its callbacks' state."""
-    loops = copy.deepcopy(trainer._checkpoint_connector._get_loops_state_dict())
-    loader = loops["fit_loop"]["state_dict"].get("combined_loader")
-    if loader:  # the stacked batches' state -> this member's generator, as data.Batches saves it
-        loader[0] = {"generator": loader[0]["generators"][k]}
+    loops = trainer._checkpoint_connector._get_loops_state_dict()  # made afresh: only the loader's part is replaced
+    fit_state = dict(loops["fit_loop"]["state_dict"])
+    if loader := fit_state.get("combined_loader"):  # the stacked batches' state -> this member's generator, as
+        fit_state["combined_loader"] = [{"generator": loader[0]["generators"][k]}]  # data.Batches saves it
+    loops["fit_loop"] = {**loops["fit_loop"], "state_dict": fit_state}
     view = member.view
     # torch.optim.AdamW (and LambdaLR) made for the solo module give the exact state_dict layout; the moments are
     # this member's.
