@@ -8,6 +8,18 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Runs trained in this process take one torch thread, as scripts/train.py gives every run (device.threads=1):
+    on a busy 2-core machine a second thread spins (a 20-step stacked group took 18 s at 2 threads, 1.7 s at 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # A short real run: 2 layers x 2 heads, attention and weight images every 2 steps (13 frames per tag, more than the
 # 10 TensorBoard keeps by default), validation every 8 steps.
 TINY_RUN = [

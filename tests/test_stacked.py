@@ -29,16 +29,6 @@ MEMBERS = [["seed=1", "optim.lr=3e-3"],
             "loss.attention=0.5"]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Runs trained in this process take device.threads (1) torch threads, as scripts/train.py gives every run: on a
-    busy 2-core machine a second thread spins (a 20-step group took 18 s at 2 threads, 1.7 s at 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
