@@ -178,7 +178,8 @@ def test_what_was_learned_without_a_target_pattern():
 
 def test_imports_run_with_the_collector_paused_then_frozen():
     """scripts/train.py imports torch and Lightning with Python's garbage collector paused, then freezes what they
-    made (issue 5: ~0.7 s of start-up and ~0.8 s of exit). The collector is on again after, also when the block
+    made (the start-up section of python scripts/bench.py measures what that saves). The collector is on again
+    after, also when the block
     ends in an exit (a refused config), and a second job in the same process (basic launcher) freezes nothing more:
     its first job's garbage must stay collectable. In a process of its own: the freeze is for the whole process."""
     code = """

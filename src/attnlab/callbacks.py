@@ -42,14 +42,15 @@ def positional_qk(attention, positions: torch.Tensor) -> torch.Tensor:
 
 # Histogram buckets: 30 even ones over the values' range, as TensorBoard's own summary API makes them. torch's
 # default ("tensorflow", ~1500 exponential buckets) makes a record 15x the size, and the event writer checksums
-# every byte in pure Python (issue 5).
+# every byte in pure Python, holding the GIL the training thread needs.
 HISTOGRAM_BINS = 30
 
 
 def write_image(writer, tag: str, image: Image.Image, step: int) -> None:
     """An image into the SummaryWriter's event file, PNG-encoded at zlib level 1. Not torch's add_image: it takes
     RGB only, converts the pixels to float and back, resamples (at scale 1) and compresses at level 6, about ten
-    times the time for the same picture from viz's palette image (issue 5)."""
+    times the time for the same picture from viz's palette image (python scripts/bench.py --sections logging
+    measures what logging costs a run)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     png = buffer.getvalue()
@@ -61,9 +62,9 @@ class BackgroundWriter:
     """Images and histograms for the logger's SummaryWriter, drawn and written on one thread of their own, in
     order.
 
-    Drawing and encoding a frame's images was most of what the default logging cost the training loop (issue 5);
-    on a thread, that work overlaps the training steps that follow (torch and PIL release the GIL in their
-    kernels). A frame's writes are collected and handed over together (send): the thread starts on them once the
+    Drawing and encoding a frame's images is most of what the default logging costs (python scripts/bench.py
+    --sections logging); on a thread, that work overlaps the training steps that follow (torch and PIL release the
+    GIL in their kernels). A frame's writes are collected and handed over together (send): the thread starts on them once the
     training thread has gone back to training, instead of taking the GIL from it at each image of the frame. A
     failed write is raised at the next frame or at close(), not lost."""
 

@@ -52,8 +52,8 @@ class AttentionLM(L.LightningModule):
         self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm or "norm"
         self.accumulate_grad_batches = accumulate_grad_batches
         # training_step writes the optimiser step out, as a plain PyTorch loop does: Lightning's automatic
-        # optimisation wraps every step in a closure and a dozen more hook calls, ~8% of a default-size step
-        # (issue 5).
+        # optimisation wraps every step in a closure and a dozen more hook calls, a share of a step that shows at
+        # toy sizes (python scripts/bench.py --sections loop: the framework against a hand-written loop).
         self.automatic_optimization = False
         self.plain_steps = False  # decided at the start of training (on_train_start)
 
@@ -80,8 +80,9 @@ class AttentionLM(L.LightningModule):
             result["attention_loss"] = self.attention_loss(inputs, attention)
         if logged:
             # Straight to the logger, at the steps and under the names Lightning's self.log would write them:
-            # self.log's bookkeeping (it walks its whole result collection) cost more per call than a default-size
-            # training step (issue 5), and a per-step train scalar needs none of it. One host sync for them all.
+            # self.log's bookkeeping (it walks its whole result collection on every call) costs about as much as a
+            # toy model's whole training step, and a per-step train scalar needs none of it. One host sync for them
+            # all.
             values = torch.stack(list(result.values())).tolist()
             metrics = {tags.metric("train", k): v for k, v in zip(result, values)}
             self.logger.log_metrics(metrics, step=self.global_step)
@@ -137,7 +138,8 @@ class AttentionLM(L.LightningModule):
     def on_train_start(self) -> None:
         # manual_backward and LightningOptimizer.step are the plain backward and step plus, around them, the
         # STEP_HOOKS called on every callback and on this module, precision and strategy plumbing and profiler
-        # regions: ~0.3 ms, 6% of a default-size step (issue 5). Where all of that does nothing (full precision,
+        # regions, ~0.3 ms of a default-size step (python scripts/train.py debug=profiler times them: a profiler
+        # turns the plain path off). Where all of that does nothing (full precision,
         # one process, no profiler, nothing overriding a STEP_HOOK) training_step calls the plain ones. A
         # callback that overrides one of the hooks (gradient-norm logging, say) gets Lightning's path and its calls.
         trainer = self.trainer

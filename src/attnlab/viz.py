@@ -19,10 +19,10 @@ def colormap(name: str) -> Tensor:
 
 def heatmap(values: Tensor, vmin: float, vmax: float, cmap: str) -> Image.Image:
     """[rows, cols] -> a palette image, one pixel per value: each pixel holds the index of its colour in the
-    colormap's 256, so the PNG is one byte per pixel, not three (issue 5). Not scaled up: TensorBoard draws images
-    to the width of its cards with crisp pixels (image-rendering: pixelated), so an 8x8 map shows as 8x8 squares;
-    scaling up here only made the PNGs bigger and slower to write. Values outside [vmin, vmax] are clipped to its
-    ends."""
+    colormap's 256, so the PNG is one byte per pixel, not three: less to encode and to checksum while training.
+    Not scaled up: TensorBoard draws images to the width of its cards with crisp pixels (image-rendering:
+    pixelated), so an 8x8 map shows as 8x8 squares; scaling up here only made the PNGs bigger and slower to write.
+    Values outside [vmin, vmax] are clipped to its ends."""
     values = values.detach().float().cpu()
     index = ((values - vmin) / (vmax - vmin) * 255).round().clamp(0, 255).to(torch.uint8)  # [rows, cols]
     image = Image.fromarray(index.numpy(), mode="L")
