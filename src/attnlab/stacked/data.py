@@ -1,0 +1,57 @@
+"""The stacked data: StackedBatches and StackedData, each member's batches from its own generator."""
+
+import lightning.pytorch as L
+import torch
+
+from attnlab.data import VALIDATION_BATCH, Chunks, TaskDataModule
+
+# ---- the data: each member's batches from its own generator ---------------------------------------------------------
+
+
+class StackedBatches:
+    """data.Batches for every member, stacked: (inputs, targets, mask) [member, batch, ...], member k's drawn from
+    its own generator, as its solo run draws them. Its state (in the checkpoint's loop state) is every member's
+    generator state."""
+
+    def __init__(self, members: list[TaskDataModule], steps: int):
+        self.members, self.steps = members, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            batches = [m.task.sample(m.batch_size, m.generator) for m in self.members]
+            yield tuple(torch.stack(parts) for parts in zip(*batches))
+
+    def state_dict(self) -> dict:
+        return {"generators": [m.generator.get_state() for m in self.members]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for m, generator in zip(self.members, state["generators"]):
+            m.generator.set_state(generator)
+
+
+class StackedData(L.LightningDataModule):
+    """The members' TaskDataModules as one: stacked training batches, and the validation set they share (it depends
+    on the task and its sizes only, the same for every member of a group)."""
+
+    def __init__(self, members: list[TaskDataModule]):
+        super().__init__()
+        self.members = members
+
+    def setup(self, stage: str) -> None:
+        first = self.members[0]
+        first.setup(stage)
+        for m in self.members[1:]:
+            m.validation = first.validation  # one copy, not K
+
+    @property
+    def validation(self):
+        return self.members[0].validation
+
+    def train_dataloader(self) -> StackedBatches:
+        return StackedBatches(self.members, self.trainer.max_steps)
+
+    def val_dataloader(self) -> Chunks:
+        return Chunks(self.validation, VALIDATION_BATCH)
