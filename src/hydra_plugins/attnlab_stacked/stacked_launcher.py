@@ -8,7 +8,7 @@ differs is only where its training happened: its group trained it first (attnlab
 its task function runs, attnlab.train.run hands back what that training gave for it (attnlab.sweep.trained_elsewhere).
 
 Jobs whose config is refused are launched as they are (they stop at config time with their one line, in their
-job.json); jobs that cannot be members (stacked.stackable: a checkpoint to go on from, solo-only trainer options)
+job.json); jobs that cannot be members (stacked.refusal: a checkpoint to go on from, solo-only trainer options)
 and groups of one are trained alone, as the basic launcher would.
 
 Imported by Hydra whenever it looks for plugins: torch and Lightning only once jobs are launched.
