@@ -192,11 +192,11 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines + [row(r) for r in results]) + f"\n\nWhole table: {total / 60:.1f} min."
 
 
-def machine() -> str:
+def machine(read_only: bool) -> str:
+    load = "tabled from the runs --out holds" if read_only else f"load average {os.getloadavg()[0]:.1f}"
     return (f"{datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores "
             f"({platform.processor() or platform.machine()}), torch {torch.__version__}, seeds 0-{SEEDS - 1} "
-            f"as one `hydra/launcher=stacked` model where a row says so, else as `{' '.join(JOBLIB)}` jobs, "
-            f"load average {os.getloadavg()[0]:.1f}")
+            f"as one `hydra/launcher=stacked` model where a row says so, else as `{' '.join(JOBLIB)}` jobs, {load}")
 
 
 def main() -> None:
@@ -221,7 +221,7 @@ def main() -> None:
     out = (args.out or ROOT / "outputs" / "experiments" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     how = {"auto": launcher, "stacked": lambda: ["hydra/launcher=stacked"], "joblib": lambda: JOBLIB}[args.launcher]()
-    where = machine()
+    where = machine(args.read_only)
     results = []
     for name in names:
         # The stacked launcher trains a supervised job alone (the attention loss needs the weights' explicit path),
