@@ -41,7 +41,7 @@ def test_quick_bench_writes_report_and_page_section(tmp_path):
 
     text = page.read_text()
     assert text.startswith("# Title\n\nbefore\n<!-- bench:start -->\n") and text.endswith("<!-- bench:end -->\nafter\n")
-    assert "old figures" not in text and "| framework / hand-written loop, steps/s (default size) |" in text
+    assert "old figures" not in text and "| framework / bare Lightning, steps/s (default size) |" in text
     assert "Machine: " in text and "torch " in text
 
 
