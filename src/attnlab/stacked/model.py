@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.model import AttentionModel
+from attnlab.model import AttentionModel, Block
 
 # ---- the model: every weight with a leading member dimension -------------------------------------------------------
 
@@ -91,24 +91,18 @@ class StackedAttention(nn.Module):
         return t.view(members * batch, rows // batch, self.heads, self.d_head).transpose(1, 2)
 
 
-class StackedBlock(nn.Module):
-    """model.Block for each member, with the same submodule names (so member state_dicts map one to one)."""
+class StackedBlock(Block):
+    """model.Block for each member, with the same submodule names (so member state_dicts map one to one) and the
+    same forward: x + attention(norm(x)), then x + mlp(norm(x)), on [member, ...] tensors."""
 
     def __init__(self, members: int, dim: int, heads: int, causal: bool, mlp: bool, norm: bool):
-        super().__init__()
+        nn.Module.__init__(self)  # not Block's: its submodules are the solo ones
         self.attention = StackedAttention(members, dim, heads, causal)
         self.norm1 = StackedNorm(members, dim) if norm else nn.Identity()
         self.norm2 = StackedNorm(members, dim) if norm and mlp else nn.Identity()
         self.mlp = None
         if mlp:
             self.mlp = nn.Sequential(StackedLinear(members, dim, 4 * dim), nn.GELU(), StackedLinear(members, 4 * dim, dim))
-
-    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        attended, weights = self.attention(self.norm1(x), need_weights)
-        x = x + attended
-        if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
-        return x, weights
 
 
 class StackedModel(nn.Module):
