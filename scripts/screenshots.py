@@ -110,6 +110,14 @@ def attention_tab(url: str, path: Path, profile: Path, circuits: bool = False, h
         driver.quit()
 
 
+def trained(overrides: list[str], dir_key: str, directory: Path) -> Path:
+    """scripts/train.py with these overrides, into `directory` (a run's or a sweep's, by `dir_key`)."""
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides, f"{dir_key}={directory}"]
+    print("training:", " ".join(command[1:]))
+    subprocess.run(command, check=True, cwd=ROOT)
+    return directory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="?", type=Path, help="a sweep directory or a run (default: train a small sweep)")
@@ -117,18 +125,8 @@ def main() -> None:
     args = parser.parse_args()
     browser = chromium()
     work = Path(tempfile.mkdtemp(prefix="attnlab-screenshots-"))
-    runs = args.runs
-    if runs is None:
-        runs = work / "sweep"
-        command = [sys.executable, str(ROOT / "scripts" / "train.py"), *SWEEP, f"hydra.sweep.dir={runs}"]
-        print("training:", " ".join(command[1:]))
-        subprocess.run(command, check=True, cwd=ROOT)
-    induction = args.induction
-    if induction is None:
-        induction = work / "induction"
-        command = [sys.executable, str(ROOT / "scripts" / "train.py"), *INDUCTION, f"hydra.run.dir={induction}"]
-        print("training:", " ".join(command[1:]))
-        subprocess.run(command, check=True, cwd=ROOT)
+    runs = args.runs or trained(SWEEP, "hydra.sweep.dir", work / "sweep")
+    induction = args.induction or trained(INDUCTION, "hydra.run.dir", work / "induction")
     run_dirs = sorted(p.parent.parent for p in runs.rglob(str(CONFIG_FILE)))
     if not run_dirs:
         sys.exit(f"error: {runs} holds no run (no {CONFIG_FILE} below it)")
