@@ -24,7 +24,12 @@ class AlignmentScalars(L.Callback):
         module.log_dict(self.scalars(inputs, module.model), batch_size=len(inputs), sync_dist=False, rank_zero_only=False)
 
     def scalars(self, inputs: torch.Tensor, model: torch.nn.Module) -> dict[str, float]:
-        """The model's alignment and entropy scalars over the validation inputs (a stacked member's too)."""
+        """The model's alignment and entropy scalars over the validation inputs."""
+        return alignment.measure(model, self.task, inputs, self.chunk_targets(inputs, len(model.blocks))).scalars()
+
+    def chunk_targets(self, inputs: torch.Tensor, layers: int) -> list[list[torch.Tensor | None]]:
+        """The task's targets for the validation inputs, chunk by chunk (alignment.chunk_targets): made once (a
+        stacked group's members share its first member's)."""
         if self.targets is None:
-            self.targets = alignment.chunk_targets(self.task, inputs, len(model.blocks))
-        return alignment.measure(model, self.task, inputs, self.targets).scalars()
+            self.targets = alignment.chunk_targets(self.task, inputs, layers)
+        return self.targets

@@ -9,12 +9,13 @@ from attnlab.data import VALIDATION_BATCH, Chunks, TaskDataModule
 
 
 class StackedBatches:
-    """data.Batches for every member, stacked: (inputs, targets, mask) [member, batch, ...], member k's drawn from
-    its own generator, as its solo run draws them. Its state (in the checkpoint's loop state) is every member's
-    generator state."""
+    """data.Batches for every member still stacked, stacked: (inputs, targets, mask) [member, batch, ...], member k's
+    drawn from its own generator, as its solo run draws them, and which members they were drawn for (Lightning draws
+    a batch ahead: one drawn before members were dropped has rows for them). Its state (in the checkpoint's loop
+    state) is every stacked member's generator state."""
 
     def __init__(self, members: list[TaskDataModule], steps: int):
-        self.members, self.steps = members, steps
+        self.members, self.steps = members, steps  # the list StackedData.keep shortens in place
 
     def __len__(self) -> int:
         return self.steps
@@ -22,7 +23,7 @@ class StackedBatches:
     def __iter__(self):
         for _ in range(self.steps):
             batches = [m.task.sample(m.batch_size, m.generator) for m in self.members]
-            yield tuple(torch.stack(parts) for parts in zip(*batches))
+            yield *(torch.stack(parts) for parts in zip(*batches)), tuple(map(id, self.members))
 
     def state_dict(self) -> dict:
         return {"generators": [m.generator.get_state() for m in self.members]}
@@ -49,6 +50,10 @@ class StackedData(L.LightningDataModule):
     @property
     def validation(self):
         return self.members[0].validation
+
+    def keep(self, members: list[TaskDataModule]) -> None:
+        """Batches for these members only from now on (StackedLM drops the members that stopped)."""
+        self.members[:] = members
 
     def train_dataloader(self) -> StackedBatches:
         return StackedBatches(self.members, self.trainer.max_steps)

@@ -72,9 +72,9 @@ def train_group(cfgs: list[DictConfig], run_dirs: list[Path], extra_callbacks: l
     trainer = train.make_trainer(cfg, run_dirs[0], False, callbacks + list(extra_callbacks), {"enable_checkpointing": False}, 1)
     try:
         trainer.fit(module, datamodule=data)
-        for k, member in enumerate(members):
+        for member in members:
             if member.active:
-                module.save(member, k)  # the weights training ended with, as a solo run saves them after fit
+                module.save(member)  # the weights training ended with, as a solo run saves them after fit
         if stopper.stopped_at is not None:
             for member in members:
                 if member.active:
@@ -83,9 +83,9 @@ def train_group(cfgs: list[DictConfig], run_dirs: list[Path], extra_callbacks: l
         elif any(m.active for m in members):
             module.final = {}
             trainer.validate(module, datamodule=data, verbose=False)
-            for k, member in enumerate(members):
+            for member in members:
                 if member.active:
-                    module.finish(member, module.final[k], trainer.global_step)
+                    module.finish(member, module.final[id(member)], trainer.global_step)
     except SystemExit:  # a second Ctrl+C: stopped at once, each member keeps its last validation's checkpoint
         if stopper.signum is None:
             raise

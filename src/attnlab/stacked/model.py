@@ -155,3 +155,13 @@ class StackedModel(nn.Module):
         """A solo AttentionModel state_dict into member k."""
         for name, tensor in self.state_dict().items():
             tensor[k].copy_(state[name])
+
+    @torch.no_grad()
+    def keep(self, kept: Tensor) -> None:
+        """Only the members `kept` (indices, in their new order) from now on: every weight becomes a new tensor of
+        their slices. Views of the old tensors (a dropped member's solo view) still see the weights they had."""
+        for module in self.modules():
+            for name, param in module.named_parameters(recurse=False):
+                module.register_parameter(name, nn.Parameter(param[kept].clone()))
+            if isinstance(module, StackedEmbedding):
+                module.offsets = module.offsets[: len(kept)]  # member k's rows start at k * vocab

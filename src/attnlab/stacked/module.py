@@ -4,9 +4,9 @@ import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from torch import Tensor
+from torch import Tensor, nn
 
-from attnlab import resume, tags, train
+from attnlab import alignment, resume, tags, train
 from attnlab.alignment_callback import AlignmentScalars
 from attnlab.callbacks import AttentionImages
 from attnlab.guards import Diverged, StopOnDivergence
@@ -17,14 +17,31 @@ from attnlab.stacked.optim import StackedAdamW
 # ---- the LightningModule -------------------------------------------------------------------------------------------
 
 
+class MembersAsHeads(nn.Module):
+    """The stacked model as alignment.measure sees one model: tokens [batch, pos] given to every member, and each
+    layer's weights [batch, member * head, query, key], so one explicit-path pass scores every member's heads."""
+
+    def __init__(self, model: StackedModel):
+        super().__init__()
+        self.model, self.blocks = model, model.blocks
+
+    def forward(self, tokens: Tensor, need_weights: bool = True) -> tuple[Tensor, list[Tensor]]:
+        members = self.model.embedding.weight.shape[0]
+        logits, attention = self.model(tokens.expand(members, *tokens.shape), need_weights)
+        return logits, [weights.transpose(0, 1).flatten(1, 2) for weights in attention]
+
+
 class StackedLM(L.LightningModule):
     """Trains a StackedModel; each member logs, validates, stops and saves as its solo run would, through the solo
-    path's callbacks (called here once per member, with MemberTrainer and the member's view)."""
+    path's callbacks (called here once per member, with MemberTrainer and the member's view).
+
+    `members` are the members still stacked, in the stack's order: one that stops or fails is dropped from the
+    model (compact), so that the steps after cost only the members still training."""
 
     def __init__(self, model: StackedModel, members: list[Member]):
         super().__init__()
         self.model = model
-        self.members = members  # a plain list: the views' parameters are the stacked ones, not more parameters
+        self.members = list(members)  # a plain list: the views' parameters are the stacked ones, not more parameters
         self.automatic_optimization = False
         self.val_sums: Tensor | None = None  # [member, 3]: loss, acc, seq_acc summed over validation examples
         self.val_count = 0
@@ -52,13 +69,16 @@ class StackedLM(L.LightningModule):
         decay = torch.tensor([m.cfg.optim.weight_decay for m in self.members])
         return StackedAdamW(self.model.parameters(), decay)
 
-    def on_fit_start(self) -> None:
-        # The views see this member's slices of the stacked weights, wherever Lightning moved them.
+    def point_views(self) -> None:
+        """Each member's solo view sees its slices of the stacked weights, wherever they now are."""
+        stacked = dict(self.model.named_parameters())
         for k, member in enumerate(self.members):
             member.view.to(self.device)
-            stacked = dict(self.model.named_parameters())
             for name, param in member.view.model.named_parameters():
                 param.data = stacked[name].data[k]
+
+    def on_fit_start(self) -> None:
+        self.point_views()
         optimizer = self.optimizers(use_pl_optimizer=False)
         optimizer.to(self.device)
         self.attention_weights = torch.tensor([m.view.attention_weight for m in self.members], device=self.device)
@@ -79,7 +99,14 @@ class StackedLM(L.LightningModule):
                 images.on_train_start(MemberTrainer(member, self.trainer), member.view)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        inputs, targets, mask = batch  # [member, batch, pos]
+        if not all(m.active for m in self.members):
+            self.compact()
+        *tensors, drawn_for = batch  # [member, batch, pos] each, and the members they were drawn for
+        stacked = tuple(id(m.data) for m in self.members)
+        if drawn_for != stacked:  # drawn (a batch ahead) before members were dropped: their rows go
+            rows = torch.tensor([drawn_for.index(i) for i in stacked], device=self.device)
+            tensors = [t[rows] for t in tensors]
+        inputs, targets, mask = tensors
         supervised = bool(self.attention_weights.any())  # loss.attention: the explicit path, for its weights
         logits, attention = self.model(inputs, need_weights=supervised)  # [member, batch, pos, vocab]
         step, n = self.global_step, self.trainer.log_every_n_steps
@@ -111,6 +138,25 @@ class StackedLM(L.LightningModule):
                     member.logger.log_metrics({**metrics, LR_TAG: lr}, step=step)
         self.last_losses = losses.detach()
         return objective
+
+    def slot(self, member: Member) -> int:
+        """Where a member sits in the stack now."""
+        return next(k for k, m in enumerate(self.members) if m is member)
+
+    def compact(self) -> None:
+        """Drops the members that stopped or failed from the stack: the model's weights, the optimiser's state, the
+        lr table, the data. A dropped member keeps what it ended with: its solo view's weights are slices of the
+        old tensors, and it has saved its checkpoint and written its last records."""
+        kept = [k for k, m in enumerate(self.members) if m.active]
+        if not kept:  # the group is done (Lightning stops it before another step)
+            return
+        index = torch.tensor(kept, device=self.device)
+        self.model.keep(index)
+        self.optimizers(use_pl_optimizer=False).keep(index, list(self.model.parameters()))
+        self.members = [self.members[k] for k in kept]
+        self.lr_table, self.attention_weights = self.lr_table[:, index], self.attention_weights[index]
+        self.trainer.datamodule.keep([m.data for m in self.members])
+        self.point_views()
 
     def attention_losses(self, inputs: Tensor, attention: list[Tensor]) -> Tensor:
         """loss.attention's supervision term of each member: its solo module's own, on its slice of the weights;
@@ -154,8 +200,9 @@ class StackedLM(L.LightningModule):
             self.trainer.should_stop = True
 
     def fail(self, member: Member, error: Diverged) -> None:
-        """A diverged member: frozen, its checkpoint of the last validation kept, the solo run's message."""
-        k = self.members.index(member)
+        """A diverged member: frozen (dropped at the next step), its checkpoint of the last validation kept, the solo
+        run's message."""
+        k = self.slot(member)
         self.optimizers(use_pl_optimizer=False).active[k] = False
         member.stopped_at = self.trainer.global_step
         member.outcome = train.diverged(error, member.run_dir)
@@ -173,11 +220,17 @@ class StackedLM(L.LightningModule):
         self.val_sums = sums if self.val_sums is None else self.val_sums + sums
         self.val_count += len(batch[0])
 
-    def member_metrics(self, member: Member, values: list[float]) -> dict[str, float]:
-        """A member's validation metrics, as its solo run's validation logs them: val/*, align/*, entropy/*."""
-        metrics = {tags.metric("val", name): v for name, v in zip(tags.METRICS, values)}
+    def alignment_scalars(self) -> list[dict[str, float]]:
+        """Every stacked member's align/* and entropy/* over the validation inputs, as AlignmentScalars logs a solo
+        run's, from one pass of the stacked model (its targets are the first member's callback's: the same task and
+        inputs for all)."""
         inputs = self.trainer.datamodule.validation[0]
-        return {**metrics, **member.callback(AlignmentScalars).scalars(inputs, member.view.model)}
+        targets = self.members[0].callback(AlignmentScalars).chunk_targets(inputs, len(self.model.blocks))
+        report = alignment.measure(MembersAsHeads(self.model), self.members[0].task, inputs, targets)
+        def member(k: int, per_layer: list[Tensor | None]) -> list[Tensor | None]:  # [member * head] -> [head]
+            return [None if t is None else t.view(len(self.members), -1)[k] for t in per_layer]
+
+        return [alignment.Report(member(k, report.align), member(k, report.entropy)).scalars() for k in range(len(self.members))]
 
     def on_validation_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -185,13 +238,15 @@ class StackedLM(L.LightningModule):
         fitting = self.trainer.state.fn == "fit"
         step = self.trainer.global_step
         means = (self.val_sums / self.val_count).tolist()
+        scalars = self.alignment_scalars()
         optimizer = self.optimizers(use_pl_optimizer=False) if fitting else None
         for k, member in enumerate(self.members):
             if not member.active:
                 continue
-            metrics = self.member_metrics(member, means[k])
+            # A member's validation metrics, as its solo run's validation logs them: val/*, align/*, entropy/*.
+            metrics = {**{tags.metric("val", name): v for name, v in zip(tags.METRICS, means[k])}, **scalars[k]}
             if not fitting:  # the final scoring of the weights training ended with
-                self.final[k] = metrics
+                self.final[id(member)] = metrics
                 continue
             # Logged where Lightning logs a solo run's validation: at step - 1, with the epoch.
             member.logger.log_metrics({**metrics, "epoch": float(self.trainer.current_epoch)}, step=step - 1)
@@ -205,16 +260,17 @@ class StackedLM(L.LightningModule):
                 # Reached trainer.stop_at: frozen at this step, finished as its solo run finishes.
                 optimizer.active[k] = False
                 member.stopped_at = step
-                self.save(member, k)
+                self.save(member)
                 self.finish(member, metrics, step)
                 continue
-            self.save(member, k)
+            self.save(member)
         if fitting and not any(m.active for m in self.members):
             self.trainer.should_stop = True
 
-    def save(self, member: Member, k: int) -> None:
-        """checkpoints/last.ckpt of a member, in the solo format, written atomically over the one before."""
+    def save(self, member: Member) -> None:
+        """checkpoints/last.ckpt of a stacked member, in the solo format, written atomically over the one before."""
         step = member.stopped_at if member.stopped_at is not None else self.trainer.global_step
+        k = self.slot(member)
         checkpoint = member_checkpoint(member, k, self.trainer, self.optimizers(use_pl_optimizer=False), step)
         path = member.run_dir / resume.CHECKPOINT
         if mc := member.callback(ModelCheckpoint):  # its state as the solo callback keeps it after a save

@@ -53,6 +53,17 @@ class StackedAdamW(torch.optim.Optimizer):
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(group["eps"])
             param.sub_(exp_avg / denom * step_size.view(shape))
 
+    def keep(self, kept: Tensor, params: list[torch.nn.Parameter]) -> None:
+        """Only the members `kept` from now on (StackedModel.keep): `params` are the new parameters, in the order of
+        the old ones, and each member's moments, step, lr and weight decay go with it."""
+        group = self.param_groups[0]
+        state = {new: {k: v[kept].clone() for k, v in self.state[old].items()} for old, new in zip(group["params"], params) if old in self.state}
+        group["params"] = list(params)
+        self.state.clear()
+        self.state.update(state)
+        for name in ("lr", "weight_decay", "steps", "active"):
+            setattr(self, name, getattr(self, name)[kept])
+
     def member_state(self, k: int) -> dict[int, dict[str, Tensor]]:
         """Member k's moments and step as torch.optim.AdamW's state_dict()["state"] (index: parameter order)."""
         params = self.param_groups[0]["params"]

@@ -48,8 +48,8 @@ def refuse(message: str, sweep_dir: Path) -> None:
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, max_members: int = 64) -> None:
-        self.max_members = max_members
+    def __init__(self, max_members: int = 64, threads: Optional[int] = None) -> None:
+        self.max_members, self.threads = max_members, threads
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -110,6 +110,8 @@ class StackedLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         try:
             integer(self.max_members, "hydra.launcher.max_members")
+            if self.threads is not None:
+                integer(self.threads, "hydra.launcher.threads")
         except ConfigError as error:
             refuse(str(error), sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -167,10 +169,13 @@ class StackedLauncher(Launcher):
         for config in configs:
             HydraConfig.instance().set_config(config)  # ${hydra:...} in a job's config resolves as in its job
             tasks.append(self.task_config(config))
+        # The group's torch threads: hydra.launcher.threads, by default one per core. Unlike one toy model's ops, a
+        # group's batched arithmetic scales with them (python scripts/bench.py --sections stacked).
+        group = OmegaConf.create(OmegaConf.to_container(tasks[0]))
+        group.device.threads = self.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
         start = time.perf_counter()
         try:
-            # device.threads, as for any run (the group's: it is part of what groups jobs).
-            with sweep.job_process(tasks[0]):
+            with sweep.job_process(group):
                 outcomes = [m.outcome for m in stacked.train_group(tasks, run_dirs)]
         except Exception as error:  # the group's own failure (a full disk, say) is each member's, in its job.json
             outcomes = [error] * len(configs)
