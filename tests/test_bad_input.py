@@ -1,16 +1,18 @@
 """Bad invocations of scripts/train.py: each exits non-zero before training with one clear message that names
 the field or path and what is allowed, and leaves no run directory behind.
 
-Every case is a real subprocess. They run side by side in one fixture (each costs about a second of CPU: the
-checks come before torch's and Lightning's imports), and each case is then its own test."""
+Every case is a real process running the script, forked from one that has made torch's and Lightning's imports
+(tests/script_runs.py): a fresh interpreter would pay them again for each case, seconds of CPU where a check comes
+after them. One case also runs in a fresh interpreter, and must print and exit the same."""
 
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+
+from script_runs import run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,23 +90,20 @@ def prepare(tmp: Path) -> None:
     (tmp / "started" / ".hydra" / "config.yaml").write_text("seed: 0\n")
 
 
+def arguments(tmp: Path, name: str, overrides: list[str]) -> list[str]:
+    """The case's command line: {tmp} filled in, and a run directory of its own unless it names one."""
+    args = [o.replace("{tmp}", str(tmp)) for o in overrides]
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={tmp}/runs/{name}")
+    return args
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("bad_input")
     prepare(tmp)
-
-    def invoke(case):
-        name, overrides, _, _ = case
-        args = [o.replace("{tmp}", str(tmp)) for o in overrides]
-        if not any(a.startswith("hydra.run.dir=") for a in args):
-            args.append(f"hydra.run.dir={tmp}/runs/{name}")
-        return subprocess.run(
-            [sys.executable, "scripts/train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-        )
-
-    with ThreadPoolExecutor(4) as pool:
-        done = dict(zip([c[0] for c in CASES], pool.map(invoke, CASES)))
-    return {"tmp": tmp, **done}
+    done = run_all(ROOT / "scripts" / "train.py", [arguments(tmp, name, o) for name, o, _, _ in CASES], cwd=ROOT)
+    return {"tmp": tmp, **dict(zip([c[0] for c in CASES], done))}
 
 
 @pytest.mark.parametrize("name, overrides, code, says", CASES, ids=[c[0] for c in CASES])
@@ -121,6 +120,27 @@ def test_bad_input_stops_before_training(results, name, overrides, code, says):
     assert not (tmp / "runs" / name).exists()
     assert not list(tmp.rglob("events.out.tfevents*")) and not list(tmp.rglob("metrics.json"))
     assert "Run saved in" not in result.stdout
+
+
+def test_a_fresh_interpreter_stops_the_same_way(results):
+    """The script started afresh, as a user starts it, prints and exits as its forked run did, for the case that goes
+    furthest (Lightning imported, its Trainer built and refusing an argument): one line on stderr, Lightning's
+    notices on stdout as the run's logging config puts them, exit code 2, no run directory."""
+    tmp, forked = results["tmp"], results["trainer-refused-by-lightning"]
+    run_dir = tmp / "runs" / "fresh"
+    fresh = subprocess.run([sys.executable, "scripts/train.py", "++trainer.limit_val_batches=-1", f"hydra.run.dir={run_dir}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (fresh.returncode, fresh.stdout, fresh.stderr) == (forked.returncode, forked.stdout, forked.stderr)
+    assert fresh.returncode == 2 and fresh.stderr.count("\n") == 1 and "INFO: GPU available" in fresh.stdout
+    assert not run_dir.exists()
+
+
+def test_outside_a_sweep_a_failing_run_is_not_isolated(results):
+    """Outside -m nothing changes: bad input is one line on stderr, nothing else, exit code 2 (a sweep's job would
+    be recorded as failed and the sweep go on: tests/test_sweep.py)."""
+    result = results["heads-not-dividing"]
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: model.heads must divide model.dim=32 (allowed: [1, 2, 4, 8, 16, 32]), got 3"]
 
 
 def test_a_config_that_needs_an_extra_not_installed_says_which(monkeypatch):
