@@ -78,6 +78,29 @@ class Report:
         return out
 
 
+class Tally:
+    """Alignment and entropy summed over the chunks of a set of inputs, then made a Report."""
+
+    def __init__(self):
+        self.sums, self.rows, self.entropies, self.examples = None, None, None, 0
+
+    def add(self, attention: list[Tensor], targets: list[Tensor | None]) -> None:
+        """One chunk: per layer its weights [batch, head, query, key] and its target [batch, query, key] or None."""
+        if self.sums is None:
+            self.sums = [None if t is None else 0.0 for t in targets]
+            self.rows, self.entropies = [0.0] * len(attention), [0.0] * len(attention)
+        for layer, (weights, target) in enumerate(zip(attention, targets)):
+            self.entropies[layer] = self.entropies[layer] + entropy(weights).cpu() * len(weights)
+            if target is not None:
+                total, count = row_shares(weights, target.to(weights.device))
+                self.sums[layer], self.rows[layer] = self.sums[layer] + total.cpu(), self.rows[layer] + count.item()
+        self.examples += len(attention[0])
+
+    def report(self) -> Report:
+        align = [None if total is None or n == 0 else total / n for total, n in zip(self.sums, self.rows)]
+        return Report(align, [e / self.examples for e in self.entropies])
+
+
 @torch.no_grad()
 def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Tensor | None] | None = None) -> Report:
     """One explicit-path forward over `inputs` [batch, pos] in chunks, scoring every head of every layer.
@@ -85,7 +108,7 @@ def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Te
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    sums, rows, entropies = None, None, None
+    tally = Tally()
     for c, start in enumerate(range(0, len(inputs), CHUNK)):
         chunk = inputs[start : start + CHUNK]
         _, attention = model(chunk.to(device), need_weights=True)  # per layer [batch, head, query, key]
@@ -93,17 +116,9 @@ def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Te
             layer_targets = targets[c]
         else:
             layer_targets = [task.target_attention(chunk, layer) for layer in range(len(attention))]
-        if sums is None:
-            sums = [None if t is None else 0.0 for t in layer_targets]
-            rows, entropies = [0.0] * len(attention), [0.0] * len(attention)
-        for layer, (weights, target) in enumerate(zip(attention, layer_targets)):
-            entropies[layer] = entropies[layer] + entropy(weights).cpu() * len(chunk)
-            if target is not None:
-                total, count = row_shares(weights, target.to(weights.device))
-                sums[layer], rows[layer] = sums[layer] + total.cpu(), rows[layer] + count.item()
+        tally.add(attention, layer_targets)
     model.train(was_training)
-    align = [None if total is None or count == 0 else total / count for total, count in zip(sums, rows)]
-    return Report(align, [e / len(inputs) for e in entropies])
+    return tally.report()
 
 
 def chunk_targets(task: Task, inputs: Tensor, layers: int) -> list[list[Tensor | None]]:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from attnlab import alignment, resume, tags, train
 from attnlab.alignment_callback import AlignmentScalars
+from attnlab.data import VALIDATION_BATCH
 from attnlab.callbacks import AttentionImages
 from attnlab.guards import Diverged, StopOnDivergence
 from attnlab.stacked.members import Member, MemberTrainer, member_checkpoint
@@ -212,21 +213,30 @@ class StackedLM(L.LightningModule):
     # -- validation
 
     def on_validation_epoch_start(self) -> None:
-        self.val_sums, self.val_count = None, 0
+        self.val_sums, self.val_count, self.tally = None, 0, alignment.Tally()
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        inputs, targets, mask = (t.expand(len(self.members), *t.shape) for t in batch)  # the same set for everyone
-        sums = self.member_scores(self.model(inputs)[0], targets, mask, True) * len(batch[0])
-        self.val_sums = sums if self.val_sums is None else self.val_sums + sums
-        self.val_count += len(batch[0])
+        """The members' val/* sums and their alignment and entropy, from one explicit-path pass (a solo run makes
+        two: its validation step, then AlignmentScalars), in alignment.CHUNK examples at a time."""
+        inputs = self.trainer.datamodule.validation[0]
+        targets_per_chunk = self.members[0].callback(AlignmentScalars).chunk_targets(inputs, len(self.model.blocks))
+        members = MembersAsHeads(self.model)
+        for start in range(0, len(batch[0]), alignment.CHUNK):
+            chunk, targets, mask = (t[start : start + alignment.CHUNK] for t in batch)
+            logits, attention = members(chunk, need_weights=True)  # [member, chunk, ...]; [chunk, member * head, ...]
+            k = len(self.members)
+            sums = self.member_scores(logits, targets.expand(k, *targets.shape), mask.expand(k, *mask.shape), True)
+            self.val_sums = sums * len(chunk) if self.val_sums is None else self.val_sums + sums * len(chunk)
+            self.val_count += len(chunk)
+            # The chunk's targets, as alignment.chunk_targets cuts the validation inputs (VALIDATION_BATCH is a
+            # multiple of CHUNK, so a batch's chunks are those).
+            self.tally.add(attention, targets_per_chunk[(batch_idx * VALIDATION_BATCH + start) // alignment.CHUNK])
 
     def alignment_scalars(self) -> list[dict[str, float]]:
-        """Every stacked member's align/* and entropy/* over the validation inputs, as AlignmentScalars logs a solo
-        run's, from one pass of the stacked model (its targets are the first member's callback's: the same task and
-        inputs for all)."""
-        inputs = self.trainer.datamodule.validation[0]
-        targets = self.members[0].callback(AlignmentScalars).chunk_targets(inputs, len(self.model.blocks))
-        report = alignment.measure(MembersAsHeads(self.model), self.members[0].task, inputs, targets)
+        """Every stacked member's align/* and entropy/*, as AlignmentScalars logs a solo run's: its heads' share of
+        the validation's tally."""
+        report = self.tally.report()
+
         def member(k: int, per_layer: list[Tensor | None]) -> list[Tensor | None]:  # [member * head] -> [head]
             return [None if t is None else t.view(len(self.members), -1)[k] for t in per_layer]
 

@@ -169,10 +169,11 @@ class StackedLauncher(Launcher):
         for config in configs:
             HydraConfig.instance().set_config(config)  # ${hydra:...} in a job's config resolves as in its job
             tasks.append(self.task_config(config))
-        # The group's torch threads: hydra.launcher.threads, by default one per core. Unlike one toy model's ops, a
-        # group's batched arithmetic scales with them (python scripts/bench.py --sections stacked).
+        # The group's torch threads: hydra.launcher.threads, else its jobs' device.threads (python scripts/bench.py
+        # --sections stacked measures a group at 1 thread and at one per core).
         group = OmegaConf.create(OmegaConf.to_container(tasks[0]))
-        group.device.threads = self.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        if self.threads is not None:
+            group.device.threads = self.threads
         start = time.perf_counter()
         try:
             with sweep.job_process(group):
