@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from attnlab.bench import harness
 from conftest import ROOT
+from script_runs import run_all
 
 BENCH = ROOT / "scripts" / "bench.py"
 
@@ -22,9 +23,8 @@ def test_quick_bench_writes_report_and_page_section(tmp_path):
     page = tmp_path / "performance.md"
     page.write_text("# Title\n\nbefore\n<!-- bench:start -->\nold figures\n<!-- bench:end -->\nafter\n")
     out = tmp_path / "docs" / "bench.md"
-    command = [sys.executable, str(BENCH), "--quick", "--sections", "loop,logging,attention",
-               "--out", str(out), "--page", str(page)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=240)
+    arguments = ["--quick", "--sections", "loop,logging,attention", "--out", str(out), "--page", str(page)]
+    (result,) = run_all(BENCH, [arguments], cwd=ROOT, timeout=240)  # its own process, forked (script_runs.py)
     assert result.returncode == 0, result.stderr[-3000:]
 
     report = out.read_text()

@@ -3,9 +3,6 @@ accumulation in the manual optimisation step, a dry run, a repeated batch, profi
 (conf/debug/) built on them. Also what a finished run's resume says, and train/* scalars seen by callbacks."""
 
 import json
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -19,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from attnlab import tags
 from attnlab.module import AttentionLM, loss
 from attnlab.train import build, run
+from script_runs import run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -135,13 +133,10 @@ def test_train_scalars_reach_callbacks_such_as_early_stopping_on_train_loss(tmp_
     assert last_step < 390 and losses[-1][1] < 1.0  # stopped on the train loss, well before max_steps
 
 
-def script(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/train.py", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def script_runs(tmp_path_factory) -> dict:
-    """scripts/train.py with debug=fdr, with debug=profiler, and resume= of a run that has finished, side by side."""
+    """scripts/train.py with debug=fdr, with debug=profiler, and resume= of a run that has finished, side by side,
+    each a process of its own forked from one that has made torch's imports (tests/script_runs.py)."""
     tmp = tmp_path_factory.mktemp("debug_runs")
     finished = tmp / "finished"
     cfg = composed("trainer.max_steps=20", "trainer.val_every_n_steps=10")
@@ -154,8 +149,7 @@ def script_runs(tmp_path_factory) -> dict:
         "profiler": [*SMALL, "debug=profiler", "trainer.max_steps=30", f"hydra.run.dir={tmp}/profiler"],
         "resume_finished": [f"resume={finished}"],
     }
-    with ThreadPoolExecutor(3) as pool:
-        results = dict(zip(cases, pool.map(lambda args: script(*args), cases.values())))
+    results = dict(zip(cases, run_all(ROOT / "scripts" / "train.py", list(cases.values()), cwd=ROOT)))
     return {"tmp": tmp, "finished": finished, "before": before, **results}
 
 
