@@ -67,6 +67,7 @@ class Sizes:
     stacked_steps: int = 300
     stacked_memory: tuple = (8, 32)
     stacked_memory_steps: int = 200
+    stacked_rounds: int = 2  # rounds of each whole-command comparison and of the group window (~20 min in all)
 
 
 QUICK = Sizes(
@@ -74,7 +75,7 @@ QUICK = Sizes(
     attention_dims=(64,), attention_lengths=(16, 32), attention_tokens=64, attention_repeats=1,
     sweep_jobs=((3, 2),), scaling_iterations=200, sweep_rounds=1, solve=False,
     stacked_jobs=(2, 4), stacked_small_jobs=2, stacked_members=2, stacked_steps=8, stacked_memory=(2,),
-    stacked_memory_steps=4,
+    stacked_memory_steps=4, stacked_rounds=1,
 )  # fmt: skip
 
 

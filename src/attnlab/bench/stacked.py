@@ -1,6 +1,7 @@
 """7. Stacked sweeps (hydra/launcher=stacked): whole sweep commands against the basic and joblib launchers, one
 group's training steps against the same model at one big batch, and peak memory."""
 
+import os
 import statistics
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from attnlab.bench.loop import StepTimer, framework_window
 from attnlab.bench.sweep import SWEEP_WORKERS, joblib_available, usage
 
 STACKED = ["hydra/launcher=stacked"]
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# The group on every core (hydra.launcher.threads): its batched arithmetic may scale where one toy model's does not.
+STACKED_ALL_CORES = STACKED + [f"hydra.launcher.threads={CORES}"]
 # Small members: a quarter of the width, an eighth of the batch.
 SMALL = ["model.dim=16", "data.batch_size=16"]
 
@@ -62,49 +66,56 @@ def measure(sizes: Sizes, report: Report) -> None:
     jobs, steps = sizes.stacked_jobs
     rows = []
     # 1. The default config, 8 seeds: whole commands, the three launchers interleaved.
-    sides = {"basic (jobs one after another)": sweep_side(jobs, steps, []), "stacked": sweep_side(jobs, steps, STACKED)}
+    sides = {"basic (jobs one after another)": sweep_side(jobs, steps, []), "stacked": sweep_side(jobs, steps, STACKED),
+             f"stacked, {CORES} threads": sweep_side(jobs, steps, STACKED_ALL_CORES)}
     if joblib_available():
         joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={SWEEP_WORKERS}"]
         sides[f"joblib, {SWEEP_WORKERS} workers"] = sweep_side(jobs, steps, joblib)
-    say(f"stacked: {sizes.sweep_rounds} rounds of {jobs} seeds x {steps} steps (default logging), "
+    say(f"stacked: {sizes.stacked_rounds} rounds of {jobs} seeds x {steps} steps (default logging), "
         f"{', '.join(sides)} interleaved")
-    results = dict(zip(sides, rounds_of(*sides.values(), rounds=sizes.sweep_rounds)))
+    results = dict(zip(sides, rounds_of(*sides.values(), rounds=sizes.stacked_rounds)))
     basic = results["basic (jobs one after another)"]
     for name, runs in results.items():
         rows.append((jobs, steps, "default", name, *usage(runs)))
-    over_basic = statistics.median(b[0] / s[0] for b, s in zip(basic, results["stacked"]))
     say("stacked: " + ", ".join(f"{name} {statistics.median(r[0] for r in runs):.1f} s" for name, runs in results.items()))
-    report.target(f"{jobs} seeds x {steps} steps, default config, whole sweep: stacked / basic launcher, throughput",
-                  f"{over_basic:.2f}x", ">= 2x", over_basic >= 2)
-    rows.append((jobs, steps, "default", "**stacked / basic**", f"**{over_basic:.2f}x**",
-                 "rounds: " + ", ".join(f"{b[0] / s[0]:.2f}" for b, s in zip(basic, results["stacked"])), ""))
-    if (joblib_name := f"joblib, {SWEEP_WORKERS} workers") in results:
-        over_joblib = statistics.median(j[0] / s[0] for j, s in zip(results[joblib_name], results["stacked"]))
-        report.target(f"{jobs} seeds x {steps} steps, default config, whole sweep: stacked / joblib (n_jobs="
-                      f"{SWEEP_WORKERS}), throughput", f"{over_joblib:.2f}x", ">= 1.2x", over_joblib >= 1.2)
-        rows.append((jobs, steps, "default", f"**stacked / joblib**", f"**{over_joblib:.2f}x**",
-                     "rounds: " + ", ".join(f"{j[0] / s[0]:.2f}" for j, s in zip(results[joblib_name], results["stacked"])), ""))
+    joblib_name = f"joblib, {SWEEP_WORKERS} workers"
+    for name in ("stacked", f"stacked, {CORES} threads"):
+        group = results[name]
+        over_basic = statistics.median(b[0] / g[0] for b, g in zip(basic, group))
+        report.target(f"{jobs} seeds x {steps} steps, default config, whole sweep: {name} / basic launcher, throughput",
+                      f"{over_basic:.2f}x", ">= 2x", over_basic >= 2)
+        rows.append((jobs, steps, "default", f"**{name} / basic**", f"**{over_basic:.2f}x**",
+                     "rounds: " + ", ".join(f"{b[0] / g[0]:.2f}" for b, g in zip(basic, group)), ""))
+        if joblib_name in results:
+            over_joblib = statistics.median(j[0] / g[0] for j, g in zip(results[joblib_name], group))
+            report.target(f"{jobs} seeds x {steps} steps, default config, whole sweep: {name} / joblib (n_jobs="
+                          f"{SWEEP_WORKERS}), throughput", f"{over_joblib:.2f}x", ">= 1.2x", over_joblib >= 1.2)
+            rows.append((jobs, steps, "default", f"**{name} / joblib**", f"**{over_joblib:.2f}x**",
+                         "rounds: " + ", ".join(f"{j[0] / g[0]:.2f}" for j, g in zip(results[joblib_name], group)), ""))
 
     # 2. Small members, 32 seeds: stacked against the basic launcher.
     small_jobs = sizes.stacked_small_jobs
-    say(f"stacked: {sizes.sweep_rounds} rounds of {small_jobs} small seeds x {steps} steps, basic and stacked interleaved")
-    basic, group = rounds_of(sweep_side(small_jobs, steps, [], SMALL), sweep_side(small_jobs, steps, STACKED, SMALL),
-                             rounds=sizes.sweep_rounds)
-    small = statistics.median(b[0] / s[0] for b, s in zip(basic, group))
-    say(f"stacked: small members, basic / stacked {small:.2f}x")
-    report.target(f"{small_jobs} small seeds ({' '.join(SMALL)}) x {steps} steps, whole sweep: stacked / basic",
-                  f"{small:.2f}x", ">= 4x", small >= 4)
-    rows += [(small_jobs, steps, "small", "basic", *usage(basic)), (small_jobs, steps, "small", "stacked", *usage(group)),
-             (small_jobs, steps, "small", "**stacked / basic**", f"**{small:.2f}x**",
-              "rounds: " + ", ".join(f"{b[0] / s[0]:.2f}" for b, s in zip(basic, group)), "")]
+    say(f"stacked: {sizes.stacked_rounds} rounds of {small_jobs} small seeds x {steps} steps, basic and stacked (1 and "
+        f"{CORES} threads) interleaved")
+    basic, *groups = rounds_of(sweep_side(small_jobs, steps, [], SMALL), sweep_side(small_jobs, steps, STACKED, SMALL),
+                               sweep_side(small_jobs, steps, STACKED_ALL_CORES, SMALL), rounds=sizes.stacked_rounds)
+    rows.append((small_jobs, steps, "small", "basic", *usage(basic)))
+    for name, group in zip(("stacked", f"stacked, {CORES} threads"), groups):
+        small = statistics.median(b[0] / g[0] for b, g in zip(basic, group))
+        say(f"stacked: small members, basic / {name} {small:.2f}x")
+        report.target(f"{small_jobs} small seeds ({' '.join(SMALL)}) x {steps} steps, whole sweep: {name} / basic",
+                      f"{small:.2f}x", ">= 4x", small >= 4)
+        rows += [(small_jobs, steps, "small", name, *usage(group)),
+                 (small_jobs, steps, "small", f"**{name} / basic**", f"**{small:.2f}x**",
+                  "rounds: " + ", ".join(f"{b[0] / g[0]:.2f}" for b, g in zip(basic, group)), "")]
 
     # 3. One group's steps against one model at the group's whole batch, on the same threads.
     members, group_steps, skip = sizes.stacked_members, sizes.stacked_steps, sizes.warmup_steps
     step_rows = []
-    for threads in sorted({1, torch.get_num_threads(), len(__import__("os").sched_getaffinity(0))}):
-        say(f"stacked: {sizes.rounds} rounds of a {members}-member group vs batch {members * 128}, {threads} threads")
+    for threads in sorted({1, torch.get_num_threads(), CORES}):
+        say(f"stacked: {sizes.stacked_rounds} rounds of a {members}-member group vs batch {members * 128}, {threads} threads")
         group, big = rounds_of(lambda: group_window(members, group_steps, skip, threads),
-                               lambda: big_batch_window(members * 128, group_steps, skip, threads), rounds=sizes.rounds)
+                               lambda: big_batch_window(members * 128, group_steps, skip, threads), rounds=sizes.stacked_rounds)
         share = statistics.median(b[0] / g[0] for g, b in zip(group, big))  # same examples per step: time ratio
         say(f"stacked: {threads} threads, group / big batch {share:.0%}")
         step_rows.append((threads, f"{(group_steps - skip) / statistics.median(g[0] for g in group):.1f}",
@@ -125,12 +136,13 @@ def measure(sizes: Sizes, report: Report) -> None:
         "Whole commands, `python scripts/train.py -m seed=range(0,JOBS) trainer.stop_at=null "
         "trainer.max_steps=STEPS [LAUNCHER]` with the default logging, launcher by launcher: the basic one, "
         f"`hydra/launcher=joblib hydra.launcher.n_jobs={SWEEP_WORKERS}`, `hydra/launcher=stacked` (all jobs one "
-        f"group, on all cores); {sizes.sweep_rounds} rounds interleaved as in section 1, medians. Small members: "
+        f"group, at the jobs' one thread, and with `hydra.launcher.threads={CORES}`); {sizes.stacked_rounds} rounds "
+        "interleaved as in section 1, medians. Small members: "
         f"the same with `{' '.join(SMALL)}`.\n\n"
         + table(["jobs", "steps per job", "size", "launcher", "seconds", "CPU s", "cores used (CPU s / s)"], rows)
         + f"\n\nOne group's training steps (attnlab.stacked.train_group, {members} members, logging off) against the "
         f"same model trained alone at batch {members}x128 (train.run), steps {skip}-{group_steps} timed, "
-        f"{sizes.rounds} rounds interleaved; both see {members * 128} examples a step.\n\n"
+        f"{sizes.stacked_rounds} rounds interleaved; both see {members * 128} examples a step.\n\n"
         + table(["torch threads", "group steps/s", f"batch-{members * 128} steps/s", "group / big batch"], step_rows)
         + f"\n\nPeak resident memory of the stacked sweep's process ({sizes.stacked_memory_steps} steps):\n\n"
         + table(["members", "peak RSS (MB)"], memory_rows)

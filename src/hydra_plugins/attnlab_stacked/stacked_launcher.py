@@ -129,9 +129,10 @@ class StackedLauncher(Launcher):
         groups: dict[str, list[int]] = {}
         alone = []  # refused at config time (they stop with their line), or trained by themselves
         for i, config in enumerate(configs):
-            reason = stacked.refusal(self.task_config(config))
+            task = self.task_config(config)  # with HydraConfig set to this job's: group_key resolves ${hydra:...}
+            reason = stacked.refusal(task)
             if reason is None:
-                groups.setdefault(stacked.group_key(self.task_config(config)), []).append(i)
+                groups.setdefault(stacked.group_key(task), []).append(i)
             else:
                 alone.append(i)
                 log.info(f"\t#{config.hydra.job.num} alone ({reason}): {' '.join(filter_overrides(config.hydra.overrides.task))}")
