@@ -20,6 +20,17 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+@pytest.fixture(scope="session")
+def script_runs():
+    """Runs of scripts/*.py, each a process of its own, forked from one server that has made torch's imports once
+    for the session (tests/script_runs.py): script_runs.run(script, [args, ...], cwd) -> CompletedProcess each."""
+    from script_runs import ScriptRuns
+
+    server = ScriptRuns()
+    yield server
+    server.close()
+
+
 # A short real run: 2 layers x 2 heads, attention and weight images every 2 steps (13 frames per tag, more than the
 # 10 TensorBoard keeps by default), validation every 8 steps.
 TINY_RUN = [

@@ -1,9 +1,9 @@
 """Bad invocations of scripts/train.py: each exits non-zero before training with one clear message that names
 the field or path and what is allowed, and leaves no run directory behind.
 
-Every case is a real process running the script, forked from one that has made torch's and Lightning's imports
-(tests/script_runs.py): a fresh interpreter would pay them again for each case, seconds of CPU where a check comes
-after them. One case also runs in a fresh interpreter, and must print and exit the same."""
+Every case is a process of its own running the script, forked from the session's server that has made torch's
+imports (tests/script_runs.py): a fresh interpreter would pay them again for each case, seconds of CPU where a check
+comes after them. The case that goes furthest also runs in a fresh interpreter, and must print and exit the same."""
 
 import subprocess
 import sys
@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from script_runs import run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,10 +97,10 @@ def arguments(tmp: Path, name: str, overrides: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict:
+def results(tmp_path_factory, script_runs) -> dict:
     tmp = tmp_path_factory.mktemp("bad_input")
     prepare(tmp)
-    done = run_all(ROOT / "scripts" / "train.py", [arguments(tmp, name, o) for name, o, _, _ in CASES], cwd=ROOT)
+    done = script_runs.run(ROOT / "scripts" / "train.py", [arguments(tmp, name, o) for name, o, _, _ in CASES], ROOT)
     return {"tmp": tmp, **dict(zip([c[0] for c in CASES], done))}
 
 

@@ -27,6 +27,13 @@ def train(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.Complete
                           timeout=timeout)
 
 
+def train_forked(script_runs, args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """train(args), forked from the session's process that has made torch's imports (tests/script_runs.py): for a
+    sweep whose jobs run in its own process (the basic launcher, Optuna's), which would make them again."""
+    (result,) = script_runs.run(TRAIN, [args], cwd, timeout=timeout)
+    return result
+
+
 def hparams(run_dir: Path) -> tuple[dict, dict]:
     """(hyperparameters, final metrics) as TensorBoard's HPARAMS tab reads them from the run's event files."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
@@ -51,10 +58,10 @@ def rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_multirun_summary_failure_and_ddp(tmp_path):
+def test_multirun_summary_failure_and_ddp(tmp_path, script_runs):
     sweep = tmp_path / "sweep"
     # 4 jobs: heads=3 does not divide dim=32, so 2 fail at once; device=cpu_ddp trains with 2 processes.
-    result = train(["-m", "model.heads=1,3", "device=cpu,cpu_ddp", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = train_forked(script_runs, ["-m", "model.heads=1,3", "device=cpu,cpu_ddp", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "outputs").exists()  # no rank re-ran the sweep into a directory of its own
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_sweep import TINY, TRAIN, rows, train
+from test_sweep import TINY, TRAIN, rows, train, train_forked
 
 SAME = ["dim", "heads", "layers", "lr", "weight_decay", "batch_size", "seed", "max_steps", "world_size", "threads"]
 
@@ -160,13 +160,13 @@ hydra:
 
 
 @pytest.mark.slow
-def test_optuna_three_trials(tmp_path):
+def test_optuna_three_trials(tmp_path, script_runs):
     optuna = pytest.importorskip("optuna")
     sweep, db, conf = tmp_path / "sweep", tmp_path / "study.db", tmp_path / "conf" / "hparams_search"
     conf.mkdir(parents=True)
     (conf / "with_failures.yaml").write_text(WITH_FAILURES)
     # val/loss, not val/seq_acc: after 20 steps every trial's seq_acc is still 0, the loss differs
-    result = train(["-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "+hparams_search=with_failures",
+    result = train_forked(script_runs, ["-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "+hparams_search=with_failures",
                     "hydra.sweeper.n_trials=4", "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",
                     f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *TINY,
                     f"hydra.sweep.dir={sweep}"], tmp_path)

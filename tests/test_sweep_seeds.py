@@ -6,14 +6,12 @@ import csv
 import json
 import math
 import statistics
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
 from attnlab import seeds, summary
-from conftest import ROOT
+from test_sweep import train_forked
 
 
 def job_dir(sweep_dir, number, overrides, metrics=None, status="ok", stop_at=0.99):
@@ -108,13 +106,12 @@ def test_solved_step_needs_the_threshold_passed():
 
 
 @pytest.mark.slow
-def test_a_real_sweep_over_seeds(tmp_path):
+def test_a_real_sweep_over_seeds(tmp_path, script_runs):
     """scripts/train.py -m over two seeds: each run records the step it stopped at, the summary aggregates them."""
     sweep_dir = tmp_path / "sweep"
     fast = ["data.seq_len=2", "data.vocab_size=4", "data.val_size=32", "trainer.max_steps=200",
             "trainer.val_every_n_steps=10", "trainer.stop_at=0.9", "logging=off", "device=cpu"]  # fmt: skip
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "seed=0,1", *fast,
-                             f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=240)  # fmt: skip
+    result = train_forked(script_runs, ["-m", "seed=0,1", *fast, f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = rows(sweep_dir / "summary_seeds.csv")
     steps = [json.loads(p.read_text())["step"] for p in sorted(sweep_dir.glob("*/metrics.json"))]

@@ -16,7 +16,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from attnlab import tags
 from attnlab.module import AttentionLM, loss
 from attnlab.train import build, run
-from script_runs import run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -134,9 +133,9 @@ def test_train_scalars_reach_callbacks_such_as_early_stopping_on_train_loss(tmp_
 
 
 @pytest.fixture(scope="module")
-def script_runs(tmp_path_factory) -> dict:
+def script_results(tmp_path_factory, script_runs) -> dict:
     """scripts/train.py with debug=fdr, with debug=profiler, and resume= of a run that has finished, side by side,
-    each a process of its own forked from one that has made torch's imports (tests/script_runs.py)."""
+    each a process of its own forked from the session's server that has made torch's imports (tests/script_runs.py)."""
     tmp = tmp_path_factory.mktemp("debug_runs")
     finished = tmp / "finished"
     cfg = composed("trainer.max_steps=20", "trainer.val_every_n_steps=10")
@@ -149,12 +148,12 @@ def script_runs(tmp_path_factory) -> dict:
         "profiler": [*SMALL, "debug=profiler", "trainer.max_steps=30", f"hydra.run.dir={tmp}/profiler"],
         "resume_finished": [f"resume={finished}"],
     }
-    results = dict(zip(cases, run_all(ROOT / "scripts" / "train.py", list(cases.values()), cwd=ROOT)))
+    results = dict(zip(cases, script_runs.run(ROOT / "scripts" / "train.py", list(cases.values()), ROOT)))
     return {"tmp": tmp, "finished": finished, "before": before, **results}
 
 
-def test_debug_fdr_is_a_dry_run_through_every_callback(script_runs):
-    result, run_dir = script_runs["fdr"], script_runs["tmp"] / "fdr"
+def test_debug_fdr_is_a_dry_run_through_every_callback(script_results):
+    result, run_dir = script_results["fdr"], script_results["tmp"] / "fdr"
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Dry run (trainer.fast_dev_run=1)" in result.stdout
     assert not (run_dir / "metrics.json").exists()  # nothing that could pass for a result
@@ -167,8 +166,8 @@ def test_debug_fdr_is_a_dry_run_through_every_callback(script_runs):
     assert [e.step for e in accumulator.Scalars(tags.metric("train", "loss"))] == [0]  # one training batch
 
 
-def test_debug_profiler_writes_its_report_into_the_run_and_prints_its_top(script_runs):
-    result, run_dir = script_runs["profiler"], script_runs["tmp"] / "profiler"
+def test_debug_profiler_writes_its_report_into_the_run_and_prints_its_top(script_results):
+    result, run_dir = script_results["profiler"], script_results["tmp"] / "profiler"
     assert result.returncode == 0, result.stderr[-2000:]
     report = (run_dir / "fit-profile.txt").read_text()
     assert "run_training_batch" in report and "FIT Profiler Report" in report
@@ -176,15 +175,15 @@ def test_debug_profiler_writes_its_report_into_the_run_and_prints_its_top(script
     assert json.loads((run_dir / "metrics.json").read_text())["val/seq_acc"] >= 0  # a real run otherwise
 
 
-def test_resume_of_a_finished_run_says_so_and_writes_nothing(script_runs):
-    result, finished = script_runs["resume_finished"], script_runs["finished"]
+def test_resume_of_a_finished_run_says_so_and_writes_nothing(script_results):
+    result, finished = script_results["resume_finished"], script_results["finished"]
     assert result.returncode == 0, result.stderr[-2000:]
     assert "has finished at step 20 (it reached trainer.max_steps=20)" in result.stdout
     assert f"resume={finished} trainer.max_steps=40" in result.stdout
-    assert sorted((p.relative_to(finished), p.stat().st_mtime_ns) for p in finished.rglob("*")) == script_runs["before"]
+    assert sorted((p.relative_to(finished), p.stat().st_mtime_ns) for p in finished.rglob("*")) == script_results["before"]
 
 
-def test_a_run_writes_one_event_file(script_runs):
+def test_a_run_writes_one_event_file(script_results):
     # fit, then the final validate: Lightning finalises the logger after each; the run still has one file.
-    assert len(list(script_runs["finished"].glob("events.out.tfevents.*"))) == 1
-    assert len(list((script_runs["tmp"] / "profiler").glob("events.out.tfevents.*"))) == 1
+    assert len(list(script_results["finished"].glob("events.out.tfevents.*"))) == 1
+    assert len(list((script_results["tmp"] / "profiler").glob("events.out.tfevents.*"))) == 1
