@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -124,6 +125,49 @@ def test_a_member_stops_or_fails_alone(tmp_path):
     assert not (diverging.run_dir / "metrics.json").exists()
 
 
+def test_members_dropped_from_the_stack_leave_the_others_as_they_were():
+    """A member that stops leaves the stack (StackedLM.compact: StackedModel.keep, StackedAdamW.keep): the members
+    kept take the same next step as in the full stack with the dropped one frozen, and the dropped one's solo view
+    still holds its weights."""
+    from attnlab.model import AttentionModel
+
+    def solo(seed: int) -> AttentionModel:
+        torch.manual_seed(seed)
+        return AttentionModel(6, 5, 8, 2, 1, "learned", True, True, True)
+
+    def step(model, optimizer, tokens, lr) -> None:
+        optimizer.lr = lr
+        logits, _ = model(tokens)
+        # [member, batch * pos] losses: the sum of the members' means, as StackedLM's (each member's gradient its own)
+        F.cross_entropy(logits.flatten(1, 2).transpose(1, 2), tokens.flatten(1), reduction="none").mean(1).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    tokens = torch.randint(6, (3, 4, 5), generator=torch.Generator().manual_seed(0))  # [member, batch, pos]
+    lr = torch.tensor([1e-2, 2e-2, 3e-2])
+    sides = []
+    for _ in range(2):
+        model = stacked.StackedModel([solo(s) for s in range(3)])
+        optimizer = stacked.StackedAdamW(model.parameters(), torch.tensor([0.0, 0.1, 0.2]))
+        step(model, optimizer, tokens, lr)
+        sides.append((model, optimizer))
+    (full, full_optimizer), (kept, kept_optimizer) = sides
+    dropped = {name: t[1] for name, t in kept.state_dict().items()}  # member 1's slices, as its solo view sees them
+    before = {name: t.clone() for name, t in dropped.items()}
+    full_optimizer.active[1] = False
+    step(full, full_optimizer, tokens, lr)
+    index = torch.tensor([0, 2])
+    kept.keep(index)
+    kept_optimizer.keep(index, list(kept.parameters()))
+    step(kept, kept_optimizer, tokens[index], lr[index])
+    for name, tensor in kept.state_dict().items():
+        torch.testing.assert_close(tensor, full.state_dict()[name][index], msg=name)
+        torch.testing.assert_close(dropped[name], before[name], rtol=0, atol=0, msg=name)
+    for new, old in zip(kept_optimizer.param_groups[0]["params"], full_optimizer.param_groups[0]["params"]):
+        torch.testing.assert_close(kept_optimizer.state[new]["exp_avg_sq"], full_optimizer.state[old]["exp_avg_sq"][index])
+    assert kept_optimizer.steps.tolist() == [2, 2] and full_optimizer.steps.tolist() == [2, 1, 2]
+
+
 def run_script(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
@@ -166,6 +210,7 @@ def test_stacked_sweep_through_the_launcher(tmp_path):
     ("device=cpu_ddp", "error: device=cpu_ddp: hydra/launcher=stacked trains a group's members in one process (allowed: "
                        "device=auto, cpu, gpu or mps); launch multi-process runs with the basic, joblib or slurm launcher"),
     ("hydra.launcher.max_members=0", "error: hydra.launcher.max_members must be >= 1, got 0"),
+    ("hydra.launcher.threads=0", "error: hydra.launcher.threads must be >= 1, got 0"),
 ])
 def test_what_cannot_be_stacked_is_refused_with_one_line(tmp_path, given, line):
     result = run_script(["-m", "hydra/launcher=stacked", given, "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"],
