@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_sweep import TINY, TRAIN, rows, train, train_forked
+from test_sweep import TINY, TRAIN, rows, train_forked
 
 SAME = ["dim", "heads", "layers", "lr", "weight_decay", "batch_size", "seed", "max_steps", "world_size", "threads"]
 
@@ -39,17 +39,60 @@ def check_ddp_and_failure(sweep: Path) -> dict:
     return ranks
 
 
+# The launcher's own arguments for each sweep of a 2-process job and a failing one (device=cpu_ddp, heads 2 and 3).
+DDP_SWEEPS = {
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "submitit_local": ["hydra/launcher=submitit_local"],
+}
+
+
+@pytest.fixture(scope="module")
+def ddp_sweeps(tmp_path_factory) -> dict:
+    """The DDP_SWEEPS, started together and read by their tests. Each spends most of its time starting processes
+    one after the other (the sweep, its jobs' processes, their ranks), so that side by side they keep both cores
+    busy. Each runs in a directory of its own (cwd), where a rank writing to the default outputs/ would show."""
+    started = {}
+    for name, launcher in DDP_SWEEPS.items():
+        cwd = tmp_path_factory.mktemp(name)
+        args = [sys.executable, str(TRAIN), "-m", *launcher, "device=cpu_ddp", "model.heads=2,3", *TINY,
+                f"hydra.sweep.dir={cwd / 'sweep'}"]
+        with (cwd / "stdout").open("w") as stdout, (cwd / "stderr").open("w") as stderr:
+            started[name] = cwd, subprocess.Popen(args, cwd=cwd, stdout=stdout, stderr=stderr, start_new_session=True)
+    try:
+        yield started
+    finally:  # a sweep a failed test left running: all of its processes
+        for _, process in started.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def finished(ddp_sweeps: dict, name: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """The sweep's directory (cwd) and how it ended, once it has."""
+    cwd, process = ddp_sweeps[name]
+    process.wait(timeout=300)
+    return cwd, subprocess.CompletedProcess(process.args, process.returncode, (cwd / "stdout").read_text(),
+                                            (cwd / "stderr").read_text())
+
+
 @pytest.mark.slow
-def test_joblib_parallel_jobs_with_ddp(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = train(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "device=cpu_ddp", "model.heads=2,3",
-                    *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+def test_joblib_parallel_jobs_with_ddp(ddp_sweeps):
+    cwd, result = finished(ddp_sweeps, "joblib")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
-    assert not (tmp_path / "outputs").exists()
-    ranks = check_ddp_and_failure(sweep)
+    assert not (cwd / "outputs").exists()
+    ranks = check_ddp_and_failure(cwd / "sweep")
     # 2 jobs side by side, 2 processes each: each process gets its share of this machine's cores
     assert ranks[0]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2 // 2)
+
+
+@pytest.mark.slow
+def test_submitit_local_with_ddp(ddp_sweeps):
+    cwd, result = finished(ddp_sweeps, "submitit_local")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (cwd / "outputs").exists()
+    assert len(list((cwd / "sweep" / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit ran each job in a process
+    check_ddp_and_failure(cwd / "sweep")
 
 
 def alive(pgid: int) -> list[str]:
@@ -135,17 +178,6 @@ def test_joblib_workers_listen_from_their_start():
     result = subprocess.run([sys.executable, "-c", IDLE_WORKERS], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split("\n")[0] == "2 True {'SIGTERM'}"
-
-
-@pytest.mark.slow
-def test_submitit_local_with_ddp(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = train(["-m", "hydra/launcher=submitit_local", "device=cpu_ddp", "model.heads=2,3", *TINY,
-                    f"hydra.sweep.dir={sweep}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not (tmp_path / "outputs").exists()
-    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit ran each job in a process
-    check_ddp_and_failure(sweep)
 
 
 # The shipped search space with heads 3 allowed, which divides none of the dims: those trials fail.
