@@ -55,10 +55,9 @@ def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
+def runs(tmp_path_factory, script_runs) -> dict:
     tmp = tmp_path_factory.mktemp("resume")
     dirs = {name: tmp / name for name in ("whole", "sigint", "sigterm")}
-    reference = train(*RUN, f"hydra.run.dir={dirs['whole']}")
 
     def stop_then_resume():
         # Go on with the SIGINT run in its own directory; other overrides on the line go on top. (ckpt_path=,
@@ -69,8 +68,12 @@ def runs(tmp_path_factory) -> dict:
     with ThreadPoolExecutor(2) as pool:
         sigint = pool.submit(stop_then_resume)
         sigterm = pool.submit(interrupt, dirs["sigterm"], signal.SIGTERM)
+        # Meanwhile the run never stopped, to compare with: forked from the session's server, which has made torch's
+        # imports (tests/script_runs.py); the runs above are started afresh, as a user starts them.
+        (whole,) = script_runs.run(ROOT / "scripts" / "train.py", [[*RUN, f"hydra.run.dir={dirs['whole']}"]], ROOT)
         (stopped, resumed), stopped_term = sigint.result(), sigterm.result()
-    return {"dirs": dirs, "stopped": {"sigint": stopped, "sigterm": stopped_term}, "whole": finish(reference), "resumed": resumed}
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return {"dirs": dirs, "stopped": {"sigint": stopped, "sigterm": stopped_term}, "whole": whole, "resumed": resumed}
 
 
 @pytest.mark.parametrize("name, signum", [("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM)])
