@@ -122,3 +122,28 @@ def test_resume_goes_on_in_the_same_run_directory_and_tensorboard_run(runs):
     # The original Hydra files stay; the resumed part's are beside them.
     assert (resumed / ".hydra" / "overrides.yaml").read_text() == (whole / ".hydra" / "overrides.yaml").read_text()
     assert (resumed / ".hydra" / "resume" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("step, seq_acc, said, line", [
+    (20, 0.9, "it reached trainer.max_steps=20 and val/seq_acc 0.900 passed trainer.stop_at=0.5",
+     "trainer.max_steps=40 trainer.stop_at=null"),
+    (10, 0.9, "val/seq_acc 0.900 passed trainer.stop_at=0.5", "trainer.stop_at=null"),
+    (20, 0.1, "it reached trainer.max_steps=20", "trainer.max_steps=40"),
+])
+def test_resume_of_a_finished_run_names_every_limit_it_reached(tmp_path, capsys, step, seq_acc, said, line):
+    """resume.finished on a run directory as a finished run leaves it: the line to train longer lifts whichever of
+    trainer.max_steps and trainer.stop_at ended the run, both where both did."""
+    from omegaconf import OmegaConf
+
+    from attnlab import resume
+
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save({"trainer": {"max_steps": 20, "stop_at": 0.5}}, tmp_path / ".hydra" / "config.yaml")
+    (tmp_path / "metrics.json").write_text(json.dumps({"val/seq_acc": seq_acc}))
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"state_dict": {}, "global_step": step, "loops": {}}, tmp_path / "checkpoints" / "last.ckpt")
+    assert resume.finished([f"resume={tmp_path}"])
+    out = capsys.readouterr().out
+    assert f"has finished at step {step} ({said}); nothing to resume" in out
+    assert out.rstrip().endswith(f"resume={tmp_path} {line}")
+    assert not resume.finished([f"resume={tmp_path}", "trainer.max_steps=100", "trainer.stop_at=null"])

@@ -102,14 +102,18 @@ def finished(argv: list[str]) -> bool:
             trainer[key.split(".")[1]] = None if value in ("null", "None") else float(value)
     step = load_checkpoint(run_dir / CHECKPOINT, "resume")["global_step"]
     seq_acc = json.loads((run_dir / METRICS).read_text()).get("val/seq_acc", 0.0)
-    if step < trainer.max_steps and (trainer.stop_at is None or seq_acc <= trainer.stop_at):
+    stopped = trainer.stop_at is not None and seq_acc > trainer.stop_at
+    if step < trainer.max_steps and not stopped:
         return False
+    why, more = [], []  # what ended it, and what lifts each: the line to train longer lifts both where both hold
     if step >= trainer.max_steps:
-        why, more = f"it reached trainer.max_steps={trainer.max_steps:g}", f"trainer.max_steps={2 * step}"
-    else:
-        why, more = f"val/seq_acc {seq_acc:.3f} passed trainer.stop_at={trainer.stop_at:g}", "trainer.stop_at=null"
-    print(f"{run_dir} has finished at step {step} ({why}); nothing to resume. To train longer: "
-          f"python {sys.argv[0]} resume={run_dir} {more}")
+        why.append(f"it reached trainer.max_steps={trainer.max_steps:g}")
+        more.append(f"trainer.max_steps={2 * step}")
+    if stopped:
+        why.append(f"val/seq_acc {seq_acc:.3f} passed trainer.stop_at={trainer.stop_at:g}")
+        more.append("trainer.stop_at=null")
+    print(f"{run_dir} has finished at step {step} ({' and '.join(why)}); nothing to resume. To train longer: "
+          f"python {sys.argv[0]} resume={run_dir} {' '.join(more)}")
     return True
 
 
