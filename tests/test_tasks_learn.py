@@ -30,7 +30,8 @@ def train(tmp_path, *overrides):
 
 def test_reverse_solved_aligned_and_logged(tmp_path):
     metrics, untrained = train(tmp_path, "data=reverse", "data.seq_len=5", "data.vocab_size=5", "optim.lr=1e-2",
-                               "trainer.max_steps=400", "trainer.stop_at=null", "logging.images_every_n_steps=200")
+                               "trainer.max_steps=200", "trainer.val_every_n_steps=50", "trainer.stop_at=null",
+                               "logging.images_every_n_steps=100")
     assert metrics["val/seq_acc"] >= 0.99
     assert metrics[tags.align(0, 0)] >= 0.9 and metrics[tags.ALIGN_BEST] == metrics[tags.align(0, 0)]
     assert untrained < 0.5  # it learned to attend as the target says
