@@ -63,8 +63,8 @@ class ScriptRuns:
 def become(request: dict, i: int) -> None:
     """In the forked child: `python script *args` as run i of the request, then exit as the interpreter exits at the
     script's end: the code of its SystemExit (its message printed where it is one), 1 with the traceback for any
-    other exception, after the atexit handlers. Only the teardown of every module is left out (with torch imported,
-    a second of CPU, and nothing the script prints or writes)."""
+    other exception, once its other threads have ended and after the atexit handlers. Only the teardown of every
+    module is left out (with torch imported, a second of CPU, and nothing the script prints or writes)."""
     os.chdir(request["cwd"])
     out = Path(request["out"])
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out / f"{i}.out", os.O_WRONLY | os.O_CREAT),
@@ -83,6 +83,7 @@ def become(request: dict, i: int) -> None:
     except BaseException:
         sys.excepthook(*sys.exc_info())
         code = 1
+    threading._shutdown()  # as the interpreter's exit: wait for the threads that are not daemons, then atexit
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
