@@ -20,6 +20,7 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+
 @pytest.fixture(scope="session")
 def script_runs():
     """Runs of scripts/*.py, each a process of its own, forked from one server that has made torch's imports once

@@ -51,9 +51,11 @@ class ScriptRuns:
             answered, _, _ = select.select([self.server.stdout], [], [], timeout + 60)
             line = self.server.stdout.readline() if answered else ""
             assert line, f"the script runs' server did not answer (exit code {self.server.poll()}): see its stderr"
-            read = lambda i, name: Path(out, f"{i}.{name}").read_text(errors="replace")  # noqa: E731
-            return [subprocess.CompletedProcess([sys.executable, str(script), *args], code, read(i, "out"),
-                                                read(i, "err")) for i, (args, code) in enumerate(zip(runs, json.loads(line)))]
+            results = []
+            for i, (args, code) in enumerate(zip(runs, json.loads(line))):
+                stdout, stderr = (Path(out, f"{i}.{name}").read_text(errors="replace") for name in ("out", "err"))
+                results.append(subprocess.CompletedProcess([sys.executable, str(script), *args], code, stdout, stderr))
+            return results
 
     def close(self) -> None:
         self.server.stdin.close()
