@@ -9,6 +9,13 @@ Per run, per layer with a target and per head, val/seq_acc and val/acc with that
   uniform   spread evenly over the keys the row may see: a control, which tells whether the head matters at all.
 A model that computes with the target pattern keeps its accuracy under `target`; one that solved the task some
 other way loses it there, while `uniform` shows what the head was worth.
+
+    python scripts/ablate.py --by-token RUN_DIR
+
+also splits each head's target rows by the query's input token: per token, the head's alignment on those rows and
+val/seq_acc with the target (or the even spread) put on those rows only. A head that uses the target for some
+tokens and another pattern for others shows it there: its accuracy holds where the target replaces the tokens it
+uses the target for, and falls where it replaces the others.
 """
 
 import argparse
@@ -54,9 +61,11 @@ def uniform_like(target: Tensor, causal: bool) -> Tensor:
     return allowed.expand_as(target) * (target.sum(-1, keepdim=True) > 0)
 
 
-def ablate(run_dir: Path) -> tuple[int, dict[str, tuple[float, float]]]:
+def ablate(run_dir: Path, by_token: bool = False) -> tuple[int, dict[str, tuple[float, ...]]]:
     """(the checkpoint's step, {"learned" | "L{layer}H{head} target" | "L{layer}H{head} uniform": (val/seq_acc,
-    val/acc)}) over the run's validation set."""
+    val/acc)}) over the run's validation set; with by_token also, per query token t on the target's rows,
+    "L{layer}H{head} token {name}": (alignment on those rows, val/seq_acc with the target there only, val/seq_acc
+    with the even spread there only)."""
     run = load_run(run_dir)
     data = TaskDataModule(run.task, run.cfg.data.batch_size, run.cfg.data.val_size, run.cfg.seed)
     data.setup("validate")
@@ -69,28 +78,50 @@ def ablate(run_dir: Path) -> tuple[int, dict[str, tuple[float, float]]]:
         return result["seq_acc"].item(), result["acc"].item()
 
     results = {"learned": score()}
+    with torch.no_grad():
+        _, learned = run.model(inputs, need_weights=True)  # per layer [batch, head, query, key]
+    names = run.task.token_names()
     for layer, block in enumerate(run.model.blocks):
         target = run.task.target_attention(inputs, layer)
         if target is None:
             continue
+        uniform = uniform_like(target, block.attention.causal)
         for head in range(block.attention.heads):
-            for name, pattern in (("target", target), ("uniform", uniform_like(target, block.attention.causal))):
+            for name, pattern in (("target", target), ("uniform", uniform)):
                 with replaced(block.attention, head, pattern):
                     results[f"L{layer}H{head} {name}"] = score()
+            if not by_token:
+                continue
+            rows = target.sum(-1) > 0  # [batch, query]
+            share = (learned[layer][:, head] * (target > 0)).sum(-1)  # [batch, query]: mass on target cells
+            for token in inputs[rows].unique().tolist():
+                these = (rows & (inputs == token)).unsqueeze(-1)  # [batch, query, 1]
+                with replaced(block.attention, head, target * these):
+                    on_target = score()[0]
+                with replaced(block.attention, head, uniform * these):
+                    spread = score()[0]
+                align = share[these.squeeze(-1)].mean().item()
+                results[f"L{layer}H{head} token {names[token]}"] = (align, on_target, spread)
     return run.step, results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", metavar="RUN_DIR", type=Path, nargs="+", help="run directories (or sweep jobs)")
+    parser.add_argument("--by-token", action="store_true",
+                        help="also per query token: alignment, and the target / even spread on its rows only")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
         for run_dir in args.run_dirs:
-            step, results = ablate(run_dir)
+            step, results = ablate(run_dir, args.by_token)
             print(f"{run_dir} (step {step}): val/seq_acc / val/acc, with the head's attention replaced")
-            for name, (seq_acc, acc) in results.items():
-                print(f"    {name:14s} {seq_acc:.3f} / {acc:.3f}")
+            for name, values in results.items():
+                if " token " in name:  # alignment on the token's rows, then val/seq_acc under target / uniform there
+                    align, on_target, spread = values
+                    print(f"    {name:14s} align {align:.2f}, target there {on_target:.3f}, uniform there {spread:.3f}")
+                else:
+                    print(f"    {name:14s} {values[0]:.3f} / {values[1]:.3f}")
             if len(results) == 1:
                 print("    (the task has no target pattern at any layer of this model)")
             sys.stdout.flush()
