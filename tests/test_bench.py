@@ -119,3 +119,16 @@ def test_first_step_time_is_the_first_training_scalar(tiny_run, bench):
     events = EventAccumulator(str(tiny_run)).Reload()
     assert first_step <= events.Scalars("train/loss")[0].wall_time
     assert first_step >= events.FirstEventTimestamp()
+
+
+def test_a_run_of_some_sections_replaces_their_part_of_the_report_and_keeps_the_others():
+    from attnlab.bench.harness import merge_parts
+
+    order = ["loop", "sweep", "stacked"]
+    older = merge_parts("an older report without parts", "loop and sweep, run 1", ["loop", "sweep"], order)
+    assert "older report" not in older
+    both = merge_parts(older, "stacked, run 2", ["stacked"], order)
+    assert both.index("loop and sweep, run 1") < both.index("stacked, run 2")
+    again = merge_parts(both, "sweep, run 3", ["sweep"], order)  # measures sweep again: run 1's part goes
+    assert "run 1" not in again and again.index("sweep, run 3") < again.index("stacked, run 2")
+    assert again.count("<!-- bench-part:") == again.count("<!-- bench-part-end -->") == 2

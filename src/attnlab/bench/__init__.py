@@ -1,6 +1,8 @@
-"""How fast is attnlab? `python scripts/bench.py` measures, side by side in one run, and writes one report
-(docs/bench.md, and its summary table into docs/performance.md between the bench markers). One module per section,
-each with its `measure(sizes, report)`; harness.py holds what they share (sizes, the report, interleaved runs):
+"""How fast is attnlab? `python scripts/bench.py` measures, side by side in one run, and writes its report into
+docs/bench.md and its summary table into docs/performance.md (between the bench markers), each as a part named by
+the sections it measured: a run of some sections (--sections) replaces their part and keeps the others'. One
+module per section, each with its `measure(sizes, report)`; harness.py holds what they share (sizes, the report,
+interleaved runs):
 
 1. loop       framework (train.run, logging off) vs a hand-written PyTorch loop: steps/s, same model, batches,
               optimiser and device, at the default size and a larger one
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 from attnlab.bench import attention, logging_cost, loop, solve, stacked, startup, sweep, threads
-from attnlab.bench.harness import QUICK, ROOT, Report, Sizes, config, render, update_page
+from attnlab.bench.harness import QUICK, ROOT, Report, Sizes, config, render, update_page, write_report
 
 # In the order they run and report.
 SECTIONS = {"loop": loop, "threads": threads, "logging": logging_cost, "startup": startup, "attention": attention,
@@ -63,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python scripts/bench.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     full, summary = render(report, args.quick, (load_start, os.getloadavg()[0]), command)
     print(full)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(full)
+    measured = [s for s in SECTIONS if s in sections]
+    write_report(Path(args.out), full, measured, list(SECTIONS))
     if args.page != "none":
         link = os.path.relpath(args.out, Path(args.page).parent)
-        update_page(Path(args.page), summary + f"\n\nDetails per section: [{Path(args.out).name}]({link}).")
+        update_page(Path(args.page), summary + f"\n\nDetails per section: [{Path(args.out).name}]({link}).", measured,
+                    list(SECTIONS))

@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import platform
+import re
 import resource
 import signal
 import struct
@@ -30,6 +31,9 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[3]
 TRAIN = ROOT / "scripts" / "train.py"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"  # where the summary goes in its page
+# One run's results in docs/bench.md and in the page, named by the sections it measured: a later run replaces the
+# parts of the sections it measures again and keeps the others (each part says when and by which command).
+PART, PART_END = "<!-- bench-part: {} -->", "<!-- bench-part-end -->"
 
 # Commands are started with fork, not vfork: a side stopped between vfork and exec (interleaved's SIGSTOP) leaves
 # its parent in the kernel waiting for the exec, where it cannot stop either, and interleaved waiting for it to stop
@@ -242,7 +246,7 @@ def machine() -> str:
 
 
 def render(report: Report, quick: bool, load: tuple[float, float], command: str) -> tuple[str, str]:
-    """(the full report for docs/bench.md, the summary for docs/performance.md)"""
+    """(the full report, this run's part of docs/bench.md; the summary, its part of docs/performance.md's)"""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     head = (
         f"Measured {when} with `{command}`{' (QUICK: tiny sizes, not a measurement)' if quick else ''}.\n\n"
@@ -252,15 +256,32 @@ def render(report: Report, quick: bool, load: tuple[float, float], command: str)
         + table(["what", "measured", "target (2 CPU cores)", "met"], report.summary)
     )
     notes = "".join(f"\n\n{n}" for n in report.notes)
-    full = "# Benchmark\n\n" + head + notes + "\n\n" + "\n\n".join(report.details) + "\n"
+    full = head + notes + "\n\n" + "\n\n".join(report.details)
     return full, head + notes
 
 
-def update_page(page: Path, summary: str) -> None:
-    """The summary between the page's bench markers, the rest of the page as it was."""
+def merge_parts(text: str, part: str, sections: list[str], order: list[str]) -> str:
+    """The parts in `text`, with `part` (measuring `sections`) in place of those that measured any of them; in
+    the order of their first section. Text without parts (an older report) is replaced."""
+    found = re.findall(PART.format(r"([\w,]+)") + r"\n(.*?)\n" + re.escape(PART_END), text, flags=re.S)
+    parts = [(names.split(","), body) for names, body in found if not set(names.split(",")) & set(sections)]
+    parts.append((sections, part))
+    parts.sort(key=lambda named: order.index(named[0][0]))
+    return "\n\n".join(f"{PART.format(','.join(names))}\n{body}\n{PART_END}" for names, body in parts)
+
+
+def write_report(out: Path, full: str, sections: list[str], order: list[str]) -> None:
+    """docs/bench.md (or --out): its parts, this run's among them."""
+    old = out.read_text() if out.is_file() else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Benchmark\n\n" + merge_parts(old, full, sections, order) + "\n")
+
+
+def update_page(page: Path, summary: str, sections: list[str], order: list[str]) -> None:
+    """This run's summary among the page's parts between its bench markers, the rest of the page as it was."""
     text = page.read_text()
     start, end = text.find(START), text.find(END)
     if start < 0 or end < start:
         raise SystemExit(f"error: {page} has no {START} ... {END} markers to put the results between")
-    page.write_text(text[: start + len(START)] + "\n" + summary + "\n" + text[end:])
-
+    block = merge_parts(text[start + len(START) : end], summary, sections, order)
+    page.write_text(text[: start + len(START)] + "\n" + block + "\n" + text[end:])
