@@ -126,8 +126,8 @@ def test_a_fresh_interpreter_stops_the_same_way(results):
     notices on stdout as the run's logging config puts them, exit code 2, no run directory."""
     tmp, forked = results["tmp"], results["trainer-refused-by-lightning"]
     run_dir = tmp / "runs" / "fresh"
-    fresh = subprocess.run([sys.executable, "scripts/train.py", "++trainer.limit_val_batches=-1", f"hydra.run.dir={run_dir}"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "scripts/train.py", "++trainer.limit_val_batches=-1", f"hydra.run.dir={run_dir}"]
+    fresh = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert (fresh.returncode, fresh.stdout, fresh.stderr) == (forked.returncode, forked.stdout, forked.stderr)
     assert fresh.returncode == 2 and fresh.stderr.count("\n") == 1 and "INFO: GPU available" in fresh.stdout
     assert not run_dir.exists()
@@ -138,7 +138,9 @@ def test_outside_a_sweep_a_failing_run_is_not_isolated(results):
     be recorded as failed and the sweep go on: tests/test_sweep.py)."""
     result = results["heads-not-dividing"]
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["error: model.heads must divide model.dim=32 (allowed: [1, 2, 4, 8, 16, 32]), got 3"]
+    assert result.stderr.splitlines() == [
+        "error: model.heads must divide model.dim=32 (allowed: [1, 2, 4, 8, 16, 32]), got 3"
+    ]
 
 
 def test_a_config_that_needs_an_extra_not_installed_says_which(monkeypatch):

@@ -61,7 +61,8 @@ def rows(path: Path) -> list[dict]:
 def test_multirun_summary_failure_and_ddp(tmp_path, script_runs):
     sweep = tmp_path / "sweep"
     # 4 jobs: heads=3 does not divide dim=32, so 2 fail at once; device=cpu_ddp trains with 2 processes.
-    result = train_forked(script_runs, ["-m", "model.heads=1,3", "device=cpu,cpu_ddp", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    args = ["-m", "model.heads=1,3", "device=cpu,cpu_ddp", *TINY, f"hydra.sweep.dir={sweep}"]
+    result = train_forked(script_runs, args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "outputs").exists()  # no rank re-ran the sweep into a directory of its own
 

@@ -198,10 +198,10 @@ def test_optuna_three_trials(tmp_path, script_runs):
     conf.mkdir(parents=True)
     (conf / "with_failures.yaml").write_text(WITH_FAILURES)
     # val/loss, not val/seq_acc: after 20 steps every trial's seq_acc is still 0, the loss differs
-    result = train_forked(script_runs, ["-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "+hparams_search=with_failures",
-                    "hydra.sweeper.n_trials=4", "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",
-                    f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *TINY,
-                    f"hydra.sweep.dir={sweep}"], tmp_path)
+    args = ["-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "+hparams_search=with_failures",
+            "hydra.sweeper.n_trials=4", "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",
+            f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *TINY, f"hydra.sweep.dir={sweep}"]
+    result = train_forked(script_runs, args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     table = rows(sweep / "summary.csv")
