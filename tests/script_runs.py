@@ -26,10 +26,12 @@ import threading
 import time
 from pathlib import Path
 
-# What scripts/train.py imports that takes the seconds (torch, and what Lightning imports: torch._dynamo, scipy's
-# signal through torchmetrics), not Lightning itself: it sets up its loggers by the handlers it finds on the root
-# logger as it is imported, which the run's own logging config has set up by then (conf/hydra/job_logging).
-PRELOAD = ("torch", "torch._dynamo", "scipy.signal", "torchmetrics")
+# What scripts/train.py imports: the seconds (torch, and what Lightning imports: torch._dynamo, scipy's signal
+# through torchmetrics), then Hydra and the script's own first imports (a few tenths of a second more in every run).
+# Not Lightning itself: it sets up its loggers by the handlers it finds on the root logger as it is imported, which
+# the run's own logging config has set up by then (conf/hydra/job_logging).
+PRELOAD = ("torch", "torch._dynamo", "scipy.signal", "torchmetrics", "hydra._internal.hydra", "attnlab.config",
+           "attnlab.console", "attnlab.resume", "attnlab.signals", "attnlab.sweep", "attnlab.tasks")
 
 
 class ScriptRuns:
