@@ -28,7 +28,8 @@ def test_quick_bench_writes_report_and_page_section(tmp_path, script_runs):
     assert result.returncode == 0, result.stderr[-3000:]
 
     report = out.read_text()
-    assert report == result.stdout.strip() + "\n"  # printed and written alike
+    # printed and written alike: the report file's one part, named by the sections the run measured
+    assert report == f"# Benchmark\n\n<!-- bench-part: loop,logging,attention -->\n{result.stdout.strip()}\n<!-- bench-part-end -->\n"
     for heading in ("### 1. Framework vs hand-written loop", "### 2. Logging cost", "### 4. Attention paths"):
         assert heading in report
     assert "### 3." not in report and "### 5." not in report  # sections not asked for do not run
