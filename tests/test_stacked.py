@@ -168,6 +168,13 @@ def test_members_dropped_from_the_stack_leave_the_others_as_they_were():
     assert kept_optimizer.steps.tolist() == [2, 2] and full_optimizer.steps.tolist() == [2, 1, 2]
 
 
+def run_forked(script_runs, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """scripts/train.py ARGS in a process of its own, forked from the session's process that has made torch's
+    imports (tests/script_runs.py)."""
+    (result,) = script_runs.run(TRAIN, [args], cwd, timeout=timeout)
+    return result
+
+
 def run_script(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
@@ -177,11 +184,11 @@ TINY = ["device=cpu", "trainer.max_steps=20", "trainer.val_every_n_steps=10", "t
 
 
 @pytest.mark.slow
-def test_stacked_sweep_through_the_launcher(tmp_path):
+def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
     sweep = tmp_path / "sweep"
     # 8 jobs: two widths x two seeds, each with a valid and an invalid weight decay: 2 groups of 2 members, 4 refused
-    result = run_script(["-m", "hydra/launcher=stacked", "model.dim=16,32", "seed=0,1", "optim.weight_decay=0,-1",
-                         *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "model.dim=16,32", "seed=0,1",
+                                      "optim.weight_decay=0,-1", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert log.count("2 members (") == 2  # two stacked groups of two
@@ -221,7 +228,7 @@ def test_what_cannot_be_stacked_is_refused_with_one_line(tmp_path, given, line):
 
 
 @pytest.mark.slow
-def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_alone(tmp_path):
+def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_alone(tmp_path, script_runs):
     sweep, steps = tmp_path / "sweep", 1000
     args = [a for a in TINY if not a.startswith("trainer.max_steps")] + [f"trainer.max_steps={steps}", "model.dim=16",
                                                                          "data.batch_size=32"]
@@ -244,19 +251,19 @@ def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_al
 
     # A member is a run like any other: resume goes on from its checkpoint, in its directory, alone (10 more steps).
     more = min(saved) + 10
-    resumed = run_script([f"resume={run_dirs[0]}", f"trainer.max_steps={more}"], tmp_path)
+    resumed = run_forked(script_runs, [f"resume={run_dirs[0]}", f"trainer.max_steps={more}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dirs[0] / "metrics.json").read_text())["step"] == more
     assert torch.load(run_dirs[0] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == more
 
 
 @pytest.mark.slow
-def test_optuna_batch_trained_together_each_trial_valued_by_its_own_run(tmp_path):
+def test_optuna_batch_trained_together_each_trial_valued_by_its_own_run(tmp_path, script_runs):
     optuna = pytest.importorskip("optuna")
     sweep, db = tmp_path / "sweep", tmp_path / "study.db"
     tiny = [a for a in TINY if not a.startswith("logging.images")] + ["logging.images_every_n_steps=0"]
     # The shipped search space with one width and head count: only the lr differs, so a batch is one group.
-    result = run_script(["-m", "hydra/launcher=stacked", "+hparams_search=lr_dim_heads",
+    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "+hparams_search=lr_dim_heads",
                          'hydra.sweeper.params={model.dim:"choice(32)",model.heads:"choice(1)"}',
                          "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4", "hydra.launcher.max_members=3",
                          "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",

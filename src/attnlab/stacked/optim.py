@@ -57,7 +57,8 @@ class StackedAdamW(torch.optim.Optimizer):
         """Only the members `kept` from now on (StackedModel.keep): `params` are the new parameters, in the order of
         the old ones, and each member's moments, step, lr and weight decay go with it."""
         group = self.param_groups[0]
-        state = {new: {k: v[kept].clone() for k, v in self.state[old].items()} for old, new in zip(group["params"], params) if old in self.state}
+        state = {new: {name: moment[kept].clone() for name, moment in self.state[old].items()}
+                 for old, new in zip(group["params"], params) if old in self.state}
         group["params"] = list(params)
         self.state.clear()
         self.state.update(state)
