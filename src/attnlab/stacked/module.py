@@ -44,7 +44,7 @@ class StackedLM(L.LightningModule):
         self.model = model
         self.members = list(members)  # a plain list: the views' parameters are the stacked ones, not more parameters
         self.automatic_optimization = False
-        self.val_sums: Tensor | None = None  # [member, 3]: loss, acc, seq_acc summed over validation examples
+        self.val_sums: Tensor | float = 0.0  # [member, 3]: loss, acc, seq_acc summed over validation examples
         self.val_count = 0
 
     def forward(self, tokens: Tensor, need_weights: bool = False):
@@ -213,7 +213,7 @@ class StackedLM(L.LightningModule):
     # -- validation
 
     def on_validation_epoch_start(self) -> None:
-        self.val_sums, self.val_count, self.tally = None, 0, alignment.Tally()
+        self.val_sums, self.val_count, self.tally = 0.0, 0, alignment.Tally()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         """The members' val/* sums and their alignment and entropy, from one explicit-path pass (a solo run makes
@@ -226,7 +226,7 @@ class StackedLM(L.LightningModule):
             logits, attention = members(chunk, need_weights=True)  # [member, chunk, ...]; [chunk, member * head, ...]
             k = len(self.members)
             sums = self.member_scores(logits, targets.expand(k, *targets.shape), mask.expand(k, *mask.shape), True)
-            self.val_sums = sums * len(chunk) if self.val_sums is None else self.val_sums + sums * len(chunk)
+            self.val_sums = self.val_sums + sums * len(chunk)
             self.val_count += len(chunk)
             # The chunk's targets, as alignment.chunk_targets cuts the validation inputs (VALIDATION_BATCH is a
             # multiple of CHUNK, so a batch's chunks are those).

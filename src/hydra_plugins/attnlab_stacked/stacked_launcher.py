@@ -172,8 +172,9 @@ class StackedLauncher(Launcher):
             tasks.append(self.task_config(config))
         # The group's torch threads: hydra.launcher.threads, else its jobs' device.threads (python scripts/bench.py
         # --sections stacked measures a group at 1 thread and at one per core).
-        group = OmegaConf.create(OmegaConf.to_container(tasks[0]))
+        group = tasks[0]
         if self.threads is not None:
+            group = OmegaConf.create(OmegaConf.to_container(group))
             group.device.threads = self.threads
         start = time.perf_counter()
         try:
