@@ -1,8 +1,8 @@
 """Run every recipe in conf/experiment/ over seeds 0-9 (one `scripts/train.py -m +experiment=NAME seed=range(10)`
-sweep each) and write the table into docs/tasks.md between the `experiments` marker comments.
+sweep each) and write the table into README.md between the `experiments` marker comments.
 
-    python scripts/experiments.py                    # all recipes, table into docs/tasks.md
-    python scripts/experiments.py --only copy,mqar   # some of them (docs/tasks.md is left alone)
+    python scripts/experiments.py                    # all recipes, table into README.md
+    python scripts/experiments.py --only copy,mqar   # some of them (README.md is left alone)
     python scripts/experiments.py --no-docs          # print and save the table only
     python scripts/experiments.py --out outputs/experiments/2026-12-01_07-00-00   # go on with a stopped run
     python scripts/experiments.py --out outputs/experiments/2026-12-01_07-00-00 --read-only   # its table so far
@@ -43,7 +43,7 @@ from attnlab import tags
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "conf" / "experiment"
-DOCS = ROOT / "docs" / "tasks.md"  # the page whose table is replaced
+PAGE = ROOT / "README.md"  # the page whose table is replaced
 START, END = "<!-- experiments:start -->", "<!-- experiments:end -->"
 SEEDS = 10
 SOLVED = 0.99
@@ -202,7 +202,7 @@ def machine(read_only: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated recipe names (default: all in conf/experiment/)")
-    parser.add_argument("--no-docs", action="store_true", help=f"do not write the table into {DOCS.relative_to(ROOT)}")
+    parser.add_argument("--no-docs", action="store_true", help=f"do not write the table into {PAGE.relative_to(ROOT)}")
     parser.add_argument("--launcher", choices=("auto", "stacked", "joblib"), default="auto",
                         help="auto (default): stacked where it composes, else joblib")
     parser.add_argument("--read-only", action="store_true",
@@ -242,14 +242,14 @@ def main() -> None:
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps({"machine": where, "results": results}, indent=2) + "\n")
     if not args.no_docs and not args.only:
-        page = DOCS.read_text()
+        page = PAGE.read_text()
         if START not in page or END not in page:
-            print(f"error: {DOCS} has no {START} ... {END} markers to write the table between", file=sys.stderr)
+            print(f"error: {PAGE} has no {START} ... {END} markers to write the table between", file=sys.stderr)
             sys.exit(2)
         head, rest = page.split(START, 1)
         _, tail = rest.split(END, 1)
-        DOCS.write_text(f"{head}{START}\n{text}{END}{tail}")
-        print(f"table written into {DOCS}")
+        PAGE.write_text(f"{head}{START}\n{text}{END}{tail}")
+        print(f"table written into {PAGE}")
 
 
 if __name__ == "__main__":
