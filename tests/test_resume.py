@@ -147,3 +147,26 @@ def test_resume_of_a_finished_run_names_every_limit_it_reached(tmp_path, capsys,
     assert f"has finished at step {step} ({said}); nothing to resume" in out
     assert out.rstrip().endswith(f"resume={tmp_path} {line}")
     assert not resume.finished([f"resume={tmp_path}", "trainer.max_steps=100", "trainer.stop_at=null"])
+
+
+def test_a_resumed_overfit_cycle_goes_on_where_it_was():
+    """trainer.overfit_batches=3: batch 4 of the cycle after a resume at batch 4 is the one the run would have had
+    (the loader's checkpointed state says how far into the cycle it was), not the cycle's first."""
+    from attnlab.data import Batches
+    from attnlab.tasks import Reverse
+
+    task = Reverse(seq_len=8, vocab_size=10)
+
+    def batches() -> Batches:
+        return Batches(task, 4, torch.Generator().manual_seed(0), steps=10, repeat=3)
+
+    straight = [inputs for inputs, _, _ in batches()]
+    assert not torch.equal(straight[0], straight[1])  # three different batches in the cycle, so order shows
+    stopped = batches()
+    stream = iter(stopped)
+    for _ in range(4):
+        next(stream)
+    resumed = batches()
+    resumed.load_state_dict(stopped.state_dict())
+    after = [inputs for inputs, _, _ in resumed][:3]
+    assert all(torch.equal(a, b) for a, b in zip(after, straight[4:7], strict=True))

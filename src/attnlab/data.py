@@ -23,6 +23,7 @@ class Batches:
         self.task, self.batch_size, self.generator, self.steps = task, batch_size, generator, steps
         # trainer.overfit_batches: the first `repeat` batches of the stream, over and over.
         self.repeat = repeat
+        self.drawn = 0  # batches handed out so far, over resumes: where the overfit cycle goes on
 
     def __len__(self) -> int:
         return self.steps
@@ -31,16 +32,19 @@ class Batches:
         if self.repeat:  # drawn afresh from the run's seed: the same batches after a resume
             generator = torch.Generator().manual_seed(self.generator.initial_seed())
             fixed = [self.task.sample(self.batch_size, generator) for _ in range(self.repeat)]
-        for step in range(self.steps):
-            yield fixed[step % self.repeat] if self.repeat else self.task.sample(self.batch_size, self.generator)
+        for _ in range(self.steps):
+            batch = fixed[self.drawn % self.repeat] if self.repeat else self.task.sample(self.batch_size, self.generator)
+            self.drawn += 1
+            yield batch
 
-    # The generator's state goes into checkpoints (Lightning saves a loader's state_dict with its loop state), so
-    # a resumed run draws the batches it would have drawn.
+    # The generator's state and the count go into checkpoints (Lightning saves a loader's state_dict with its loop
+    # state), so a resumed run draws the batches it would have drawn.
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "drawn": self.drawn}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.drawn = state.get("drawn", 0)  # none in a stacked member's checkpoint (it never repeats) or an older one
 
 
 class Chunks:
