@@ -107,7 +107,8 @@ def train(cfg: DictConfig) -> float:
     if (profile := run_dir / PROFILE_FILE).is_file():
         print(f"\nProfile ({profile}), the top of it:\n" + "\n".join(profile.read_text().splitlines()[:14]))
     if not cfg.trainer.get("fast_dev_run"):  # a dry run learned nothing to report
-        print("\n" + console.learned(metrics, time.perf_counter() - start))
+        group = sweep.trained_wall(run_dir)  # a stacked member: its group's training time, not this moment's
+        print("\n" + console.learned(metrics, time.perf_counter() - start if group is None else group))
     # images=1000: TensorBoard keeps only 10 frames per image tag by default (and images=0 shows none in 2.21).
     print(f"\nRun saved in {run_dir}\nView it with:  tensorboard --logdir {run_dir} --samples_per_plugin images=1000")
     metric = cfg.get("optimized_metric", "val/seq_acc")  # runs made before the key existed can be resumed

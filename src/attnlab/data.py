@@ -44,7 +44,7 @@ class Batches:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.drawn = state.get("drawn", 0)  # none in a stacked member's checkpoint (it never repeats) or an older one
+        self.drawn = state.get("drawn", 0)  # checkpoints made before it was kept have none
 
 
 class Chunks:

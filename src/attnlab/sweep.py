@@ -105,15 +105,15 @@ def isolated(train: Callable[[DictConfig], float], cfg: DictConfig, run_dir: Pat
 
 
 # Runs a stacked launcher (hydra_plugins/attnlab_stacked) has trained already, as members of a group: run_dir ->
-# what attnlab.train.run returns (or raises) for it. The job's own entry point then finishes each as it finishes a
-# run it trained itself: its messages, exit code and job.json.
-_trained_elsewhere: dict[Path, Callable[[], dict]] = {}
+# what attnlab.train.run returns (or raises) for it, and how long its group trained. The job's own entry point then
+# finishes each as it finishes a run it trained itself: its messages, exit code and job.json.
+_trained_elsewhere: dict[Path, tuple[Callable[[], dict], float]] = {}
 
 
 @contextlib.contextmanager
-def trained_elsewhere(run_dir: Path, outcome: Callable[[], dict]):
-    """While the job of run_dir runs, train.run gives outcome() instead of training."""
-    _trained_elsewhere[Path(run_dir).resolve()] = outcome
+def trained_elsewhere(run_dir: Path, outcome: Callable[[], dict], wall_s: float):
+    """While the job of run_dir runs, train.run gives outcome() instead of training; wall_s: its group's training."""
+    _trained_elsewhere[Path(run_dir).resolve()] = outcome, wall_s
     try:
         yield
     finally:
@@ -121,7 +121,12 @@ def trained_elsewhere(run_dir: Path, outcome: Callable[[], dict]):
 
 
 def trained_outcome(run_dir: Path) -> Callable[[], dict] | None:
-    return _trained_elsewhere.get(Path(run_dir).resolve())
+    return _trained_elsewhere.get(Path(run_dir).resolve(), (None, None))[0]
+
+
+def trained_wall(run_dir: Path) -> float | None:
+    """Seconds the group of a stacked member trained for (shared by its members), or None for a run trained here."""
+    return _trained_elsewhere.get(Path(run_dir).resolve(), (None, None))[1]
 
 
 def torch_threads(cfg: DictConfig) -> int | None:

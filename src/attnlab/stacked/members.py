@@ -69,8 +69,9 @@ def member_checkpoint(member: Member, k: int, trainer: L.Trainer, optimizer: Sta
     its AdamW (and lr scheduler) state, the loop state with its own generator, its callbacks' state."""
     loops = trainer._checkpoint_connector._get_loops_state_dict()  # made afresh: only the loader's part is replaced
     fit_state = dict(loops["fit_loop"]["state_dict"])
-    if loader := fit_state.get("combined_loader"):  # the stacked batches' state -> this member's generator, as
-        fit_state["combined_loader"] = [{"generator": loader[0]["generators"][k]}]  # data.Batches saves it
+    if loader := fit_state.get("combined_loader"):  # the stacked batches' state -> this member's generator and its
+        # batches so far (one a step: a member never accumulates), as data.Batches saves them
+        fit_state["combined_loader"] = [{"generator": loader[0]["generators"][k], "drawn": step}]
     loops["fit_loop"] = {**loops["fit_loop"], "state_dict": fit_state}
     view = member.view
     # torch.optim.AdamW (and LambdaLR) made for the solo module give the exact state_dict layout; the moments are

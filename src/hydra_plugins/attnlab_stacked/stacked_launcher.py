@@ -47,6 +47,18 @@ def refuse(message: str, sweep_dir: Path) -> None:
     sys.exit(2)
 
 
+def console_logging(job_logging: DictConfig) -> DictConfig:
+    """The jobs' logging without its log files: how a group's Lightning notices reach the console while it trains,
+    as a solo run's do (each once, no advertisement), before each member's job writes its own log file."""
+    setup = OmegaConf.to_container(job_logging, resolve=False)
+    files = [name for name, handler in setup.get("handlers", {}).items() if "filename" in handler]
+    for name in files:
+        del setup["handlers"][name]
+    if "root" in setup:
+        setup["root"]["handlers"] = [h for h in setup["root"].get("handlers", []) if h not in files]
+    return OmegaConf.create(setup)
+
+
 class StackedLauncher(Launcher):
     def __init__(self, max_members: int = 64, threads: Optional[int] = None) -> None:
         self.max_members, self.threads = max_members, threads
@@ -161,7 +173,7 @@ class StackedLauncher(Launcher):
     def train_group(self, stacked, configs: list[DictConfig], runs: list, where: list[int]) -> None:
         """Trains one group, then finishes each member as its own job (on a signal: each saved, each says how to
         resume)."""
-        from attnlab import sweep
+        from attnlab import console, sweep
 
         run_dirs = [self.output_dir(c) for c in configs]
         for config, run_dir in zip(configs, run_dirs):
@@ -176,6 +188,8 @@ class StackedLauncher(Launcher):
         if self.threads is not None:
             group = OmegaConf.create(OmegaConf.to_container(group))
             group.device.threads = self.threads
+        configure_log(console_logging(configs[0].hydra.job_logging), self.config.hydra.verbose)
+        console.one_handler_for_lightning()
         start = time.perf_counter()
         try:
             with sweep.job_process(group):
@@ -196,7 +210,7 @@ class StackedLauncher(Launcher):
                 raise outcome
             return dict(outcome)
 
-        with sweep.trained_elsewhere(run_dir, trained):
+        with sweep.trained_elsewhere(run_dir, trained, wall_s):
             ret = self.run(config)
         record = run_dir / sweep.JOB_FILE
         if record.is_file():  # its wall time: the group's training, not the moment it took to finish it
