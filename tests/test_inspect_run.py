@@ -6,8 +6,6 @@ import io
 import math
 import runpy
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -164,9 +162,10 @@ def test_bad_input(tiny_run, tmp_path, capsys, case, message):
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
 
 
-def test_script_subprocess(tmp_path):
-    """The script as a user runs it: exit status 2 and one line on stderr for a directory that is not a run."""
-    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=60)
+def test_script_subprocess(tmp_path, script_runs):
+    """The script as a process of its own (forked from the session's server that has made torch's imports,
+    tests/script_runs.py): exit status 2 and one line on stderr for a directory that is not a run."""
+    (result,) = script_runs.run(SCRIPT, [[str(tmp_path)]], tmp_path, timeout=60)
     assert result.returncode == 2
     assert result.stderr == f"error: RUN_DIR: {tmp_path} is not a run directory: it has no .hydra/config.yaml\n"
 

@@ -175,10 +175,6 @@ def run_forked(script_runs, args: list[str], cwd: Path, timeout: int = 300) -> s
     return result
 
 
-def run_script(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
 TINY = ["device=cpu", "trainer.max_steps=20", "trainer.val_every_n_steps=10", "trainer.stop_at=null",
         "logging.every_n_steps=5", "logging.images_every_n_steps=10", "logging.progress_bar=false", "data.val_size=64"]
 
@@ -221,8 +217,8 @@ def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
     ("hydra.launcher.max_members=0", "error: hydra.launcher.max_members must be >= 1, got 0"),
     ("hydra.launcher.threads=0", "error: hydra.launcher.threads must be >= 1, got 0"),
 ])
-def test_what_cannot_be_stacked_is_refused_with_one_line(tmp_path, given, line):
-    result = run_script(["-m", "hydra/launcher=stacked", given, "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"],
+def test_what_cannot_be_stacked_is_refused_with_one_line(tmp_path, script_runs, given, line):
+    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", given, "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"],
                         tmp_path, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [line]

@@ -16,6 +16,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train.py"
+SUMMARIZE = ROOT / "scripts" / "summarize_sweep.py"  # run forked from the session's server (tests/script_runs.py)
 # Short real runs: 20 steps, validation at 10 and 20, no images.
 TINY = ["trainer.max_steps=20", "trainer.val_every_n_steps=10", "trainer.stop_at=null", "logging=off",
         "data.val_size=64"]
@@ -112,15 +113,13 @@ def test_multirun_summary_failure_and_ddp(tmp_path, script_runs):
     before = (sweep / "summary.csv").read_text()
     (sweep / "summary.csv").unlink()
     (sweep / "summary.png").unlink()
-    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(sweep)],
-                           capture_output=True, text=True, timeout=60)
+    (again,) = script_runs.run(SUMMARIZE, [[str(sweep)]], tmp_path, timeout=60)
     assert again.returncode == 0, again.stderr
     assert (sweep / "summary.csv").read_text() == before and (sweep / "summary.png").is_file()
 
 
-def test_summarize_sweep_bad_dir(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(tmp_path)],
-                            capture_output=True, text=True, timeout=60)
+def test_summarize_sweep_bad_dir(tmp_path, script_runs):
+    (result,) = script_runs.run(SUMMARIZE, [[str(tmp_path)]], tmp_path, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: no runs found in {tmp_path}: expected job directories "
                                                   "holding .hydra/ (a multirun's sweep dir)"]

@@ -22,16 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
+def run(tmp_path_factory, script_runs) -> tuple[Path, subprocess.CompletedProcess, float]:
     """The run's directory, what it printed (with its progress line: logging.progress_bar is on by default), and
-    how long the process took."""
+    how long the process took. A process of its own, forked from the session's server that has made torch's
+    imports (tests/script_runs.py; tests/test_bad_input.py checks that such a run prints as one started afresh)."""
     out = tmp_path_factory.mktemp("run")
     start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "scripts/train.py", "device=cpu", "data.seq_len=6", "model.dim=32", "model.heads=2",
-         "optim.lr=3e-3", "trainer.max_steps=1500", "trainer.val_every_n_steps=50", "logging.images_every_n_steps=50",
-         f"hydra.run.dir={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    (result,) = script_runs.run(
+        ROOT / "scripts" / "train.py",
+        [["device=cpu", "data.seq_len=6", "model.dim=32", "model.heads=2", "optim.lr=3e-3", "trainer.max_steps=1500",
+          "trainer.val_every_n_steps=50", "logging.images_every_n_steps=50", f"hydra.run.dir={out}"]],
+        ROOT, timeout=240,
     )
     took = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]
