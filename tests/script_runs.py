@@ -8,7 +8,10 @@ the script's end. What a test reads of a run (exit code, output, the files it le
 the import is not paid again. tests/test_bad_input.py checks that a run forked here prints and exits as one started
 afresh.
 
-Run as a file, this is the server: a JSON request per line on stdin, a JSON line of exit codes back on stdout."""
+ScriptRuns.run hands the server runs and waits for them; ScriptRuns.start starts one and returns at once, with its
+pid (for the signals a test sends it) and what a subprocess.Popen offers for waiting on it.
+
+Run as a file, this is the server: a JSON request per line on stdin, a JSON answer per line back on stdout."""
 
 import atexit
 import gc
@@ -16,8 +19,10 @@ import importlib
 import importlib.util
 import json
 import os
+import resource
 import runpy
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,33 +40,94 @@ PRELOAD = ("torch", "torch._dynamo", "scipy.signal", "torchmetrics", "hydra._int
 
 
 class ScriptRuns:
-    """The test side: the server, and run() to hand it runs."""
+    """The test side: the server, run() and start() to hand it runs. Safe to use from several threads at once."""
 
     def __init__(self, preload: tuple[str, ...] = PRELOAD):
         self.server = subprocess.Popen([sys.executable, __file__, *preload], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True)
+        self.lock = threading.Lock()  # one request at a time, each with its answer
+
+    def ask(self, request: dict, timeout: float):
+        with self.lock:
+            self.server.stdin.write(json.dumps(request) + "\n")
+            self.server.stdin.flush()
+            answered, _, _ = select.select([self.server.stdout], [], [], timeout)
+            line = self.server.stdout.readline() if answered else ""
+        assert line, f"the script runs' server did not answer (exit code {self.server.poll()}): see its stderr"
+        return json.loads(line)
 
     def run(self, script: Path, runs: list[list[str]], cwd: Path, parallel: int = 2,
             timeout: float = 300) -> list[subprocess.CompletedProcess]:
         """The results of `python script *args` in `cwd` for each args of `runs`, in that order, at most `parallel`
-        of them running at once; a run still going after `timeout` seconds is killed (its code is then -9)."""
+        of them running at once; a run still going after `timeout` seconds is killed (its code is then -9). The
+        server serves no other request meanwhile (another thread's start() or poll waits)."""
         with tempfile.TemporaryDirectory() as out:
-            request = {"script": str(Path(script).resolve()), "runs": runs, "cwd": str(cwd), "out": out,
-                       "parallel": parallel, "timeout": timeout}
-            self.server.stdin.write(json.dumps(request) + "\n")
-            self.server.stdin.flush()
-            answered, _, _ = select.select([self.server.stdout], [], [], timeout + 60)
-            line = self.server.stdout.readline() if answered else ""
-            assert line, f"the script runs' server did not answer (exit code {self.server.poll()}): see its stderr"
-            results = []
-            for i, (args, code) in enumerate(zip(runs, json.loads(line))):
-                stdout, stderr = (Path(out, f"{i}.{name}").read_text(errors="replace") for name in ("out", "err"))
-                results.append(subprocess.CompletedProcess([sys.executable, str(script), *args], code, stdout, stderr))
-            return results
+            request = {**where(script, cwd), "runs": runs, "out": out, "parallel": parallel, "timeout": timeout}
+            codes = self.ask({"run": request}, timeout + 60)
+            return [Started.result(out, i, script, args, code) for i, (args, code) in enumerate(zip(runs, codes))]
+
+    def start(self, script: Path, args: list[str], cwd: Path, limits: dict[str, int] | None = None) -> "Started":
+        """`python script *args` in `cwd`, started: a Popen-like handle on it. limits: resource limits it starts
+        with, {"RLIMIT_FSIZE": 60_000} (soft and hard), as a preexec_fn would set them."""
+        out = tempfile.mkdtemp(prefix="script_run_")
+        request = {**where(script, cwd), "runs": [args], "out": out, "limits": limits or {}}
+        return Started(self, self.ask({"start": request}, 60), out, script, args)
 
     def close(self) -> None:
         self.server.stdin.close()
         self.server.wait(timeout=60)
+
+
+def where(script: Path, cwd: Path) -> dict:
+    """The script (a path relative to cwd, or absolute) and the directory it runs in, for a request; the path as
+    given is the run's sys.argv[0], as python sets it (a run's "Resume with:" line shows it)."""
+    return {"script": str((Path(cwd) / script).resolve()), "argv0": str(script), "cwd": str(cwd)}
+
+
+class Started:
+    """A run that ScriptRuns.start started, as a subprocess.Popen of it with stdout and stderr piped (text): pid,
+    returncode, poll(), send_signal(), wait(), communicate(). It is the server's child, not this process's."""
+
+    def __init__(self, runs: ScriptRuns, pid: int, out: str, script: Path, args: list[str]):
+        self.runs, self.pid, self.out, self.returncode = runs, pid, out, None
+        self.args = [sys.executable, str(script), *args]
+
+    @staticmethod
+    def result(out: str, i: int, script: Path, args: list[str], code: int) -> subprocess.CompletedProcess:
+        stdout, stderr = (Path(out, f"{i}.{name}").read_text(errors="replace") for name in ("out", "err"))
+        return subprocess.CompletedProcess([sys.executable, str(script), *args], code, stdout, stderr)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.runs.ask({"poll": self.pid}, 60)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:  # as Popen: not to a pid the run no longer holds
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def communicate(self, timeout: float) -> tuple[str, str]:
+        """(stdout, stderr) once it has ended; its files are then removed. A run still going after `timeout`
+        seconds is killed (SIGKILL) and TimeoutExpired raised, where Popen.communicate would leave it running."""
+        try:
+            self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait(60)
+            raise
+        finally:
+            if self.returncode is not None:
+                done = self.result(self.out, 0, Path(self.args[1]), self.args[2:], self.returncode)
+                shutil.rmtree(self.out, ignore_errors=True)
+        return done.stdout, done.stderr
 
 
 def become(request: dict, i: int) -> None:
@@ -69,6 +135,8 @@ def become(request: dict, i: int) -> None:
     script's end: the code of its SystemExit (its message printed where it is one), 1 with the traceback for any
     other exception, once its other threads have ended and after the atexit handlers. Only the teardown of every
     module is left out (with torch imported, a second of CPU, and nothing the script prints or writes)."""
+    for name, limit in request.get("limits", {}).items():
+        resource.setrlimit(getattr(resource, name), (limit, limit))
     os.chdir(request["cwd"])
     out = Path(request["out"])
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out / f"{i}.out", os.O_WRONLY | os.O_CREAT),
@@ -76,11 +144,12 @@ def become(request: dict, i: int) -> None:
         file = os.open(path, flags)
         os.dup2(file, fd)
         os.close(file)
-    script = request["script"]
-    sys.argv = [script, *request["runs"][i]]
-    sys.path[0] = str(Path(script).parent)  # where python puts a script's own directory
+    sys.argv = [request["argv0"], *request["runs"][i]]
+    sys.path[0] = str(Path(request["script"]).parent)  # where python puts a script's own directory
     try:
-        runpy.run_path(script, run_name="__main__")
+        # By the path as given (relative to cwd, where it is): runpy makes it sys.argv[0], as python does (its
+        # __file__ too, where python would make that one absolute).
+        runpy.run_path(request["argv0"], run_name="__main__")
         code = 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) or stop.code is None else print(stop.code, file=sys.stderr) or 1
@@ -106,16 +175,37 @@ def serve_one(request: dict) -> list[int]:
             if pid == 0:
                 become(request, i)
             running[pid] = i
-        pid, status = os.waitpid(-1, os.WNOHANG)
-        if pid:
+        ended = [(pid, status) for pid, status in map(waited, running) if pid]  # (not the runs start() started)
+        for pid, status in ended:
             codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
-        elif time.monotonic() > deadline:
+        if ended:
+            continue
+        if time.monotonic() > deadline:
             for pid in running:
                 os.kill(pid, signal.SIGKILL)
             deadline = float("inf")  # then reaped as they end
         else:
             time.sleep(0.02)
     return [codes[i] for i in range(len(request["runs"]))]
+
+
+def waited(pid: int) -> tuple[int, int]:
+    return os.waitpid(pid, os.WNOHANG)
+
+
+def start_one(request: dict) -> int:
+    """Forks the request's one run and returns its pid at once."""
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        become(request, 0)
+    return pid
+
+
+def poll_one(pid: int) -> int | None:
+    """The exit code of a run start_one started, once it has ended (then reaped), or None."""
+    ended, status = waited(pid)
+    return os.waitstatus_to_exitcode(status) if ended else None
 
 
 def serve(preload: list[str]) -> None:
@@ -126,7 +216,14 @@ def serve(preload: list[str]) -> None:
     for line in sys.stdin:
         # A fork copies only the thread that calls it: a lock another thread held would stay locked in the child.
         assert threading.active_count() == 1, threading.enumerate()
-        print(json.dumps(serve_one(json.loads(line))), flush=True)
+        request = json.loads(line)
+        if "run" in request:
+            answer = serve_one(request["run"])
+        elif "start" in request:
+            answer = start_one(request["start"])
+        else:
+            answer = poll_one(request["poll"])
+        print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":

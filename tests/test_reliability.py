@@ -5,10 +5,8 @@ again); the two that must fail as a user sees it (exit code, one line) are real 
 
 import json
 import math
-import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -171,35 +169,33 @@ def test_a_job_signalled_while_it_started_stops_before_its_first_step(tmp_path, 
     assert not (tmp_path / "metrics.json").exists()
 
 
-def limit_file_size():
-    """In the child: no file may grow past 60 kB, as on a disk that fills up (the event file of 200 steps is ~120 kB,
-    a checkpoint ~37 kB); a write past it fails with EFBIG (Python ignores SIGXFSZ, so the write returns an error
-    instead of killing the process)."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+# In the child: no file may grow past 60 kB, as on a disk that fills up (the event file of 200 steps is ~120 kB, a
+# checkpoint ~37 kB); a write past it fails with EFBIG (Python ignores SIGXFSZ, so the write returns an error instead
+# of killing the process).
+FILE_SIZE_LIMIT = {"RLIMIT_FSIZE": 60_000}
 
 
 @pytest.fixture(scope="module")
-def failing_runs(tmp_path_factory) -> dict:
-    """Two scripts/train.py runs that fail as a user sees it, started at once and read when a test needs them."""
+def failing_runs(tmp_path_factory, script_runs) -> dict:
+    """Two scripts/train.py runs that fail as a user sees it, started at once and read when a test needs them:
+    processes of their own, forked from the session's server that has made torch's imports (tests/script_runs.py)."""
     tmp = tmp_path_factory.mktemp("failing")
 
-    def start(name, *overrides, preexec_fn=None):
-        args = [sys.executable, "scripts/train.py", *SMALL, *overrides, f"hydra.run.dir={tmp / name}"]
-        log = open(tmp / f"{name}.stderr", "w+")
-        return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True, preexec_fn=preexec_fn), log
+    def start(name, *overrides, limits=None):
+        args = [*SMALL, *overrides, f"hydra.run.dir={tmp / name}"]
+        return script_runs.start(ROOT / "scripts" / "train.py", args, ROOT, limits=limits)
 
     return {
         "tmp": tmp,
-        "disk_full": start("disk_full", "trainer.max_steps=200", preexec_fn=limit_file_size),
+        "disk_full": start("disk_full", "trainer.max_steps=200", limits=FILE_SIZE_LIMIT),
         "diverged": start("diverged", "optim.lr=1e30"),
     }
 
 
 def finished(failing_runs: dict, name: str) -> subprocess.CompletedProcess:
-    process, log = failing_runs[name]
-    process.wait(timeout=300)
-    log.seek(0)
-    return subprocess.CompletedProcess(process.args, process.returncode, "", log.read())
+    process = failing_runs[name]
+    out, err = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def test_diverged_run_exits_with_one_line(failing_runs):

@@ -6,7 +6,6 @@ import json
 import math
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -230,9 +229,9 @@ def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_al
     sweep, steps = tmp_path / "sweep", 1000
     args = [a for a in TINY if not a.startswith("trainer.max_steps")] + [f"trainer.max_steps={steps}", "model.dim=16",
                                                                          "data.batch_size=32"]
-    process = subprocess.Popen([sys.executable, str(TRAIN), "-m", "hydra/launcher=stacked", "seed=0,1", *args,
-                                f"hydra.sweep.dir={sweep}"], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    # started, forked from the session's server (tests/script_runs.py): a Popen-like handle, its pid for the signal
+    process = script_runs.start(TRAIN, ["-m", "hydra/launcher=stacked", "seed=0,1", *args, f"hydra.sweep.dir={sweep}"],
+                                tmp_path)
     deadline = time.monotonic() + 240
     while not list(sweep.glob("*/checkpoints/last.ckpt")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
