@@ -66,11 +66,13 @@ class ScriptRuns:
             codes = self.ask({"run": request}, timeout + 60)
             return [Started.result(out, i, script, args, code) for i, (args, code) in enumerate(zip(runs, codes))]
 
-    def start(self, script: Path, args: list[str], cwd: Path, limits: dict[str, int] | None = None) -> "Started":
+    def start(self, script: Path, args: list[str], cwd: Path, limits: dict[str, int] | None = None,
+              new_session: bool = False) -> "Started":
         """`python script *args` in `cwd`, started: a Popen-like handle on it. limits: resource limits it starts
-        with, {"RLIMIT_FSIZE": 60_000} (soft and hard), as a preexec_fn would set them."""
+        with, {"RLIMIT_FSIZE": 60_000} (soft and hard), as a preexec_fn would set them; new_session: it leads a
+        process group of its own (its pid the group's), as Popen(start_new_session=True)."""
         out = tempfile.mkdtemp(prefix="script_run_")
-        request = {**where(script, cwd), "runs": [args], "out": out, "limits": limits or {}}
+        request = {**where(script, cwd), "runs": [args], "out": out, "limits": limits or {}, "new_session": new_session}
         return Started(self, self.ask({"start": request}, 60), out, script, args)
 
     def close(self) -> None:
@@ -96,6 +98,11 @@ class Started:
     def result(out: str, i: int, script: Path, args: list[str], code: int) -> subprocess.CompletedProcess:
         stdout, stderr = (Path(out, f"{i}.{name}").read_text(errors="replace") for name in ("out", "err"))
         return subprocess.CompletedProcess([sys.executable, str(script), *args], code, stdout, stderr)
+
+    def output(self) -> tuple[str, str]:
+        """(stdout, stderr) as far as it has written them, before communicate()."""
+        done = self.result(self.out, 0, Path(self.args[1]), self.args[2:], self.returncode)
+        return done.stdout, done.stderr
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -125,9 +132,9 @@ class Started:
             raise
         finally:
             if self.returncode is not None:
-                done = self.result(self.out, 0, Path(self.args[1]), self.args[2:], self.returncode)
+                done = self.output()
                 shutil.rmtree(self.out, ignore_errors=True)
-        return done.stdout, done.stderr
+        return done
 
 
 def become(request: dict, i: int) -> None:
@@ -135,6 +142,8 @@ def become(request: dict, i: int) -> None:
     script's end: the code of its SystemExit (its message printed where it is one), 1 with the traceback for any
     other exception, once its other threads have ended and after the atexit handlers. Only the teardown of every
     module is left out (with torch imported, a second of CPU, and nothing the script prints or writes)."""
+    if request.get("new_session"):
+        os.setsid()
     for name, limit in request.get("limits", {}).items():
         resource.setrlimit(getattr(resource, name), (limit, limit))
     os.chdir(request["cwd"])

@@ -176,6 +176,9 @@ def run_forked(script_runs, args: list[str], cwd: Path, timeout: int = 300) -> s
 
 TINY = ["device=cpu", "trainer.max_steps=20", "trainer.val_every_n_steps=10", "trainer.stop_at=null",
         "logging.every_n_steps=5", "logging.images_every_n_steps=10", "logging.progress_bar=false", "data.val_size=64"]
+# For the sweeps that read no frame (a member's frames are its solo run's: test_members_train_as_their_solo_runs
+# compares every tag): drawing them was a sixth of the launcher sweep's CPU.
+NO_FRAMES = [a for a in TINY if not a.startswith("logging.images")] + ["logging.images_every_n_steps=0"]
 
 
 @pytest.mark.slow
@@ -183,7 +186,7 @@ def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
     sweep = tmp_path / "sweep"
     # 8 jobs: two widths x two seeds, each with a valid and an invalid weight decay: 2 groups of 2 members, 4 refused
     result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "model.dim=16,32", "seed=0,1",
-                                      "optim.weight_decay=0,-1", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+                                      "optim.weight_decay=0,-1", *NO_FRAMES, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert log.count("2 members (") == 2  # two stacked groups of two
@@ -258,13 +261,12 @@ def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_al
 def test_optuna_batch_trained_together_each_trial_valued_by_its_own_run(tmp_path, script_runs):
     optuna = pytest.importorskip("optuna")
     sweep, db = tmp_path / "sweep", tmp_path / "study.db"
-    tiny = [a for a in TINY if not a.startswith("logging.images")] + ["logging.images_every_n_steps=0"]
     # The shipped search space with one width and head count: only the lr differs, so a batch is one group.
     result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "+hparams_search=lr_dim_heads",
                          'hydra.sweeper.params={model.dim:"choice(32)",model.heads:"choice(1)"}',
                          "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4", "hydra.launcher.max_members=3",
                          "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",
-                         f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *tiny,
+                         f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *NO_FRAMES,
                          f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     # the batch of n_jobs=4 trials split by max_members: 3 trained as one model, the fourth alone

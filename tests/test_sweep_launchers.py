@@ -111,36 +111,36 @@ def alive(pgid: int) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the sweep's processes from /proc")
-def test_sigterm_to_a_joblib_sweep_stops_it_as_ctrl_c_does(tmp_path):
+def test_sigterm_to_a_joblib_sweep_stops_it_as_ctrl_c_does(tmp_path, script_runs):
     """kill of the sweep's process group (a user's kill, a scheduler): the two running jobs save their checkpoints
     at the step they reached, the third does not start, the summary says so, and no process of the sweep is left."""
-    sweep, log, out = tmp_path / "sweep", tmp_path / "stderr", tmp_path / "stdout"
-    args = [sys.executable, str(TRAIN), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "device=cpu",
-            "seed=0,1,2", "trainer.max_steps=100000", "trainer.val_every_n_steps=10", "trainer.stop_at=null",
-            "logging=off", "data.val_size=64", f"hydra.sweep.dir={sweep}"]
-    with log.open("w") as stderr, out.open("w") as stdout:
-        process = subprocess.Popen(args, cwd=tmp_path, stdout=stdout, stderr=stderr, start_new_session=True)
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "device=cpu", "seed=0,1,2",
+            "trainer.max_steps=100000", "trainer.val_every_n_steps=10", "trainer.stop_at=null", "logging=off",
+            "data.val_size=64", f"hydra.sweep.dir={sweep}"]
+    # forked from the session's server (tests/script_runs.py), leading a process group of its own as the sweep a
+    # user starts from a shell does
+    process = script_runs.start(TRAIN, args, tmp_path, new_session=True)
     try:
         deadline = time.monotonic() + 200
         while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 2:  # both workers are training (step 10 passed)
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            assert process.poll() is None and time.monotonic() < deadline, process.output()[1][-3000:]
             time.sleep(0.2)
         os.killpg(process.pid, signal.SIGTERM)
         signalled = time.monotonic()
-        process.wait(timeout=60)
+        out, stderr = process.communicate(timeout=60)
         while alive(process.pid) and time.monotonic() < signalled + 20:
             time.sleep(0.2)
         left, took = alive(process.pid), time.monotonic() - signalled
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-    stderr = log.read_text()
     assert not left, f"still running {took:.0f} s after SIGTERM: {left}"
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
 
     table = {r["seed"]: r for r in rows(sweep / "summary.csv")}
     assert sorted(r["status"] for r in table.values()) == ["interrupted", "interrupted", "not started"]
-    assert "3 jobs, 2 interrupted, 1 not started." in out.read_text()
+    assert "3 jobs, 2 interrupted, 1 not started." in out
     assert not list(sweep.glob("*/metrics.json"))  # no job trained on to the end
     stopped = re.findall(r"Training stopped by SIGTERM at step (\d+); checkpoint saved: (\S+)", stderr)
     assert len(stopped) == 2
