@@ -171,7 +171,7 @@ def test_a_job_signalled_while_it_started_stops_before_its_first_step(tmp_path, 
 
 # In the child: no file may grow past 60 kB, as on a disk that fills up (the event file of 200 steps is ~120 kB, a
 # checkpoint ~37 kB); a write past it fails with EFBIG (Python ignores SIGXFSZ, so the write returns an error instead
-# of killing the process).
+# of killing the process). Its stdout and stderr files are held to it too: a few lines.
 FILE_SIZE_LIMIT = {"RLIMIT_FSIZE": 60_000}
 
 
