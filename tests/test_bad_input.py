@@ -85,11 +85,10 @@ if not torch.cuda.is_available():
 # a path of its own from the ConfigError to exit code 2 and the run directory removed (or never made).
 END_TO_END = {
     "heads-not-dividing",  # config.check, before torch's import (and the whole of stderr: a test below)
-    "seq-len-too-short",  # the task's own check (make_task)
     "ckpt-truncated",  # the checkpoint, loaded (weights only) before anything is built
     "resume-not-a-run", "resume-no-checkpoint",  # resume=, before Hydra
     "key-typo",  # a key without +: Hydra would refuse it with its own lines, config.checked_arguments hands it on
-    "trainer-argument-ours", "trainer-refused-by-lightning",  # after Lightning's import, in train.run
+    "trainer-refused-by-lightning",  # after Lightning's import, in train.run (also run afresh: a test below)
     "task-group-unknown", "task-group-unknown-in-sweep",  # a group's option, before Hydra; and under -m
     "output-dir-unwritable", "sweep-dir-unwritable",  # Hydra's callback (OutputDirCheck), for a run and a sweep
     "device-gpu-without-cuda",  # config.check_device
