@@ -6,9 +6,13 @@ target covers and score the validation set again.
 Per run, per layer with a target and per head, val/seq_acc and val/acc with that head's attention:
   learned   as trained (the run's own score);
   target    the task's target pattern (rows normalised to sum 1), the rest of the model as trained;
+  support   the head's own weights on the target's cells only (BOS and the same tokens, say), renormalised: the
+            target's choice of keys with the head's own balance between them;
   uniform   spread evenly over the keys the row may see: a control, which tells whether the head matters at all.
-A model that computes with the target pattern keeps its accuracy under `target`; one that solved the task some
-other way loses it there, while `uniform` shows what the head was worth.
+and, where the layer has several heads, every head cut to the support at once ("all support"). A model that
+computes with the target pattern keeps its accuracy under `target`; one that attends to the target's keys but
+weighs them its own way keeps it under `support` only; one that solved the task some other way loses it under
+both, while `uniform` shows what the head was worth.
 
     python scripts/ablate.py --by-token RUN_DIR
 
@@ -34,16 +38,17 @@ from attnlab.module import scores
 
 
 @contextlib.contextmanager
-def replaced(attention: SelfAttention, head: int, pattern: Tensor):
-    """attention's head `head` attends as `pattern` [batch, query, key] says on the rows where it has mass (the rows
-    without keep the learned weights); the other heads and the output projection are left as they are."""
-    mass = pattern.sum(-1, keepdim=True)  # [batch, query, 1]
-    pattern = pattern / mass.clamp(min=1e-12)
+def replaced(attention: SelfAttention, patterns: dict[int, Tensor]):
+    """Each head h of `patterns` attends as patterns[h] [batch, query, key] says on the rows where it has mass (the
+    rows without keep the learned weights); the other heads and the output projection are left as they are."""
+    masses = {head: pattern.sum(-1, keepdim=True) for head, pattern in patterns.items()}  # [batch, query, 1]
 
     def forward(x: Tensor, need_weights: bool = True):
         _, weights = SelfAttention.forward(attention, x, need_weights=True)  # [batch, head, query, key]
         weights = weights.clone()
-        weights[:, head] = torch.where(mass > 0, pattern, weights[:, head])
+        for head, pattern in patterns.items():
+            mass = masses[head]
+            weights[:, head] = torch.where(mass > 0, pattern / mass.clamp(min=1e-12), weights[:, head])
         value = attention._split_heads(x @ attention.W_V)  # [batch, head, key, d_head]
         return attention._merge_heads(weights @ value) @ attention.W_O, weights
 
@@ -62,8 +67,8 @@ def uniform_like(target: Tensor, causal: bool) -> Tensor:
 
 
 def ablate(run_dir: Path, by_token: bool = False) -> tuple[int, dict[str, tuple[float, ...]]]:
-    """(the checkpoint's step, {"learned" | "L{layer}H{head} target" | "L{layer}H{head} uniform": (val/seq_acc,
-    val/acc)}) over the run's validation set; with by_token also, per query token t on the target's rows,
+    """(the checkpoint's step, {"learned" | "L{layer}H{head} target" | "L{layer}H{head} support" | "L{layer}H{head}
+    uniform" | "L{layer} all support": (val/seq_acc, val/acc)}) over the run's validation set; with by_token also, per query token t on the target's rows,
     "L{layer}H{head} token {name}": (alignment on those rows, val/seq_acc with the target there only, val/seq_acc
     with the even spread there only)."""
     run = load_run(run_dir)
@@ -86,19 +91,23 @@ def ablate(run_dir: Path, by_token: bool = False) -> tuple[int, dict[str, tuple[
         if target is None:
             continue
         uniform = uniform_like(target, block.attention.causal)
+        support = {head: learned[layer][:, head] * (target > 0) for head in range(block.attention.heads)}
         for head in range(block.attention.heads):
-            for name, pattern in (("target", target), ("uniform", uniform)):
-                with replaced(block.attention, head, pattern):
+            for name, pattern in (("target", target), ("support", support[head]), ("uniform", uniform)):
+                with replaced(block.attention, {head: pattern}):
                     results[f"L{layer}H{head} {name}"] = score()
+        if block.attention.heads > 1:
+            with replaced(block.attention, support):
+                results[f"L{layer} all support"] = score()
             if not by_token:
                 continue
             rows = target.sum(-1) > 0  # [batch, query]
             share = (learned[layer][:, head] * (target > 0)).sum(-1)  # [batch, query]: mass on target cells
             for token in inputs[rows].unique().tolist():
                 these = (rows & (inputs == token)).unsqueeze(-1)  # [batch, query, 1]
-                with replaced(block.attention, head, target * these):
+                with replaced(block.attention, {head: target * these}):
                     on_target = score()[0]
-                with replaced(block.attention, head, uniform * these):
+                with replaced(block.attention, {head: uniform * these}):
                     spread = score()[0]
                 align = share[these.squeeze(-1)].mean().item()
                 results[f"L{layer}H{head} token {names[token]}"] = (align, on_target, spread)

@@ -74,6 +74,7 @@ def test_supervised_run_logs_its_loss_and_learns_the_target(tmp_path):
     step, results = ablate_script().ablate(tmp_path)
     assert step == 120 and results["learned"][0] == pytest.approx(metrics["val/seq_acc"])
     assert results["L0H0 target"][0] >= 0.99 and results["L0H0 uniform"][0] < 0.5
+    assert results["L0H0 support"][0] >= 0.99  # its own weights on the target's cells: as good as the target
 
 
 def test_off_by_default_at_no_cost(tmp_path, monkeypatch):
