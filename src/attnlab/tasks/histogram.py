@@ -29,9 +29,8 @@ cells. One head does (0.95-0.99 at 32 tokens) but reads one number per row, and 
 the counts on a curve that the linear readout cuts apart. Each head keeps its own BOS weight rather than 1/(c+1):
 with either head replaced by the exact target (python scripts/ablate.py RUN_DIR) val/seq_acc falls to 0.00-0.71,
 while both heads' own weights cut to the target's cells and renormalised keep it at 0.94-1.00 in the 9 solved
-seeds (its "L0 all support" line). Attention supervision gets the selector itself at one
-head with an MLP and 6 tokens (+experiment=histogram_supervised: alignment 0.97, and it keeps its accuracy under
-the exact target).
+seeds (its "L0 all support" line). Attention supervision gets the selector itself at one head with an MLP and 6
+tokens (+experiment=histogram_supervised: alignment 0.97, and it keeps its accuracy under the exact target).
 """
 
 import torch
