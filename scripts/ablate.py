@@ -68,9 +68,9 @@ def uniform_like(target: Tensor, causal: bool) -> Tensor:
 
 def ablate(run_dir: Path, by_token: bool = False) -> tuple[int, dict[str, tuple[float, ...]]]:
     """(the checkpoint's step, {"learned" | "L{layer}H{head} target" | "L{layer}H{head} support" | "L{layer}H{head}
-    uniform" | "L{layer} all support": (val/seq_acc, val/acc)}) over the run's validation set; with by_token also, per query token t on the target's rows,
-    "L{layer}H{head} token {name}": (alignment on those rows, val/seq_acc with the target there only, val/seq_acc
-    with the even spread there only)."""
+    uniform" | "L{layer} all support": (val/seq_acc, val/acc)}) over the run's validation set; with by_token
+    also, per query token t on the target's rows, "L{layer}H{head} token {name}": (alignment on those rows,
+    val/seq_acc with the target there only, val/seq_acc with the even spread there only)."""
     run = load_run(run_dir)
     data = TaskDataModule(run.task, run.cfg.data.batch_size, run.cfg.data.val_size, run.cfg.seed)
     data.setup("validate")
@@ -96,13 +96,10 @@ def ablate(run_dir: Path, by_token: bool = False) -> tuple[int, dict[str, tuple[
             for name, pattern in (("target", target), ("support", support[head]), ("uniform", uniform)):
                 with replaced(block.attention, {head: pattern}):
                     results[f"L{layer}H{head} {name}"] = score()
-        if block.attention.heads > 1:
-            with replaced(block.attention, support):
-                results[f"L{layer} all support"] = score()
             if not by_token:
                 continue
             rows = target.sum(-1) > 0  # [batch, query]
-            share = (learned[layer][:, head] * (target > 0)).sum(-1)  # [batch, query]: mass on target cells
+            share = support[head].sum(-1)  # [batch, query]: the head's mass on the target's cells
             for token in inputs[rows].unique().tolist():
                 these = (rows & (inputs == token)).unsqueeze(-1)  # [batch, query, 1]
                 with replaced(block.attention, {head: target * these}):
@@ -111,6 +108,9 @@ def ablate(run_dir: Path, by_token: bool = False) -> tuple[int, dict[str, tuple[
                     spread = score()[0]
                 align = share[these.squeeze(-1)].mean().item()
                 results[f"L{layer}H{head} token {names[token]}"] = (align, on_target, spread)
+        if block.attention.heads > 1:
+            with replaced(block.attention, support):
+                results[f"L{layer} all support"] = score()
     return run.step, results
 
 

@@ -75,6 +75,10 @@ def test_supervised_run_logs_its_loss_and_learns_the_target(tmp_path):
     assert step == 120 and results["learned"][0] == pytest.approx(metrics["val/seq_acc"])
     assert results["L0H0 target"][0] >= 0.99 and results["L0H0 uniform"][0] < 0.5
     assert results["L0H0 support"][0] >= 0.99  # its own weights on the target's cells: as good as the target
+    # --by-token: every query token of the target's rows, each near its target and solved with it there
+    _, split = ablate_script().ablate(tmp_path, by_token=True)
+    tokens = {name: values for name, values in split.items() if name.startswith("L0H0 token ")}
+    assert len(tokens) == 5 and all(align >= 0.8 and on_target >= 0.99 for align, on_target, _ in tokens.values())
 
 
 def test_off_by_default_at_no_cost(tmp_path, monkeypatch):

@@ -17,8 +17,8 @@ with MLPs, dim 32, lr 3e-3: the recipe before), layer 1 stayed at alignment 0.57
 readout works with the target (python scripts/ablate.py RUN_DIR: 0.99 with layer 1 given the target pattern, 0.05
 with an even spread). The shortcuts show in the attention (python scripts/inspect_run.py RUN_DIR). With 6 data
 tokens of 16 (+experiment=selective_copy, dim 64) the middle four have no such way round, and the pointer layer 1
-learns for them serves all six: the target is the mechanism, and docs/tasks.md's table has the recipe's alignment
-over seeds 0-9. Pulled onto the target (+experiment=selective_copy_supervised), layer 1 takes the pointer with 3
+learns for them serves all six: the target is the mechanism, and README's recipes table has the recipe's
+alignment over seeds 0-9. Pulled onto the target (+experiment=selective_copy_supervised), layer 1 takes the pointer with 3
 data tokens too.
 """
 
