@@ -2,8 +2,11 @@
 losses step by step, final metrics, checkpoint and TensorBoard tags), stops and fails on its own, and is a real run
 directory that resume= goes on from; the launcher groups a sweep's jobs by shape, through scripts/train.py."""
 
+import contextlib
 import json
 import math
+import os
+import re
 import signal
 import subprocess
 import time
@@ -191,12 +194,13 @@ NO_FRAMES = [a for a in TINY if not a.startswith("logging.images")] + ["logging.
 @pytest.mark.slow
 def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
     sweep = tmp_path / "sweep"
-    # 8 jobs: two widths x two seeds, each with a valid and an invalid weight decay: 2 groups of 2 members, 4 refused
-    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "model.dim=16,32", "seed=0,1",
+    # 8 jobs: two widths x two seeds, each with a valid and an invalid weight decay: 2 groups of 2 members, 4 refused;
+    # on 2 workers, a group each (the refused ones, which take no steps, with the first)
+    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=2", "model.dim=16,32", "seed=0,1",
                                       "optim.weight_decay=0,-1", *NO_FRAMES, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert log.count("2 members (") == 2  # two stacked groups of two
+    assert log.count("2 members (") == 2 and "Worker 2: Group 1/1" in log  # two stacked groups of two, side by side
     # a group's Lightning notices as a solo run's console shows them: each once, no advertisement
     assert log.count("GPU available:") == 2 and "Tip:" not in log
     with (sweep / "summary.csv").open() as f:
@@ -218,6 +222,26 @@ def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
         assert metrics["val/loss"] < math.log(10)
         assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
     assert (sweep / "summary.png").is_file()
+
+
+@pytest.mark.parametrize("units, workers, max_members, expected", [
+    # 8 seeds on 2 workers: two stacked halves
+    ([(list(range(8)), 1000)], 2, 64, [[[0, 1, 2, 3]], [[4, 5, 6, 7]]]),
+    # 3 groups of 4 on 2 workers: the middle group cut where the first share ends, 6 members each
+    ([([0, 1, 2, 3], 100), ([4, 5, 6, 7], 100), ([8, 9, 10, 11], 100)], 2, 64,
+     [[[0, 1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10, 11]]]),
+    # balanced by members x steps, not by count: 2 long members against 8 short ones
+    ([([0, 1], 1000), (list(range(2, 10)), 250)], 2, 64, [[[0, 1]], [list(range(2, 10))]]),
+    # a refused job (no steps) and a solo one among them, max_members cuts a share's group again
+    ([([0], 0), ([1], 100), (list(range(2, 8)), 100)], 2, 2, [[[0], [1], [2, 3]], [[4, 5], [6, 7]]]),
+    # fewer members than workers: no empty share; one worker keeps the sweep's order
+    ([([0, 1], 10)], 4, 64, [[[0]], [[1]]]),
+    ([([0], 0), ([1, 2, 3], 10), ([4, 5], 20)], 1, 2, [[[0], [1, 2], [3], [4, 5]]]),
+])
+def test_shares_split_the_work_evenly(units, workers, max_members, expected):
+    from hydra_plugins.attnlab_stacked.stacked_launcher import shares
+
+    assert shares(units, workers, max_members) == expected
 
 
 @pytest.mark.slow
@@ -262,8 +286,8 @@ def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_al
     args = [a for a in TINY if not a.startswith("trainer.max_steps")] + [f"trainer.max_steps={steps}", "model.dim=16",
                                                                          "data.batch_size=32"]
     # started, forked from the session's server (tests/script_runs.py): a Popen-like handle, its pid for the signal
-    process = script_runs.start(TRAIN, ["-m", "hydra/launcher=stacked", "seed=0,1", *args, f"hydra.sweep.dir={sweep}"],
-                                tmp_path)
+    process = script_runs.start(TRAIN, ["-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=1", "seed=0,1", *args,
+                                        f"hydra.sweep.dir={sweep}"], tmp_path)
     deadline = time.monotonic() + 240
     while not list(sweep.glob("*/checkpoints/last.ckpt")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -287,24 +311,70 @@ def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_al
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the sweep's processes from /proc")
+def test_sigterm_to_a_sweep_on_two_workers_saves_every_member_and_leaves_no_process(tmp_path, script_runs):
+    """kill of the sweep's process group, two workers training a group of two each: every member saves its
+    checkpoint at the step its group reached, the job after them in the second worker does not start, the summary
+    says so, and no process of the sweep is left (as a joblib sweep's, tests/test_sweep_launchers.py)."""
+    from test_sweep_launchers import alive
+
+    sweep, steps = tmp_path / "sweep", 100000
+    args = [a for a in NO_FRAMES if not a.startswith("trainer.max_steps")] + [f"trainer.max_steps={steps}", "model.dim=16",
+                                                                              "data.batch_size=32"]
+    # 5 seeds on 2 workers, at most 2 members a model: #0-#1 in one, #2-#3 then #4 alone in the other
+    process = script_runs.start(TRAIN, ["-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=2",
+                                        "hydra.launcher.max_members=2", "seed=range(5)", *args, f"hydra.sweep.dir={sweep}"],
+                                tmp_path, new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 4:  # both groups are training (step 10 passed)
+            assert process.poll() is None and time.monotonic() < deadline, process.output()[1][-3000:]
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        out, err = process.communicate(timeout=120)
+        while alive(process.pid) and time.monotonic() < signalled + 20:
+            time.sleep(0.2)
+        left, took = alive(process.pid), time.monotonic() - signalled
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not left, f"still running {took:.0f} s after SIGTERM: {left}"
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+
+    records = {json.loads(p.read_text())["job"]: json.loads(p.read_text()) for p in sweep.glob("*/job.json")}
+    assert {job: r["status"] for job, r in records.items()} == {0: "interrupted", 1: "interrupted", 2: "interrupted",
+                                                                3: "interrupted", 4: "not started"}
+    assert "5 jobs, 4 interrupted, 1 not started." in out
+    assert not list(sweep.glob("*/metrics.json"))  # no job trained on to the end
+    stopped = re.findall(r"Training stopped by SIGTERM at step (\d+); checkpoint saved: (\S+)", err)
+    assert len(stopped) == 4
+    for step, checkpoint in stopped:  # each saved at the step its group stopped at: resumed, it goes on from there
+        assert torch.load(checkpoint, weights_only=True)["global_step"] == int(step) >= 10
+        assert f"Resume with:  python {TRAIN} resume={Path(checkpoint).parent.parent}" in err
+    assert records[4]["error"] == "the sweep was stopped by SIGTERM before this job began"
+
+
+@pytest.mark.slow
 def test_optuna_batch_trained_together_each_trial_valued_by_its_own_run(tmp_path, script_runs):
     optuna = pytest.importorskip("optuna")
     sweep, db = tmp_path / "sweep", tmp_path / "study.db"
     # The shipped search space with one width and head count: only the lr differs, so a batch is one group.
     result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "+hparams_search=lr_dim_heads",
                          'hydra.sweeper.params={model.dim:"choice(32)",model.heads:"choice(1)"}',
-                         "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4", "hydra.launcher.max_members=3",
+                         "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3", "hydra.launcher.n_jobs=2",
                          "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",
                          f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *NO_FRAMES,
                          f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    # the batch of n_jobs=4 trials split by max_members: 3 trained as one model, the fourth alone
+    # two batches of n_jobs=3 trials, each cut in two shares: one trial alone in a worker, two trained as one model
+    # in the other (the second batch in the workers the first started)
     log = result.stdout + result.stderr
-    assert log.count("3 members (") == 1 and log.count(" alone (a group of one)") == 1
+    assert log.count("Worker 2: Group 1/1: 2 members (") == 2 and log.count(" alone (a group of one)") == 2
     losses = {}
     for metrics in sweep.glob("trial*/metrics.json"):
         losses[int(metrics.parent.name.removeprefix("trial").split("_")[0])] = json.loads(metrics.read_text())["val/loss"]
-    assert sorted(losses) == [0, 1, 2, 3] and len(set(losses.values())) == 4  # each trial its own lr, its own loss
+    assert sorted(losses) == list(range(6)) and len(set(losses.values())) == 6  # each trial its own lr, its own loss
     study = optuna.load_study(study_name="test", storage=f"sqlite:///{db}")
-    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 4
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 6
     assert {t.number: t.value for t in study.get_trials()} == pytest.approx(losses)

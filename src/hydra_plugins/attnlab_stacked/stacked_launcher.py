@@ -77,8 +77,8 @@ def shares(units: list[tuple[list[int], int]], workers: int, max_members: int) -
 
     units: jobs that may be stacked together (a group; or one job trained alone), and the steps each trains. A job's
     work is its steps, a group's its members x steps: members are cut from the sweep's units in order, each into the
-    share that holds the middle of its work (McNaughton's wrap-around rule), so that the shares differ by at most one
-    member's work and a group is cut only where one share ends. Within a share a group is cut again into pieces of
+    share that holds the middle of its work (McNaughton's wrap-around rule), so that each share is within one
+    member's work of an even split and a group is cut only where a share ends. Within a share a group is cut again into pieces of
     at most `max_members`. Shares left empty (fewer jobs than workers) are dropped."""
     total = sum(len(jobs) * steps for jobs, steps in units)
     per_worker = total / workers
