@@ -244,6 +244,33 @@ def test_shares_split_the_work_evenly(units, workers, max_members, expected):
     assert shares(units, workers, max_members) == expected
 
 
+def test_one_worker_per_gpu(monkeypatch):
+    """device=gpu (or auto where CUDA is found) on a machine with several GPUs: n_jobs defaults to one worker per
+    GPU, and worker i's process sees GPU i only (CUDA_VISIBLE_DEVICES), so that its device 0 is its own GPU. The
+    CUDA runtime is stood in for here (no GPU on the machine the tests run on); the worker processes are real."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.attnlab_stacked.stacked_launcher import StackedLauncher, cores
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    launcher = StackedLauncher()
+    jobs = {accelerator: [OmegaConf.create({"device": {"accelerator": accelerator, "threads": 1}})] * 2
+            for accelerator in ("gpu", "auto", "cpu")}
+    assert launcher.gpus(jobs["gpu"]) == launcher.gpus(jobs["auto"]) == ["0", "1", "2"]
+    assert launcher.default_workers(jobs["gpu"], ["0", "1", "2"]) == 3
+    assert launcher.gpus(jobs["cpu"]) == [] and launcher.default_workers(jobs["cpu"], []) == cores()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # the GPUs this sweep was given, as its workers name them
+    assert launcher.gpus(jobs["gpu"]) == ["2", "5"]
+    try:
+        seen = [launcher.pool(w, gpu).submit(os.getenv, "CUDA_VISIBLE_DEVICES") for w, gpu in enumerate(["2", "5"])]
+        assert [f.result(timeout=60) for f in seen] == ["2", "5"]
+    finally:
+        launcher.close()
+    assert not launcher.pools
+
+
 @pytest.mark.slow
 def test_groups_on_two_workers_train_each_member_as_its_solo_run(tmp_path, script_runs):
     """hydra.launcher.n_jobs=2: the group of 4 cut in two, each half a stacked model in a worker process of its own;
