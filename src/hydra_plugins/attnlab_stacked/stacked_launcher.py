@@ -1,11 +1,12 @@
 """The stacked launcher: jobs of a sweep that differ only in what a member may differ in (seed, optim.*, stop_at:
 attnlab.stacked.MEMBER_KEYS) are trained together as one stacked model.
 
-The groups are shared out among hydra.launcher.n_jobs worker processes (default: the machine's cores divided by a
-group's threads; on GPUs, one worker per GPU): `shares` splits the sweep's work, members x steps, into one even
-share per worker, cutting a group into sub-groups where it is larger than a share, and each worker trains its share's
-groups one after another, each a stacked model. With one worker (n_jobs=1, or a sweep too small to split) the groups
-are trained in this process, one after another.
+The groups are shared out among hydra.launcher.n_jobs workers (default: the machine's cores divided by a group's
+threads; on GPUs, one worker per GPU): `shares` splits the sweep's work, members x steps, into one even share per
+worker, cutting a group into sub-groups where it is larger than a share, and each worker trains its share's groups
+one after another, each a stacked model. The first worker is the sweep's own process, each other one a process of
+its own (loky, as joblib's launcher starts its workers). With one worker (n_jobs=1, or a sweep too small to split)
+everything is trained in the sweep's process, one group after another.
 
 Each job is still a Hydra job of its own: its config composed by Hydra's config loader, its directory and .hydra/
 made as run_job makes them, and its task function (scripts/train.py's main) called through run_job, so it ends
@@ -91,6 +92,34 @@ def shares(units: list[tuple[list[int], int]], workers: int, max_members: int) -
             done += steps
     return [[part[s : s + max_members] for part in share.values() for s in range(0, len(part), max_members)]
             for share in cut if share]
+
+
+def gpu_of(gpus: list[str], worker: int) -> Optional[str]:
+    """The GPU of worker `worker` (0: the sweep's own process, whose device 0 is the first of `gpus`), or None."""
+    return gpus[worker % len(gpus)] if gpus else None
+
+
+def worker_start() -> None:
+    """A worker process as it starts: it listens for signals from now on (attnlab.signals), so that one idle when the
+    sweep is stopped lives on to say its jobs did not start; then it imports torch and Lightning with Python's
+    garbage collector paused, as scripts/train.py does (collector_paused), before its first share arrives."""
+    import gc
+
+    from attnlab import signals
+
+    signals.listen()
+    # Lightning, imported where the root logger has no handler, gives its loggers console handlers of their own
+    # that pass nothing on: the group's notices would skip the jobs' logging (each once, no advertisement). A
+    # placeholder while it is imported, as the jobs' logging is in place when scripts/train.py imports it.
+    root, placeholder = logging.getLogger(), logging.NullHandler()
+    root.addHandler(placeholder)
+    gc.disable()
+    try:
+        import attnlab.stacked  # noqa: F401
+    finally:
+        gc.freeze()
+        gc.enable()
+        root.removeHandler(placeholder)
 
 
 def train_share(launcher: "StackedLauncher", singleton_state: dict, configs: dict[int, DictConfig],
@@ -191,6 +220,11 @@ class StackedLauncher(Launcher):
                        "device=auto, cpu, gpu or mps); launch multi-process runs with the basic, joblib or slurm "
                        "launcher", sweep_dir)
 
+        gpus = self.gpus(configs)
+        workers = self.n_jobs or self.default_workers(configs, gpus)
+        for w in range(1, min(workers, len(configs))):  # started now: their imports overlap this process's own
+            self.pool(w, gpu_of(gpus, w)).submit(int)
+
         from attnlab import stacked  # torch and Lightning: seconds, so only now
 
         groups: dict[str, list[int]] = {}
@@ -202,8 +236,6 @@ class StackedLauncher(Launcher):
                 groups.setdefault(stacked.group_key(task), []).append(i)
             else:
                 alone.append((i, reason))
-        gpus = self.gpus(configs)
-        workers = self.n_jobs or self.default_workers(configs, gpus)
         # The work: every member's steps; a job refused at config time (stacked.refusal's "refused: ...") stops at
         # once, and its max_steps may be what was refused.
         units = [([i], 0 if reason.startswith("refused") else configs[i].trainer.max_steps) for i, reason in alone]
@@ -245,18 +277,15 @@ class StackedLauncher(Launcher):
         return max(1, cores() // threads)
 
     def pool(self, worker: int, gpu: Optional[str]):
-        """Worker `worker`'s process (a loky pool of one), started on first use: it listens for signals from its start
-        (attnlab.signals), so that one idle when the sweep is stopped lives on to say its jobs did not start."""
+        """Worker `worker`'s process (a loky pool of one), started on first use (worker_start)."""
         from joblib.externals.loky import ProcessPoolExecutor
-
-        from attnlab import signals
 
         key = (worker, gpu or "")
         if key not in self.pools:
             if not self.pools:
                 atexit.register(self.close)
             env = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None
-            self.pools[key] = ProcessPoolExecutor(max_workers=1, initializer=signals.listen, env=env)
+            self.pools[key] = ProcessPoolExecutor(max_workers=1, initializer=worker_start, env=env)
         return self.pools[key]
 
     def close(self) -> None:
@@ -265,25 +294,36 @@ class StackedLauncher(Launcher):
         self.pools.clear()
 
     def in_workers(self, configs: list[DictConfig], plan: list[list[list[int]]], gpus: list[str], runs: list) -> None:
-        """Each share trained in a worker of its own, side by side. A worker that dies (killed, out of memory) fails
-        the jobs of its share that it had not finished, each in its job.json; the other workers go on."""
+        """The shares side by side: the first in this process, which has made torch's and Lightning's imports
+        already (a worker started for it would make them again: seconds of CPU and some 450 MB), each other one in a
+        worker process of its own. A worker that dies (killed, out of memory) fails the jobs of its share that it had
+        not finished, each in its job.json; the others go on."""
+        from attnlab import signals
+
         state = Singleton.get_state()
-        futures = []
-        for w, share in enumerate(plan):
-            gpu = gpus[w % len(gpus)] if gpus else None
-            jobs = sorted(i for piece in share for i in piece)
-            where = f" on GPU {gpu}" if gpu is not None else ""
-            log.info(f"\tworker {w + 1}{where}: {self.describe(configs, share)}")
-            futures.append(self.pool(w, gpu).submit(train_share, self, state, {i: configs[i] for i in jobs}, share,
-                                                     f"worker {w + 1}: "))
-        for w, (share, future) in enumerate(zip(plan, futures)):
+        gpu = gpu_of(gpus, 0)
+        log.info(f"\tworker 1 (this process{'' if gpu is None else f', GPU {gpu}'}): {self.describe(configs, plan[0])}")
+        futures = {}
+        for w, share in enumerate(plan[1:], start=1):
+            gpu = gpu_of(gpus, w)
+            log.info(f"\tworker {w + 1}{'' if gpu is None else f' on GPU {gpu}'}: {self.describe(configs, share)}")
+            jobs = {i: configs[i] for piece in share for i in piece}
+            futures[w, gpu] = self.pool(w, gpu).submit(train_share, self, state, jobs, share, f"worker {w + 1}: ")
+        try:
+            self.train_pieces(dict(enumerate(configs)), plan[0], runs, "worker 1: ")
+        finally:
+            # A signal that stopped this process's training reached its StopOnSignal, which passes it on to no one:
+            # the workers are told here (they had it too where the whole process group got it).
+            if signals.received() is not None:
+                signals.tell_children()
+        for (w, gpu), future in futures.items():
             try:
                 runs_of_share = future.result()
             except Exception as error:  # the worker's process itself failed: its pool is broken, made anew next time
-                self.pools.pop(next(k for k in self.pools if k[0] == w), None)
+                self.pools.pop((w, gpu or ""), None)
                 log.error(f"worker {w + 1} failed: {type(error).__name__}: {error}")
                 runs_of_share = {}
-                for i in (i for piece in share for i in piece):
+                for i in (i for piece in plan[w] for i in piece):
                     run_dir = self.output_dir(configs[i])
                     if not (run_dir / "job.json").is_file():
                         runs_of_share[i] = self.finish(configs[i], run_dir, error, 0.0)
