@@ -280,7 +280,7 @@ def test_groups_on_two_workers_train_each_member_as_its_solo_run(tmp_path, scrip
                                       "optim.lr=3e-3,1e-2", *SHORT, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert "2 worker processes (n_jobs=2)" in log
+    assert "2 workers (n_jobs=2)" in log
     assert "Worker 1: Group 1/1: 2 members (" in log and "Worker 2: Group 1/1: 2 members (" in log
     records = [json.loads(p.read_text()) for p in sweep.glob("*/job.json")]
     assert sorted(r["job"] for r in records) == [0, 1, 2, 3] and {r["status"] for r in records} == {"ok"}

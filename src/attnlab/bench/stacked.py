@@ -18,7 +18,7 @@ from attnlab.bench.sweep import SWEEP_WORKERS, joblib_available, usage
 
 STACKED = ["hydra/launcher=stacked"]  # hydra.launcher.n_jobs by default: the cores / a group's threads (1)
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-# Every group in the sweep's own process, one after another (the launcher before it had worker processes).
+# Every group in the sweep's own process, one after another (as the launcher trained before it had workers).
 STACKED_ONE_PROCESS = STACKED + ["hydra.launcher.n_jobs=1"]
 # Small members: a quarter of the width, an eighth of the batch.
 SMALL = ["model.dim=16", "data.batch_size=16"]
@@ -174,7 +174,8 @@ def measure(sizes: Sizes, report: Report) -> None:
         "Whole commands, `python scripts/train.py -m seed=range(0,JOBS) trainer.stop_at=null "
         "trainer.max_steps=STEPS [LAUNCHER]` with the default logging, launcher by launcher: the basic one, "
         f"`hydra/launcher=joblib hydra.launcher.n_jobs={SWEEP_WORKERS}`, `hydra/launcher=stacked` (its default "
-        f"`hydra.launcher.n_jobs`, here {CORES} worker processes of a stacked group each; and `hydra.launcher.n_jobs=1`, "
+        f"`hydra.launcher.n_jobs`, here {CORES} workers, the sweep's process and {CORES - 1} more, a stacked group each; "
+        "and `hydra.launcher.n_jobs=1`, "
         f"every group in the sweep's own process); {sizes.stacked_rounds} rounds interleaved as in section 1, "
         f"medians. Small members: the same with `{' '.join(SMALL)}`.\n\n"
         + table(["jobs", "steps per job", "size", "launcher", "seconds", "CPU s", "cores used (CPU s / s)"], rows)

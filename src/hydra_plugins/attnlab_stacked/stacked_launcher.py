@@ -79,8 +79,8 @@ def shares(units: list[tuple[list[int], int]], workers: int, max_members: int) -
     units: jobs that may be stacked together (a group; or one job trained alone), and the steps each trains. A job's
     work is its steps, a group's its members x steps: members are cut from the sweep's units in order, each into the
     share that holds the middle of its work (McNaughton's wrap-around rule), so that each share is within one
-    member's work of an even split and a group is cut only where a share ends. Within a share a group is cut again into pieces of
-    at most `max_members`. Shares left empty (fewer jobs than workers) are dropped."""
+    member's work of an even split and a group is cut only where a share ends. Within a share a group is cut again
+    into pieces of at most `max_members`. Shares left empty (fewer jobs than workers) are dropped."""
     total = sum(len(jobs) * steps for jobs, steps in units)
     per_worker = total / workers
     cut: list[dict[int, list[int]]] = [{} for _ in range(workers)]  # share -> unit -> its members there
@@ -242,7 +242,7 @@ class StackedLauncher(Launcher):
         units += [(jobs, configs[jobs[0]].trainer.max_steps) for jobs in groups.values()]
         plan = shares(units, workers, self.max_members)
         log.info(f"Stacked launcher: {len(configs)} jobs, at most {self.max_members} members per model, "
-                 f"{len(plan)} worker process{'es' if len(plan) > 1 else ''} (n_jobs={workers})")
+                 f"{len(plan)} worker{'s' if len(plan) > 1 else ''} (n_jobs={workers})")
         for i, reason in alone:
             log.info(f"\t#{configs[i].hydra.job.num} alone ({reason}): {' '.join(filter_overrides(configs[i].hydra.overrides.task))}")
         singles = {i for i, _ in alone}
@@ -273,7 +273,9 @@ class StackedLauncher(Launcher):
         else its jobs' device.threads; null, torch's one per core, leaves one worker)."""
         if gpus:
             return len(gpus)
-        threads = self.threads or configs[0].device.get("threads") or cores()
+        threads = self.threads or configs[0].device.get("threads")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:  # null, or refused in its job
+            threads = cores()
         return max(1, cores() // threads)
 
     def pool(self, worker: int, gpu: Optional[str]):
