@@ -258,10 +258,11 @@ def test_one_worker_per_gpu(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     launcher = StackedLauncher()
     jobs = {accelerator: [OmegaConf.create({"device": {"accelerator": accelerator, "threads": 1}})] * 2
-            for accelerator in ("gpu", "auto", "cpu")}
+            for accelerator in ("gpu", "auto", "cpu", "mps")}
     assert launcher.gpus(jobs["gpu"]) == launcher.gpus(jobs["auto"]) == ["0", "1", "2"]
     assert launcher.default_workers(jobs["gpu"], ["0", "1", "2"]) == 3
     assert launcher.gpus(jobs["cpu"]) == [] and launcher.default_workers(jobs["cpu"], []) == cores()
+    assert launcher.default_workers(jobs["mps"], []) == 1  # Apple's GPU: one device, one worker
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # the GPUs this sweep was given, as its workers name them
     assert launcher.gpus(jobs["gpu"]) == ["2", "5"]
     try:  # worker 1 (the second: worker 0 is the sweep's own process, on the first GPU)

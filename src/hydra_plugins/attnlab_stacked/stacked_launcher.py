@@ -269,10 +269,12 @@ class StackedLauncher(Launcher):
         return visible.split(",") if visible else [str(k) for k in range(torch.cuda.device_count())]
 
     def default_workers(self, configs: list[DictConfig], gpus: list[str]) -> int:
-        """n_jobs unset: one worker per GPU; on the CPU the cores divided by a group's threads (hydra.launcher.threads,
-        else its jobs' device.threads; null, torch's one per core, leaves one worker)."""
+        """n_jobs unset: one worker per GPU (one for Apple's one MPS device); on the CPU the cores divided by a group's
+        threads (hydra.launcher.threads, else its jobs' device.threads; null, torch's one per core, leaves one)."""
         if gpus:
             return len(gpus)
+        if any(c.device.accelerator == "mps" for c in configs):
+            return 1
         threads = self.threads or configs[0].device.get("threads")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:  # null, or refused in its job
             threads = cores()
