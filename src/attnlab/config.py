@@ -10,7 +10,7 @@ from numbers import Integral, Real
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 
 class ConfigError(ValueError):
@@ -271,7 +271,9 @@ def check(cfg: DictConfig) -> None:
         divisors = [h for h in range(1, m.dim + 1) if m.dim % h == 0]
         raise ConfigError(f"model.heads must divide model.dim={m.dim} (allowed: {divisors}), got {m.heads}")
     integer(m.layers, "model.layers")
-    choice(m.positions, "model.positions", ("learned", "sinusoidal", "none"))
+    from attnlab.positions import SCHEMES  # here: torch, which the task check just after imports anyway
+
+    choice(m.positions, "model.positions", SCHEMES)
     choice(m.causal, "model.causal", (None, True, False))
     choice(m.mlp, "model.mlp", (True, False))
     choice(m.norm, "model.norm", (True, False))
@@ -305,6 +307,24 @@ def attention_loss(cfg: DictConfig, task) -> float:
             raise ConfigError(f"loss.attention must be 0 for {task.name} with model.layers={cfg.model.layers}: no "
                               f"target pattern to supervise, got {weight:g}")
     return weight
+
+
+def val_lengths(data: DictConfig, task) -> list[int]:
+    """data.val_lengths: null (one validation set, from the training distribution) or a non-empty list of distinct
+    lengths, each in [the task's shortest, 1024], for a task whose examples have a length."""
+    lengths = data.get("val_lengths")
+    if lengths is None:
+        return []
+    shortest = getattr(task, "shortest", None)
+    if shortest is None:
+        raise ConfigError(f"data.val_lengths must be null for {task.name}: its examples have no length, got {lengths}")
+    allowed = f"null or a non-empty list of distinct integers in [{shortest}, 1024]"
+    if not isinstance(lengths, (list, ListConfig)) or not lengths or len(set(map(str, lengths))) < len(lengths):
+        raise ConfigError(f"data.val_lengths must be {allowed}, got {lengths}")
+    for n in lengths:
+        if isinstance(n, bool) or not isinstance(n, Integral) or not shortest <= n <= 1024:
+            raise ConfigError(f"data.val_lengths must be {allowed}, got {n!r} in {list(lengths)}")
+    return [int(n) for n in lengths]
 
 
 def check_device(device: DictConfig) -> None:

@@ -35,9 +35,13 @@ def build(cfg: DictConfig):
     config.check(cfg)
     config.check_device(cfg.device)
     task = make_task(cfg.data)
+    val_lengths = config.val_lengths(cfg.data, task)
     m = cfg.model
     causal = task.causal if m.causal is None else m.causal
-    model = AttentionModel(task.vocab, task.length, m.dim, m.heads, m.layers, m.positions, causal, m.mlp, m.norm)
+    # Positions for the longest input the run sees: the training length, or a longer validation length.
+    length = task.positions(max([task.seq_len, *val_lengths])) if val_lengths else task.length
+    model = AttentionModel(task.vocab, length, m.dim, m.heads, m.layers, m.positions, causal, m.mlp, m.norm,
+                           padding=getattr(task, "padding", None))
     extra = config.trainer_arguments(cfg.trainer)
     clipping = {k: extra[k] for k in ("gradient_clip_val", "gradient_clip_algorithm") if k in extra}
     accumulate = extra.get("accumulate_grad_batches", 1)
@@ -46,7 +50,8 @@ def build(cfg: DictConfig):
         accumulate_grad_batches=accumulate,
     )
     data = TaskDataModule(
-        task, cfg.data.batch_size, cfg.data.val_size, cfg.seed, accumulate, extra.get("overfit_batches") or 0
+        task, cfg.data.batch_size, cfg.data.val_size, cfg.seed, accumulate, extra.get("overfit_batches") or 0,
+        val_lengths,
     )
     return task, module, data
 
