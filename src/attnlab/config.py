@@ -315,14 +315,13 @@ def val_lengths(data: DictConfig, task) -> list[int]:
     lengths = data.get("val_lengths")
     if lengths is None:
         return []
-    shortest = getattr(task, "shortest", None)
-    if shortest is None:
+    if not task.has_length:
         raise ConfigError(f"data.val_lengths must be null for {task.name}: its examples have no length, got {lengths}")
-    allowed = f"null or a non-empty list of distinct integers in [{shortest}, 1024]"
+    allowed = f"null or a non-empty list of distinct integers in [{task.shortest}, {task.longest}]"
     if not isinstance(lengths, (list, ListConfig)) or not lengths or len(set(map(str, lengths))) < len(lengths):
         raise ConfigError(f"data.val_lengths must be {allowed}, got {lengths}")
     for n in lengths:
-        if isinstance(n, bool) or not isinstance(n, Integral) or not shortest <= n <= 1024:
+        if isinstance(n, bool) or not isinstance(n, Integral) or not task.shortest <= n <= task.longest:
             raise ConfigError(f"data.val_lengths must be {allowed}, got {n!r} in {list(lengths)}")
     return [int(n) for n in lengths]
 

@@ -1,6 +1,7 @@
 """run(cfg, run_dir): build everything from the composed config, train, and leave a complete run directory."""
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from attnlab.ranks import FinalCheckpoint, RankRecord
 from attnlab.tasks import make_task
 
 METRICS_FILE = "metrics.json"
+log = logging.getLogger(__name__)
 
 # Lightning's CombinedLoader (around every dataloader) builds torch's LeafSpec, which torch 2.13 deprecates: a
 # FutureWarning on every run that a user can do nothing about. Only that warning, only from there.
@@ -40,6 +42,9 @@ def build(cfg: DictConfig):
     causal = task.causal if m.causal is None else m.causal
     # Positions for the longest input the run sees: the training length, or a longer validation length.
     length = task.positions(max([task.seq_len, *val_lengths])) if val_lengths else task.length
+    if m.positions == "learned" and length > task.length:
+        log.info(f"model.positions=learned: positions {task.length}-{length - 1} (data.val_lengths past data.seq_len="
+                 f"{task.seq_len}) never train; their rows keep their initial values, as a length study measures")
     model = AttentionModel(task.vocab, length, m.dim, m.heads, m.layers, m.positions, causal, m.mlp, m.norm,
                            padding=getattr(task, "padding", None))
     extra = config.trainer_arguments(cfg.trainer)
@@ -244,8 +249,10 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
                 default_root_dir=run_dir,
             )
             scorer.fit_loop.load_state_dict(loops["fit_loop"])
-        (final,) = scorer.validate(module, datamodule=data, verbose=False)
-        return finish(logger, cfg, {name: float(value) for name, value in final.items()}, trainer.global_step, run_dir)
+        # One dict per validation set (data.val_lengths adds sets), each metric under its own name.
+        final = {name: float(value) for scores in scorer.validate(module, datamodule=data, verbose=False)
+                 for name, value in scores.items()}
+        return finish(logger, cfg, final, trainer.global_step, run_dir)
     finally:
         logger.close()  # the run's one event file, whichever way the run ended
 

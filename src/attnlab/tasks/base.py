@@ -29,6 +29,7 @@ class Task:
     name: str
     causal: bool  # whether the model must not look ahead (next-token tasks)
     shortest: int = 1  # the smallest data length the task makes (an instance may raise it from its own fields)
+    has_length: bool = True  # whether examples have a data length at all (data.min_len, data.val_lengths)
 
     def __init__(self, seq_len: int, vocab_size: int, min_len: int | None = None):
         self.seq_len = integer(seq_len, "data.seq_len", minimum=2, maximum=MAX_LENGTH)

@@ -25,6 +25,7 @@ def is_prime(n: int) -> bool:
 class ModularAddition(Task):
     name = "modular_addition"
     causal = True
+    has_length = False  # a b = is always three tokens
 
     def __init__(self, p: int, train_fraction: float, split_seed: int):
         self.p = integer(p, "data.p", minimum=2, maximum=1000)
