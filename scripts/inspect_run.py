@@ -6,9 +6,11 @@ in the terminal, and draw them as a PNG (with --weights also the weights and QK/
     python scripts/inspect_run.py outputs/2026-11-24/06-25-07 --weights
 
 --input takes the task's tokens by name, separated by spaces or commas. For copy, reverse and sort give x (data.seq_len
-tokens); the script builds the stream x_0 … x_{n-1} y_0 … y_{n-2} the model reads, with the true answer y, and the
-prediction is teacher-forced (each answer token predicted from the true tokens before it, as in training and in
-val/acc). Named inspect_run.py, not inspect.py: that would shadow Python's own inspect module.
+tokens; in a run with data.min_len or data.val_lengths any length n from the task's shortest to the longest of
+data.seq_len and data.val_lengths); the script builds the stream x_0 … x_{n-1} y_0 … y_{n-2} the model reads (with
+the separator after x in a variable-length run, as in training), with the true answer y, and the prediction is
+teacher-forced (each answer token predicted from the true tokens before it, as in training and in val/acc). Named
+inspect_run.py, not inspect.py: that would shadow Python's own inspect module.
 """
 
 import argparse
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = load_run(args.run_dir)
-        batch = run.probe if args.input is None else parse_example(run.task, args.input)
+        val_lengths = list(run.cfg.data.get("val_lengths") or [])
+        batch = run.probe if args.input is None else parse_example(run.task, args.input, val_lengths)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -71,16 +71,24 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(run_dir, cfg, task, module.model.eval(), int(checkpoint.get("global_step", -1)), data.probe())
 
 
-def parse_example(task: Task, text: str) -> Batch:
+def parse_example(task: Task, text: str, val_lengths: list[int] = ()) -> Batch:
     """A user's tokens, by name, separated by spaces or commas -> the task's example for them (Task.example).
-    For the x -> y tasks (copy, reverse, sort) the user gives x only; the task builds the stream [x, y]."""
+    For the x -> y tasks (copy, reverse, sort) the user gives x only; the task builds the stream [x, y] (with the
+    separator of a variable-length run). A run whose examples have lengths of their own (data.min_len) or that is
+    validated at other lengths (`val_lengths`, its data.val_lengths) takes any data length from the task's shortest
+    to the model's longest (positions exist for it); any other run exactly its one length."""
     names = task.token_names()
     index = {name: i for i, name in enumerate(names)}
     words = text.replace(",", " ").split()
     unknown = [word for word in words if word not in index]
     if unknown:
         raise ConfigError(f"--input: {unknown[0]!r} is not a token of task {task.name} (tokens: {_listing(names)})")
-    if len(words) != task.example_length:
+    if task.has_length and (task.variable or val_lengths):
+        longest = max([task.seq_len, *val_lengths])
+        if not task.shortest <= len(words) <= longest:
+            raise ConfigError(f"--input: task {task.name} takes {task.shortest} to {longest} tokens here (its shortest "
+                              f"length to the model's longest, of data.seq_len and data.val_lengths), got {len(words)}")
+    elif len(words) != task.example_length:
         raise ConfigError(f"--input: task {task.name} takes {task.example_length} tokens, got {len(words)}")
     try:
         return task.example(torch.tensor([[index[word] for word in words]]))
