@@ -1,0 +1,248 @@
+"""The Attention tab at other lengths (data.val_lengths), on a real TensorBoard over a real short variable-length run.
+
+At every frame the run logs, beside the training distribution's probe, the first example of each length's validation
+set; the routes answer each length's frames (checked against the checkpoint's model on that example) and circuits,
+the training probe comes cut to its real length (no pads drawn as tokens), a stacked member writes the same frames
+as its solo run, and a run without data.val_lengths writes none. In a browser the probe selector switches length."""
+
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from attnlab import stacked, tags
+from attnlab.alignment import alignment
+from attnlab.data import VALIDATION_SEED
+from attnlab.inspection import load_run
+from attnlab.tensorboard_server import TensorBoardServer
+from conftest import ROOT
+from test_plugin import CHROMEDRIVER, CHROMIUM, TIMEOUT, browser, needs_browser, route  # noqa: F401 (a fixture)
+
+SEQ_LEN, MIN_LEN, LENGTHS = 6, 2, [3, 12]  # the first validation example: 3 long, padded
+STEPS, IMAGE_EVERY = 12, 4
+FRAMES = list(range(0, STEPS + 1, IMAGE_EVERY))
+LAYERS, HEADS = 1, 2
+RUN = "lengths"
+LENGTHS_RUN = [
+    "device=cpu", "data=copy", f"data.seq_len={SEQ_LEN}", f"data.min_len={MIN_LEN}",
+    f"data.val_lengths=[{','.join(map(str, LENGTHS))}]", "data.batch_size=32", "data.val_size=32",
+    "model.dim=16", f"model.heads={HEADS}", f"model.layers={LAYERS}",
+    f"trainer.max_steps={STEPS}", "trainer.val_every_n_steps=6", "trainer.stop_at=null",
+    "logging.every_n_steps=4", f"logging.images_every_n_steps={IMAGE_EVERY}", "logging.progress_bar=false",
+]
+
+
+def compose_cfg(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    """A TensorBoard logdir holding the one variable-length run, trained in this process."""
+    from attnlab.train import run
+
+    root = tmp_path_factory.mktemp("plugin_lengths")
+    cfg = compose_cfg(LENGTHS_RUN)
+    (root / RUN / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, root / RUN / ".hydra" / "config.yaml")
+    run(cfg, root / RUN)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(logdir):
+    """The run's model at its last checkpoint (the weights of the last frame), its task."""
+    return load_run(logdir / RUN)
+
+
+@pytest.fixture(scope="module")
+def server(logdir, tmp_path_factory):
+    ready = lambda answer: bool(answer) and [r["steps"] for r in answer["runs"]] == [FRAMES]  # noqa: E731
+    tensorboard = TensorBoardServer(logdir, log=tmp_path_factory.mktemp("tensorboard") / "log")
+    try:
+        tensorboard.wait_until(route("runs"), ready, TIMEOUT)
+        yield tensorboard
+    finally:
+        tensorboard.stop()
+
+
+def frame(server, step: int, length: int | None) -> dict:
+    args = {"run": RUN, "step": step} | ({} if length is None else {"length": length})
+    (answer,) = server.get(route("frames", **args))["frames"]
+    assert (answer["run"], answer["step"], answer["length"]) == (RUN, step, length)
+    return answer
+
+
+def first_example(task, length: int | None):
+    """The first example of the run's validation set (at `length`), made here from the task as the data module does."""
+    inputs, targets, mask = task.validation_set(32, torch.Generator().manual_seed(VALIDATION_SEED), length=length)
+    return inputs[:1], targets[:1], mask[:1]
+
+
+def test_runs_list_their_lengths(server):
+    (run,) = server.get(route("runs"))["runs"]
+    assert run["run"] == RUN and run["steps"] == FRAMES and run["lengths"] == LENGTHS
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+def test_frames_at_each_length(server, trained, length):
+    """The last frame at a length is the final model's attention on the first example of that length's validation
+    set: its tokens, what each query predicts, the task's target there and the alignment with it."""
+    task, model = trained.task, trained.model
+    inputs, targets, mask = first_example(task, length)
+    width = task.positions(length)
+    assert inputs.shape[1] == width and not (inputs == task.padding).any()  # exactly that long: no pads
+    last = frame(server, FRAMES[-1], length)
+    attention = np.array(last["attention"], dtype=float)  # [layer, head, query, key]
+    assert attention.shape == (LAYERS, HEADS, width, width)
+    with torch.no_grad():
+        _, weights = model(inputs, need_weights=True)
+    assert np.allclose(attention, torch.stack([w[0] for w in weights]).numpy(), atol=2e-3)  # float16, rounded
+    assert last["tokens"] == inputs[0].tolist()
+    assert last["predict"] == [t if m else None for t, m in zip(targets[0].tolist(), mask[0].tolist())]
+    assert last["vocab"][task.separator] == "|" and last["tokens"][length] == task.separator
+    target = task.target_attention(inputs, 0)[0]  # [query, key]
+    assert sorted([q, k] for q, k, _ in last["targets"][0]) == target.nonzero().tolist()
+    expected = alignment(torch.tensor(attention[0]).unsqueeze(0).float(), target.unsqueeze(0))
+    assert np.allclose(last["alignment"][0], expected.numpy(), atol=2e-3)
+    first = frame(server, FRAMES[0], length)
+    assert first["tokens"] == last["tokens"]  # one fixed probe per length, frame after frame
+    assert not np.allclose(attention, np.array(first["attention"], dtype=float), atol=1e-3)  # training moved it
+
+
+def test_training_probe_cut_to_its_real_length(server, trained, logdir):
+    """The training distribution's probe is a shorter example padded to the longest: the tab gets its real tokens
+    only, with the attention the model gives them padded (padding changes nothing a real token computes)."""
+    task, model = trained.task, trained.model
+    inputs, _, _ = first_example(task, None)
+    real = int((inputs[0] != task.padding).sum())
+    assert real < inputs.shape[1]  # this probe is padded: the cut is tested
+    last = frame(server, FRAMES[-1], None)
+    assert last["tokens"] == inputs[0, :real].tolist() and task.padding not in last["tokens"]
+    with torch.no_grad():
+        _, weights = model(inputs, need_weights=True)
+    padded = torch.stack([w[0] for w in weights])[..., :real, :real]
+    assert np.allclose(np.array(last["attention"], dtype=float), padded.numpy(), atol=2e-3)
+    # The Images tab's probe is the same cut example: attention images `real` pixels wide.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir / RUN), size_guidance={"images": 1}).Reload()
+    assert events.Images(tags.attention(0, 0))[-1].width == real
+
+
+def test_circuits_at_a_length(server, trained):
+    """Circuits at a length: the frame's weights through that probe's positions (learned rows past data.seq_len's
+    stream included: they never trained)."""
+    task, model = trained.task, trained.model
+    for length in [None, *LENGTHS]:
+        args = {"run": RUN, "step": FRAMES[-1]} | ({} if length is None else {"length": length})
+        (answer,) = server.get(route("circuits", **args))["circuits"]
+        width = len(frame(server, FRAMES[-1], length)["tokens"])
+        assert answer["positions"] == width
+        P = model.positions.detach()[:width]
+        attention = model.blocks[0].attention
+        d = attention.d_head
+        W_Q, W_K = attention.W_Q.detach()[:, d : 2 * d], attention.W_K.detach()[:, d : 2 * d]  # head 1
+        expected = ((P @ W_Q) @ (P @ W_K).T / d**0.5).tril()
+        values = np.nan_to_num(np.array(answer["layers"][0][1]["qk_positions"]["values"], dtype=float))
+        assert values.shape == (width, width)
+        assert np.allclose(values, expected.numpy(), atol=2e-2 * expected.abs().max().item())
+
+
+def test_a_length_not_logged(server):
+    for args, code, text in [({"length": 5}, 404, "no Attention frames of length 5"),
+                             ({"length": "x"}, 400, "length must be a data length")]:
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            server.get(route("frames", run=RUN, step=FRAMES[-1], **args))
+        assert raised.value.code == code and text in raised.value.read().decode()
+
+
+def test_run_without_val_lengths_writes_no_length_frames(tiny_run):
+    """A run without data.val_lengths writes today's frames only (tests/test_plugin.py reads them)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    (events,) = tiny_run.glob("events.out.tfevents.*")
+    written = {v.tag for e in EventFileLoader(str(events)).Load() for v in e.summary.value
+               if v.metadata.plugin_data.plugin_name == tags.PLUGIN}
+    assert written == set(tags.FRAME)
+
+
+def test_stacked_member_writes_the_solo_frames(logdir, tmp_path):
+    """hydra/launcher=stacked runs the same callbacks per member: a one-member group of the same config writes the
+    same frames at every length as the solo run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    (member,) = stacked.train_group([compose_cfg(LENGTHS_RUN)], [tmp_path / "member"])
+    assert isinstance(member.outcome, dict)
+    runs = {name: EventAccumulator(str(path), size_guidance={"tensors": 0}).Reload()
+            for name, path in [("solo", logdir / RUN), ("member", member.run_dir)]}
+    per_length = [tags.frame_at(tag, n) for n in LENGTHS for tag in tags.FRAME_PER_PROBE]
+    assert set(per_length) <= set(runs["member"].Tags()["tensors"])
+    for tag in per_length:
+        solo, ours = (runs[name].Tensors(tag) for name in ("solo", "member"))
+        assert [e.step for e in ours] == [e.step for e in solo] == FRAMES
+        for a, b in zip(ours, solo):
+            a, b = make_ndarray(a.tensor_proto), make_ndarray(b.tensor_proto)
+            if tag.endswith("/probe"):
+                assert json.loads(a.item()) == json.loads(b.item())
+            else:
+                np.testing.assert_allclose(a.astype(float), b.astype(float), atol=2e-3, err_msg=tag)
+
+
+@needs_browser
+def test_length_selector_in_a_browser(server, browser):  # noqa: F811 (the fixture imported above)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, TIMEOUT, poll_frequency=0.1)
+    css = lambda root, selector: root.find_elements(By.CSS_SELECTOR, selector)  # noqa: E731
+    shown = lambda: browser.execute_script("return document.body.dataset.step + ' ' + document.body.dataset.length")  # noqa: E731
+
+    def visible(selector: str, expression: str) -> list:
+        """`expression` of every shown element matching `selector` (as `e`), in one round trip."""
+        return browser.execute_script("return [...document.querySelectorAll(arguments[0])]"
+                                      f".filter((e) => e.offsetParent !== null).map((e) => {expression})", selector)
+
+    def names(answer: dict) -> list[str]:
+        return [answer["vocab"][t] for t in answer["tokens"]]
+
+    browser.get(f"{server.url}/#{tags.PLUGIN}")
+    browser.switch_to.frame(wait.until(lambda b: css(b, "iframe"))[0])
+    wait.until(lambda b: shown() == f"{FRAMES[-1]} training")
+    select = Select(wait.until(lambda b: css(b, "select#length"))[0])
+    assert [o.text for o in select.options] == ["training distribution"] + [f"length {n}" for n in LENGTHS]
+    head = "figure.heatmap[data-layer='0'][data-head='1']"
+    training = frame(server, FRAMES[-1], None)
+    assert visible(f"{head} th.col .token", "e.textContent") == names(training)
+
+    for length in reversed(LENGTHS):
+        select.select_by_value(str(length))
+        wait.until(lambda b: shown() == f"{FRAMES[-1]} {length}")
+        answer = frame(server, FRAMES[-1], length)
+        width = len(answer["tokens"])
+        assert len(visible("td.cell", "1")) == LAYERS * HEADS * width**2  # this length's maps only
+        assert visible(f"{head} th.col .token", "e.textContent") == names(answer)
+        assert visible(f"{head} figcaption", "e.textContent") == [
+            f"layer 0 · head 1 · alignment {answer['alignment'][0][1]:.2f}"]
+        assert visible("h2 .step-note", "e.textContent") == [f"step {FRAMES[-1]} · length {length}"]
+
+    # The step slider at a length: the first frame of that length's probe.
+    css(browser, "#step")[0].send_keys(Keys.HOME)
+    wait.until(lambda b: shown() == f"{FRAMES[0]} {LENGTHS[0]}")
+    first = frame(server, FRAMES[0], LENGTHS[0])
+    assert visible(f"{head} figcaption", "e.textContent") == [
+        f"layer 0 · head 1 · alignment {first['alignment'][0][1]:.2f}"]
+    # Back to the training distribution's probe, at the step the slider is on.
+    select.select_by_value("")
+    wait.until(lambda b: shown() == f"{FRAMES[0]} training")
+    assert visible(f"{head} th.col .token", "e.textContent") == names(training)
+    assert len(visible("td.cell", "1")) == LAYERS * HEADS * len(training["tokens"]) ** 2
+    assert browser.execute_script("return document.querySelectorAll('.error').length") == 0
