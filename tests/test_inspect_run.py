@@ -192,3 +192,65 @@ def test_terminal_styles(tiny_run, monkeypatch):
     text.encode("ascii")  # raises if any character is not ASCII
     assert all(len(line) <= 80 for line in text.splitlines()[:-1])  # panels wrap to the width (not the legend)
     assert "layer 1 head 1" in text and "@" in text  # the first query attends only to itself: weight 1
+
+
+# A variable-length copy run (data lengths 2..6) validated up to 12: --input takes any length from copy's shortest (1)
+# to 12, in the training format (x, the separator, y).
+VARIABLE_RUN = ["device=cpu", "data=copy", "data.seq_len=6", "data.min_len=2", "data.val_lengths=[12]",
+                "data.batch_size=16", "data.val_size=16", "model.dim=16", "trainer.max_steps=4",
+                "trainer.val_every_n_steps=4", "trainer.stop_at=null", "logging=off"]
+
+
+@pytest.fixture(scope="module")
+def variable_run(tmp_path_factory) -> Path:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from attnlab.train import run
+
+    run_dir = tmp_path_factory.mktemp("variable_run")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=VARIABLE_RUN)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    run(cfg, run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("x", ["3", "3 1 4", "3 1 4 1 5 9 2 6 5 3 5 8"], ids=["shortest", "shorter", "longest"])
+def test_variable_length_input(variable_run, tmp_path, capsys, x):
+    """Any length from the task's shortest to the model's longest (data.val_lengths past data.seq_len), built as
+    training builds it: x | y, scored on y, teacher-forced; the model's own attention on it."""
+    code, out, err = inspect(capsys, variable_run, "--input", x, "--color", "never", "--out", tmp_path)
+    assert code == 0, err
+    words, n = x.split(), len(x.split())
+    assert row(out, "input") == words + ["|"] + words[:-1]
+    assert row(out, "target") == ["·"] * n + words
+    run = load_run(variable_run)
+    tokens = torch.tensor([[int(w) for w in words] + [run.task.separator] + [int(w) for w in words[:-1]]])
+    logits, attention = run.model(tokens, need_weights=True)
+    assert row(out, "predicted") == ["·"] * n + [str(t) for t in logits[0, n:].argmax(-1).tolist()]
+    torch.testing.assert_close(run_example(run, run.task.example(tokens[:, :n])).attention[0], attention[0][0])
+    assert_png(tmp_path / f"attention-{x.replace(' ', '_')}.png", (300, 200))
+
+
+def test_variable_length_probe_has_no_pads(variable_run, capsys):
+    """The probe (the first validation example, padded to the longest in its set) is shown at its real length."""
+    code, out, err = inspect(capsys, variable_run, "--color", "never", "--out", variable_run / "pictures")
+    assert code == 0, err
+    run = load_run(variable_run)
+    assert "_" not in row(out, "input") and row(out, "input").count("|") == 1
+    assert run.probe[0].shape[1] == len(row(out, "input")) < run.task.length
+
+
+@pytest.mark.parametrize("x, message", [
+    ("3 1 4 1 5 9 2 6 5 3 5 8 9", "--input: task copy takes 1 to 12 tokens here (its shortest length to the model's "
+                                  "longest, of data.seq_len and data.val_lengths), got 13"),
+    ("3 | 4", "--input: '|' is not a token of task copy"),  # the separator is the script's to place
+])
+def test_variable_length_input_refused(variable_run, tmp_path, capsys, x, message):
+    before = sorted(variable_run.rglob("*"))
+    code, out, err = inspect(capsys, variable_run, "--input", x, "--out", tmp_path / "pictures")
+    assert code == 2 and err == f"error: {message}\n" if "got 13" in message else message in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert sorted(variable_run.rglob("*")) == before and not (tmp_path / "pictures").exists()
