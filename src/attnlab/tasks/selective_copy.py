@@ -79,7 +79,7 @@ class SelectiveCopy(Task):
         region = torch.full((n, width), self.noise).scatter_(1, where, data)
         p = torch.arange(width + gap + k).expand(n, -1)  # stream positions
         index = torch.where(p < lengths, p, p - lengths - gap)
-        stream = torch.where(p < lengths, region.gather(1, index.clamp(max=width - 1)), self.pad)
+        stream = torch.where(p < lengths, region.gather(1, index.clamp(0, width - 1)), self.pad)
         answer = (p >= lengths + gap) & (p < lengths + gap + k)
         stream = torch.where(answer, data.gather(1, index.clamp(0, k - 1)), stream)
         if self.variable:
