@@ -124,12 +124,12 @@ def test_validation_per_length_logged_and_in_metrics(tmp_path):
     distribution's."""
     run_dir = tmp_path / "run"
     train_run(run_dir, "data=copy", "data.seq_len=6", "data.min_len=3", "data.val_lengths=[6,12]",
-              "data.val_size=256", "trainer.max_steps=40", "trainer.val_every_n_steps=20", "logging=off")
+              "data.val_size=256", "model.layers=2", "trainer.max_steps=40", "trainer.val_every_n_steps=20", "logging=off")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for n in (6, 12):
         for name in tags.METRICS:
             assert 0 <= metrics[tags.metric(tags.length_stage(n), name)] <= (1 if name != "loss" else 100)
-        assert tags.align(0, 0, n) in metrics and tags.align_best(n) in metrics
+        assert tags.align(1, 0, n) in metrics and tags.align_best(n) in metrics
     assert metrics[tags.align_best(6)] != metrics[tags.align_best(12)]  # two sets, measured apart
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
