@@ -22,10 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_run(run_dir: Path, *overrides: str) -> dict:
     """A real run of the composed config, in this process, as tests/conftest.py's tiny_run; its metrics."""
+    from attnlab.config import checked_arguments
     from attnlab.train import run
 
+    overrides = checked_arguments(["device=cpu", "logging.progress_bar=false", *overrides])  # as scripts/train.py
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["device=cpu", "logging.progress_bar=false", *overrides])
+        cfg = compose(config_name="train", overrides=overrides)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     return run(cfg, run_dir)
