@@ -34,6 +34,9 @@ CASES = [
     ("positions-unknown", ["model.positions=rotary"], 2, ["model.positions must be one of learned, sinusoidal, none", "'rotary'"]),
     ("seq-len-too-short", ["data.seq_len=1"], 2, ["data.seq_len must be in [2, 1024]", "got 1"]),
     ("vocab-too-small", ["data.vocab_size=1"], 2, ["data.vocab_size must be in [2,"]),
+    ("min-len-above-seq-len", ["data.min_len=9"], 2, ["data.min_len must be null", "integer in [1, 8]", "got 9"]),
+    ("min-len-below-shortest", ["data=mqar", "data.min_len=12"], 2, ["data.min_len must be null", "integer in [16, 24]", "got 12"]),
+    ("min-len-without-a-length", ["data=modular_addition", "data.min_len=2"], 2, ["data.min_len must be null for modular_addition"]),
     ("batch-size-zero", ["data.batch_size=0"], 2, ["data.batch_size must be >= 1"]),
     ("task-unknown", ["data.task=palindrome"], 2, ["data.task must be one of", "reverse", "'palindrome'"]),
     ("lr-zero", ["optim.lr=0"], 2, ["optim.lr must be a number > 0", "got 0"]),
@@ -54,7 +57,7 @@ CASES = [
     # Keys attnlab would ignore: refused, with the section's allowed keys and the closest one.
     ("key-unknown-model", ["+model.dropout=0.1"], 2, ["model.dropout is not a key of model: allowed dim, heads, layers"]),
     ("key-unknown-top", ["+foo=1"], 2, ["foo is not a key of the config: allowed seed, ckpt_path"]),
-    ("key-unknown-data", ["+data.seqlen=8"], 2, ["data.seqlen is not a key of data (reverse): allowed task, seq_len, vocab_size, batch_size, val_size; did you mean data.seq_len?"]),
+    ("key-unknown-data", ["+data.seqlen=8"], 2, ["data.seqlen is not a key of data (reverse): allowed task, seq_len, vocab_size, min_len, batch_size, val_size; did you mean data.seq_len?"]),
     ("key-of-another-task", ["data.num_tokens=3"], 2, ["data.num_tokens is not a key of data (reverse)"]),
     ("key-unknown-optim", ["+optim.momentum=0.9"], 2, ["optim.momentum is not a key of optim: allowed lr, weight_decay"]),
     ("key-unknown-logging", ["+logging.every_steps=5"], 2, ["logging.every_steps is not a key of logging", "did you mean logging.every_n_steps?"]),

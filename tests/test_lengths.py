@@ -22,10 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_run(run_dir: Path, *overrides: str) -> dict:
     """A real run of the composed config, in this process, as tests/conftest.py's tiny_run; its metrics."""
+    from attnlab.config import checked_arguments
     from attnlab.train import run
 
+    overrides = checked_arguments(["device=cpu", "logging.progress_bar=false", *overrides])  # as scripts/train.py
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["device=cpu", "logging.progress_bar=false", *overrides])
+        cfg = compose(config_name="train", overrides=overrides)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     return run(cfg, run_dir)
@@ -124,12 +126,12 @@ def test_validation_per_length_logged_and_in_metrics(tmp_path):
     distribution's."""
     run_dir = tmp_path / "run"
     train_run(run_dir, "data=copy", "data.seq_len=6", "data.min_len=3", "data.val_lengths=[6,12]",
-              "data.val_size=256", "trainer.max_steps=40", "trainer.val_every_n_steps=20", "logging=off")
+              "data.val_size=256", "model.layers=2", "trainer.max_steps=40", "trainer.val_every_n_steps=20", "logging=off")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for n in (6, 12):
         for name in tags.METRICS:
             assert 0 <= metrics[tags.metric(tags.length_stage(n), name)] <= (1 if name != "loss" else 100)
-        assert tags.align(0, 0, n) in metrics and tags.align_best(n) in metrics
+        assert tags.align(1, 0, n) in metrics and tags.align_best(n) in metrics
     assert metrics[tags.align_best(6)] != metrics[tags.align_best(12)]  # two sets, measured apart
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

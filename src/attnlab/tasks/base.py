@@ -226,10 +226,18 @@ class SequenceMap(Task):
         i = torch.arange(inputs.shape[1]).expand(inputs.shape[0], -1) - start
         return i.clamp(0, inputs.shape[1] - 1), (i >= 0) & (i < n), n
 
+    @property
+    def pointer_layer(self) -> int:
+        """The layer whose head copies y_i from x. At one length a first layer can: the query that writes y_i sits
+        at a fixed distance from its source. When lengths vary, that distance depends on the example's length,
+        which no first-layer query knows (RASP's reverse computes the length first): a first layer finds it, or
+        the token before each x_i, and the second layer points."""
+        return 1 if self.variable else 0
+
     def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
-        """The query that writes y_i on its source key; rows of the reading phase and of pads have no target and
-        stay zero."""
-        if layer != 0:
+        """The query that writes y_i on its source key, at `pointer_layer`; rows of the reading phase and of pads
+        have no target and stay zero."""
+        if layer != self.pointer_layer:
             return None
         i, writes, n = self.answer_index(inputs)
         key = self.source(inputs, n).gather(1, i)  # [batch, query]
