@@ -24,7 +24,8 @@ from test_plugin import CHROMEDRIVER, CHROMIUM, TIMEOUT, browser, needs_browser,
 SEQ_LEN, MIN_LEN, LENGTHS = 6, 2, [3, 12]  # the first validation example: 3 long, padded
 STEPS, IMAGE_EVERY = 12, 4
 FRAMES = list(range(0, STEPS + 1, IMAGE_EVERY))
-LAYERS, HEADS = 1, 2
+LAYERS, HEADS = 2, 2
+POINTER = 1  # the layer of copy's target in a variable-length run (SequenceMap.pointer_layer)
 RUN = "lengths"
 LENGTHS_RUN = [
     "device=cpu", "data=copy", f"data.seq_len={SEQ_LEN}", f"data.min_len={MIN_LEN}",
@@ -36,10 +37,13 @@ LENGTHS_RUN = [
 
 
 def compose_cfg(overrides: list[str]):
+    """The config scripts/train.py composes for these overrides (data.min_len and data.val_lengths as it takes them)."""
     from hydra import compose, initialize_config_dir
 
+    from attnlab.config import checked_arguments
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name="train", overrides=checked_arguments(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +111,11 @@ def test_frames_at_each_length(server, trained, length):
     assert last["tokens"] == inputs[0].tolist()
     assert last["predict"] == [t if m else None for t, m in zip(targets[0].tolist(), mask[0].tolist())]
     assert last["vocab"][task.separator] == "|" and last["tokens"][length] == task.separator
-    target = task.target_attention(inputs, 0)[0]  # [query, key]
-    assert sorted([q, k] for q, k, _ in last["targets"][0]) == target.nonzero().tolist()
-    expected = alignment(torch.tensor(attention[0]).unsqueeze(0).float(), target.unsqueeze(0))
-    assert np.allclose(last["alignment"][0], expected.numpy(), atol=2e-3)
+    assert task.pointer_layer == POINTER and last["targets"][1 - POINTER] is None
+    target = task.target_attention(inputs, POINTER)[0]  # [query, key]
+    assert sorted([q, k] for q, k, _ in last["targets"][POINTER]) == target.nonzero().tolist()
+    expected = alignment(torch.tensor(attention[POINTER]).unsqueeze(0).float(), target.unsqueeze(0))
+    assert np.allclose(last["alignment"][POINTER], expected.numpy(), atol=2e-3)
     first = frame(server, FRAMES[0], length)
     assert first["tokens"] == last["tokens"]  # one fixed probe per length, frame after frame
     assert not np.allclose(attention, np.array(first["attention"], dtype=float), atol=1e-3)  # training moved it
@@ -219,7 +224,7 @@ def test_length_selector_in_a_browser(server, browser):  # noqa: F811 (the fixtu
     wait.until(lambda b: shown() == f"{FRAMES[-1]} training")
     select = Select(wait.until(lambda b: css(b, "select#length"))[0])
     assert [o.text for o in select.options] == ["training distribution"] + [f"length {n}" for n in LENGTHS]
-    head = "figure.heatmap[data-layer='0'][data-head='1']"
+    head = f"figure.heatmap[data-layer='{POINTER}'][data-head='1']"
     training = frame(server, FRAMES[-1], None)
     assert visible(f"{head} th.col .token", "e.textContent") == names(training)
 
@@ -231,7 +236,7 @@ def test_length_selector_in_a_browser(server, browser):  # noqa: F811 (the fixtu
         assert len(visible("td.cell", "1")) == LAYERS * HEADS * width**2  # this length's maps only
         assert visible(f"{head} th.col .token", "e.textContent") == names(answer)
         assert visible(f"{head} figcaption", "e.textContent") == [
-            f"layer 0 · head 1 · alignment {answer['alignment'][0][1]:.2f}"]
+            f"layer {POINTER} · head 1 · alignment {answer['alignment'][POINTER][1]:.2f}"]
         assert visible("h2 .step-note", "e.textContent") == [f"step {FRAMES[-1]} · length {length}"]
 
     # The step slider at a length: the first frame of that length's probe.
@@ -239,7 +244,7 @@ def test_length_selector_in_a_browser(server, browser):  # noqa: F811 (the fixtu
     wait.until(lambda b: shown() == f"{FRAMES[0]} {LENGTHS[0]}")
     first = frame(server, FRAMES[0], LENGTHS[0])
     assert visible(f"{head} figcaption", "e.textContent") == [
-        f"layer 0 · head 1 · alignment {first['alignment'][0][1]:.2f}"]
+        f"layer {POINTER} · head 1 · alignment {first['alignment'][POINTER][1]:.2f}"]
     # Back to the training distribution's probe, at the step the slider is on.
     select.select_by_value("")
     wait.until(lambda b: shown() == f"{FRAMES[0]} training")
