@@ -26,7 +26,7 @@ STEPS, IMAGE_EVERY = 12, 4
 FRAMES = list(range(0, STEPS + 1, IMAGE_EVERY))
 LAYERS, HEADS = 2, 2
 POINTER = 1  # the layer of copy's target in a variable-length run (SequenceMap.pointer_layer)
-RUN = "lengths"
+RUN, OTHER = "lengths", "other"  # OTHER: a second run of the sweep, seed=1, validated at the first length only
 LENGTHS_RUN = [
     "device=cpu", "data=copy", f"data.seq_len={SEQ_LEN}", f"data.min_len={MIN_LEN}",
     f"data.val_lengths=[{','.join(map(str, LENGTHS))}]", "data.batch_size=32", "data.val_size=32",
@@ -48,14 +48,15 @@ def compose_cfg(overrides: list[str]):
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
-    """A TensorBoard logdir holding the one variable-length run, trained in this process."""
+    """A TensorBoard logdir holding two variable-length runs as a sweep's jobs, trained in this process."""
     from attnlab.train import run
 
     root = tmp_path_factory.mktemp("plugin_lengths")
-    cfg = compose_cfg(LENGTHS_RUN)
-    (root / RUN / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, root / RUN / ".hydra" / "config.yaml")
-    run(cfg, root / RUN)
+    for name, overrides in [(RUN, []), (OTHER, ["seed=1", f"data.val_lengths=[{LENGTHS[0]}]"])]:
+        cfg = compose_cfg(LENGTHS_RUN + overrides)
+        (root / name / ".hydra").mkdir(parents=True)
+        OmegaConf.save(cfg, root / name / ".hydra" / "config.yaml")
+        run(cfg, root / name)
     return root
 
 
@@ -67,7 +68,7 @@ def trained(logdir):
 
 @pytest.fixture(scope="module")
 def server(logdir, tmp_path_factory):
-    ready = lambda answer: bool(answer) and [r["steps"] for r in answer["runs"]] == [FRAMES]  # noqa: E731
+    ready = lambda answer: bool(answer) and [r["steps"] for r in answer["runs"]] == [FRAMES] * 2  # noqa: E731
     tensorboard = TensorBoardServer(logdir, log=tmp_path_factory.mktemp("tensorboard") / "log")
     try:
         tensorboard.wait_until(route("runs"), ready, TIMEOUT)
@@ -76,10 +77,10 @@ def server(logdir, tmp_path_factory):
         tensorboard.stop()
 
 
-def frame(server, step: int, length: int | None) -> dict:
-    args = {"run": RUN, "step": step} | ({} if length is None else {"length": length})
+def frame(server, step: int, length: int | None, run: str = RUN) -> dict:
+    args = {"run": run, "step": step} | ({} if length is None else {"length": length})
     (answer,) = server.get(route("frames", **args))["frames"]
-    assert (answer["run"], answer["step"], answer["length"]) == (RUN, step, length)
+    assert (answer["run"], answer["step"], answer["length"]) == (run, step, length)
     return answer
 
 
@@ -90,8 +91,8 @@ def first_example(task, length: int | None):
 
 
 def test_runs_list_their_lengths(server):
-    (run,) = server.get(route("runs"))["runs"]
-    assert run["run"] == RUN and run["steps"] == FRAMES and run["lengths"] == LENGTHS
+    runs = server.get(route("runs"))["runs"]
+    assert [(r["run"], r["steps"], r["lengths"]) for r in runs] == [(RUN, FRAMES, LENGTHS), (OTHER, FRAMES, LENGTHS[:1])]
 
 
 @pytest.mark.parametrize("length", LENGTHS)
@@ -161,10 +162,11 @@ def test_circuits_at_a_length(server, trained):
 
 
 def test_a_length_not_logged(server):
-    for args, code, text in [({"length": 5}, 404, "no Attention frames of length 5"),
+    for args, code, text in [({"length": 5}, 404, f"run {RUN!r} has no Attention frames of length 5"),
+                             ({"length": LENGTHS[1], "run": OTHER}, 404, f"run {OTHER!r} has no Attention frames of"),
                              ({"length": "x"}, 400, "length must be a data length")]:
         with pytest.raises(urllib.error.HTTPError) as raised:
-            server.get(route("frames", run=RUN, step=FRAMES[-1], **args))
+            server.get(route("frames", **{"run": RUN, "step": FRAMES[-1], **args}))
         assert raised.value.code == code and text in raised.value.read().decode()
 
 
@@ -224,30 +226,40 @@ def test_length_selector_in_a_browser(server, browser):  # noqa: F811 (the fixtu
     wait.until(lambda b: shown() == f"{FRAMES[-1]} training")
     select = Select(wait.until(lambda b: css(b, "select#length"))[0])
     assert [o.text for o in select.options] == ["training distribution"] + [f"length {n}" for n in LENGTHS]
-    head = f"figure.heatmap[data-layer='{POINTER}'][data-head='1']"
-    training = frame(server, FRAMES[-1], None)
-    assert visible(f"{head} th.col .token", "e.textContent") == names(training)
+    lengths = {RUN: LENGTHS, OTHER: LENGTHS[:1]}
+    head = lambda run: f"section.run[data-run='{run}'] figure.heatmap[data-layer='{POINTER}'][data-head='1']"  # noqa: E731
 
+    def side_by_side(step: int, length: int | None) -> None:
+        """Each run's section at `length`: its own frame's maps, or (without that length) a line saying so."""
+        for run in (RUN, OTHER):
+            section = f"section.run[data-run='{run}']"
+            if length is not None and length not in lengths[run]:
+                assert visible(f"{section} td.cell", "1") == []
+                assert visible(f"{section} .missing", "e.textContent") == [
+                    f"No probe of length {length}: not among this run's data.val_lengths."]
+                continue
+            answer = frame(server, step, length, run)
+            assert len(visible(f"{section} td.cell", "1")) == LAYERS * HEADS * len(answer["tokens"]) ** 2
+            assert visible(f"{head(run)} th.col .token", "e.textContent") == names(answer)
+            assert visible(f"{head(run)} figcaption", "e.textContent") == [
+                f"layer {POINTER} · head 1 · alignment {answer['alignment'][POINTER][1]:.2f}"]
+            note = f"step {step}" + ("" if length is None else f" · length {length}")
+            assert visible(f"{section} h2 .step-note", "e.textContent") == [note]
+
+    side_by_side(FRAMES[-1], None)
     for length in reversed(LENGTHS):
         select.select_by_value(str(length))
         wait.until(lambda b: shown() == f"{FRAMES[-1]} {length}")
-        answer = frame(server, FRAMES[-1], length)
-        width = len(answer["tokens"])
-        assert len(visible("td.cell", "1")) == LAYERS * HEADS * width**2  # this length's maps only
-        assert visible(f"{head} th.col .token", "e.textContent") == names(answer)
-        assert visible(f"{head} figcaption", "e.textContent") == [
-            f"layer {POINTER} · head 1 · alignment {answer['alignment'][POINTER][1]:.2f}"]
-        assert visible("h2 .step-note", "e.textContent") == [f"step {FRAMES[-1]} · length {length}"]
+        side_by_side(FRAMES[-1], length)
+    assert frame(server, FRAMES[-1], LENGTHS[0], RUN)["attention"] != frame(server, FRAMES[-1], LENGTHS[0], OTHER)[
+        "attention"]  # two seeds: two pictures of the same probe
 
     # The step slider at a length: the first frame of that length's probe.
     css(browser, "#step")[0].send_keys(Keys.HOME)
     wait.until(lambda b: shown() == f"{FRAMES[0]} {LENGTHS[0]}")
-    first = frame(server, FRAMES[0], LENGTHS[0])
-    assert visible(f"{head} figcaption", "e.textContent") == [
-        f"layer {POINTER} · head 1 · alignment {first['alignment'][POINTER][1]:.2f}"]
+    side_by_side(FRAMES[0], LENGTHS[0])
     # Back to the training distribution's probe, at the step the slider is on.
     select.select_by_value("")
     wait.until(lambda b: shown() == f"{FRAMES[0]} training")
-    assert visible(f"{head} th.col .token", "e.textContent") == names(training)
-    assert len(visible("td.cell", "1")) == LAYERS * HEADS * len(training["tokens"]) ** 2
+    side_by_side(FRAMES[0], None)
     assert browser.execute_script("return document.querySelectorAll('.error').length") == 0
