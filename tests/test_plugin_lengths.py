@@ -92,7 +92,8 @@ def first_example(task, length: int | None):
 
 def test_runs_list_their_lengths(server):
     runs = server.get(route("runs"))["runs"]
-    assert [(r["run"], r["steps"], r["lengths"]) for r in runs] == [(RUN, FRAMES, LENGTHS), (OTHER, FRAMES, LENGTHS[:1])]
+    listed = [(r["run"], r["steps"], r["lengths"]) for r in runs]
+    assert listed == [(RUN, FRAMES, LENGTHS), (OTHER, FRAMES, LENGTHS[:1])]
 
 
 @pytest.mark.parametrize("length", LENGTHS)
@@ -211,7 +212,8 @@ def test_length_selector_in_a_browser(server, browser):  # noqa: F811 (the fixtu
 
     wait = WebDriverWait(browser, TIMEOUT, poll_frequency=0.1)
     css = lambda root, selector: root.find_elements(By.CSS_SELECTOR, selector)  # noqa: E731
-    shown = lambda: browser.execute_script("return document.body.dataset.step + ' ' + document.body.dataset.length")  # noqa: E731
+    shown = lambda: browser.execute_script(  # noqa: E731
+        "return document.body.dataset.step + ' ' + document.body.dataset.length")
 
     def visible(selector: str, expression: str) -> list:
         """`expression` of every shown element matching `selector` (as `e`), in one round trip."""
@@ -227,7 +229,8 @@ def test_length_selector_in_a_browser(server, browser):  # noqa: F811 (the fixtu
     select = Select(wait.until(lambda b: css(b, "select#length"))[0])
     assert [o.text for o in select.options] == ["training distribution"] + [f"length {n}" for n in LENGTHS]
     lengths = {RUN: LENGTHS, OTHER: LENGTHS[:1]}
-    head = lambda run: f"section.run[data-run='{run}'] figure.heatmap[data-layer='{POINTER}'][data-head='1']"  # noqa: E731
+    head = lambda run: (f"section.run[data-run='{run}'] "  # noqa: E731
+                        f"figure.heatmap[data-layer='{POINTER}'][data-head='1']")
 
     def side_by_side(step: int, length: int | None) -> None:
         """Each run's section at `length`: its own frame's maps, or (without that length) a line saying so."""

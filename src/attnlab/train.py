@@ -151,7 +151,8 @@ def run_callbacks(cfg: DictConfig, task, data, run_dir: Path) -> list[L.Callback
         scale = cfg.logging.weight_scale or viz.default_weight_scale(cfg.model.dim)
         # The training distribution's probe, and with data.val_lengths one per length (the Attention tab's selector).
         probes = {n: data.probe(n) for n in [None, *data.val_lengths]}
-        targets = {n: [task.target_attention(p[0], layer) for layer in range(cfg.model.layers)] for n, p in probes.items()}
+        targets = {n: [task.target_attention(probe[0], layer) for layer in range(cfg.model.layers)]
+                   for n, probe in probes.items()}
         at_lengths = {n: (probes[n], targets[n]) for n in data.val_lengths}
         callbacks.append(
             AttentionImages(

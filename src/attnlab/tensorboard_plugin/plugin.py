@@ -228,7 +228,8 @@ class AttentionPlugin(base_plugin.TBPlugin):
         wanted = [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE]
         for run, step, frame in self.frames_at(request, wanted, length):
             labels = json.loads(frame[tags.FRAME_PROBE].item())
-            answer.append({"run": run, "step": step, "length": length, "attention": rounded(frame[tags.FRAME_ATTENTION]),
+            answer.append({"run": run, "step": step, "length": length,
+                           "attention": rounded(frame[tags.FRAME_ATTENTION]),
                            "alignment": rounded(frame[tags.FRAME_ALIGNMENT]), **labels})
         return http_util.Respond(request, {"frames": answer}, "application/json")
 
