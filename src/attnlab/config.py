@@ -193,10 +193,12 @@ def checked_arguments(arguments: list[str]) -> list[str]:
         if not repository.group_exists(group):
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        options = repository.get_group_options(group, ObjectType.CONFIG)
+        options = group_options(repository, group)
         for value in values:
             if value not in options and value is not None:
-                raise ConfigError(f"{group}={value}: no such option; allowed: {', '.join(options)}")
+                suite = str(value).rpartition("/")[0]  # +experiment=lengths/...: that folder's options
+                listed = [o for o in options if suite and o.startswith(f"{suite}/")] or options
+                raise ConfigError(f"{group}={value}: no such option; allowed: {', '.join(listed)}")
         if (CONF_DIR / group).is_dir() and all(is_global(CONF_DIR / group / f"{v}.yaml") for v in values):
             extras += [(group, v) for v in values]
         else:
@@ -225,6 +227,16 @@ def checked_arguments(arguments: list[str]) -> list[str]:
                 argument = "++" + argument
         out.append(argument)
     return out
+
+
+def group_options(repository, group: str) -> list[str]:
+    """The options of a config group, those in its folders too (`experiment` has `lengths/copy`)."""
+    from hydra.core.object_type import ObjectType
+
+    options = list(repository.get_group_options(group, ObjectType.CONFIG))
+    for folder in repository.get_group_options(group, ObjectType.GROUP):
+        options += [f"{folder}/{o}" for o in group_options(repository, f"{group}/{folder}")]
+    return options
 
 
 def check_extras(arguments: list[str]) -> None:
