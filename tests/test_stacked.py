@@ -55,8 +55,11 @@ def flat(d, prefix: str = "") -> dict:
 
 
 @pytest.mark.parametrize("model", [[], ["model.layers=2", "model.heads=2", "model.mlp=true", "model.norm=true",
-                                         "++trainer.gradient_clip_val=0.1"]],
-                         ids=["1-layer", "2-layer-mlp-norm-clipped"])
+                                         "++trainer.gradient_clip_val=0.1"],
+                                    # lengths of their own (padding masked), scored at two more lengths, rotary positions
+                                    ["++data.min_len=3", "++data.val_lengths=[8,12]", "model.layers=2",
+                                     "model.positions=rope"]],
+                         ids=["1-layer", "2-layer-mlp-norm-clipped", "variable-length-rope"])
 def test_members_train_as_their_solo_runs(tmp_path, model):
     cfgs = [compose_cfg(SHORT + model + member) for member in MEMBERS]
     members = stacked.train_group(cfgs, [tmp_path / f"member{k}" for k in range(len(cfgs))])
