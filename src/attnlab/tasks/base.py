@@ -9,6 +9,7 @@ the model never attends to and which is never scored; position 0 always holds a 
 `positions(n)` is, and every tensor of a batch drawn at data length n, or padded up to it, is that wide.
 """
 
+import functools
 from numbers import Integral
 
 import torch
@@ -143,6 +144,20 @@ def pointers(width: int, queries: Tensor, keys: Tensor, valid: Tensor) -> Tensor
     return target.index_put_((batch, queries, keys), valid.float(), accumulate=True)
 
 
+@functools.lru_cache(maxsize=16)
+def variable_layout(width: int) -> tuple[Tensor, Tensor]:
+    """SequenceMap's variable-length stream `x | y _ _`, per data length n in 0 .. width (a row each): where each
+    stream position reads from in [x_0 .. x_{width-1}, |, y_0 .. y_{width-1}, _] ([n, 2 * width + 1]), and which
+    query positions are scored ([n, 2 * width]: the separator and y but its last, which write y). Made once per
+    width: a batch then takes its rows with one lookup, where working them out per batch costs a dozen small
+    tensor operations, each as slow as the whole fixed-length batch at these sizes."""
+    n = torch.arange(width + 1).unsqueeze(1)  # [n, 1]
+    p = torch.arange(2 * width + 1)  # stream positions
+    index = torch.where(p < n, p, torch.where(p <= 2 * n, p + width - n, 2 * width + 1))
+    query = p[:-1]
+    return index, (query >= n) & (query < 2 * n)
+
+
 class SequenceMap(Task):
     """Read x, then write y = f(x) in the same stream (minGPT's sort-demo format).
 
@@ -198,17 +213,17 @@ class SequenceMap(Task):
         """x [batch, width] of which each example keeps its first `lengths` [batch, 1] tokens -> the stream
         x (| in a variable-length run) y, right-padded, shifted into (inputs, next-token targets, mask on y)."""
         batch, width = x.shape
-        gap = int(self.variable)  # the separator's one position between x and y
         y = x.gather(1, self.source(x, lengths))  # [batch, width], y_i for i < length
-        p = torch.arange(2 * width + gap).expand(batch, -1)  # stream positions
-        index = torch.where(p < lengths, p, p - lengths - gap).clamp(0, width - 1)
-        stream = torch.where(p < lengths, x.gather(1, index), y.gather(1, index))
-        if self.variable:
-            stream = torch.where(p == lengths, self.separator, stream)
-            stream = torch.where(p >= 2 * lengths + gap, self.pad, stream)
-        query = p[:, :-1]
-        mask = (query >= lengths + gap - 1) & (query < 2 * lengths + gap - 1)
-        return stream[:, :-1], stream[:, 1:], mask
+        if not self.variable:  # every example `width` long (lengths is all width): x then y
+            stream = torch.cat([x, y], dim=1)
+            mask = torch.zeros(batch, 2 * width - 1, dtype=torch.bool)
+            mask[:, width - 1 :] = True
+            return stream[:, :-1], stream[:, 1:], mask
+        index, mask = variable_layout(width)
+        table = torch.cat([x, torch.full((batch, 1), self.separator), y, torch.full((batch, 1), self.pad)], dim=1)
+        stream = table.gather(1, index[lengths.squeeze(1)])  # [batch, 2 * width + 1]
+        return stream[:, :-1], stream[:, 1:], mask[lengths.squeeze(1)]
+
 
     def answer_start(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Per example [batch, 1]: its data length n, and the query position that writes y_0."""
