@@ -121,6 +121,11 @@ class Task:
         stream at that length (and may raise ConfigError for tokens they do not take)."""
         return tokens, torch.zeros_like(tokens), torch.zeros_like(tokens, dtype=torch.bool)
 
+    def example_positions(self, k: int) -> int:
+        """Positions the model sees for a user's example of k tokens (`example`): k where the tokens are the model's
+        input as is; tasks that take the data override this with positions(k)."""
+        return k
+
     def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
         """The attention pattern known to solve the task at this layer, [batch, query, key] with query and key as
         wide as `inputs`, or None where no fixed pattern is known (for this layer, or for the task at all). Built per
@@ -199,6 +204,9 @@ class SequenceMap(Task):
     @property
     def example_length(self) -> int:
         return self.seq_len  # a user gives x; y is worked out
+
+    def example_positions(self, k: int) -> int:
+        return self.positions(k)
 
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
         lengths, width = self.lengths(n, generator, length)

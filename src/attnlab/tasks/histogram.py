@@ -75,6 +75,9 @@ class Histogram(Task):
     def example_length(self) -> int:
         return self.seq_len  # a user gives x; BOS and the counts are worked out
 
+    def example_positions(self, k: int) -> int:
+        return self.positions(k)
+
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
         lengths, width = self.lengths(n, generator, length)
         return self.stream(torch.randint(self.vocab_size, (n, width), generator=generator), lengths)

@@ -55,6 +55,9 @@ class Majority(Task):
     def example_length(self) -> int:
         return self.seq_len
 
+    def example_positions(self, k: int) -> int:
+        return self.positions(k)
+
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
         lengths, width = self.lengths(n, generator, length)
         real = torch.arange(width) < lengths  # [batch, pos]
