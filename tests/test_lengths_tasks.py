@@ -71,7 +71,8 @@ def check_example(t, name, inputs, targets, mask, n):
     elif name == "histogram":
         x = inputs[1 : n + 1]
         assert words[0] == "BOS" and all(w == "_" for w in words[n + 1 :])
-        assert [names[c] for c in scored] == [f"#{x.count(v)}" for v in x] and mask == [False] + [True] * n + [False] * (len(mask) - n - 1)
+        assert [names[c] for c in scored] == [f"#{x.count(v)}" for v in x]
+        assert mask == [False] + [True] * n + [False] * (len(mask) - n - 1)
     elif name == "majority":
         x = inputs[:n]
         (top, count), *rest = Counter(x).most_common()
@@ -233,7 +234,8 @@ def test_fixed_length_runs_read_nothing_new():
     ],
 )
 def test_bad_min_len(name, min_len, allowed):
-    with pytest.raises(ConfigError, match=r"^data\.min_len must be null .* or an integer in " + allowed.replace("[", r"\[")):
+    expected = r"^data\.min_len must be null .* or an integer in " + allowed.replace("[", r"\[")
+    with pytest.raises(ConfigError, match=expected):
         task(name, min_len=min_len)
 
 

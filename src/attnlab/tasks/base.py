@@ -41,7 +41,8 @@ class Task:
         call this once those are checked (and pass no min_len to Task.__init__)."""
         if min_len is None:
             return None
-        if isinstance(min_len, bool) or not isinstance(min_len, Integral) or not self.shortest <= min_len <= self.seq_len:
+        integral = isinstance(min_len, Integral) and not isinstance(min_len, bool)
+        if not integral or not self.shortest <= min_len <= self.seq_len:
             raise ConfigError(f"data.min_len must be null (every example data.seq_len long) or an integer in "
                               f"[{self.shortest}, {self.seq_len}] ({self.name}'s shortest length to data.seq_len), "
                               f"got {min_len!r}")
@@ -151,11 +152,11 @@ def pointers(width: int, queries: Tensor, keys: Tensor, valid: Tensor) -> Tensor
 
 @functools.lru_cache(maxsize=16)
 def variable_layout(width: int) -> tuple[Tensor, Tensor]:
-    """SequenceMap's variable-length stream `x | y _ _`, per data length n in 0 .. width (a row each): where each
-    stream position reads from in [x_0 .. x_{width-1}, |, y_0 .. y_{width-1}, _] ([n, 2 * width + 1]), and which
-    query positions are scored ([n, 2 * width]: the separator and y but its last, which write y). Made once per
+    """SequenceMap's variable-length stream `x | y _ _`, one row per data length n in 0 .. width: where each stream
+    position reads from in the table [x_0 .. x_{width-1}, |, y_0 .. y_{width-1}, _]  [n, 2 * width + 1], and which
+    query positions are scored (the separator and y but its last: they write y)  [n, 2 * width]. Made once per
     width: a batch then takes its rows with one lookup, where working them out per batch costs a dozen small
-    tensor operations, each as slow as the whole fixed-length batch at these sizes."""
+    tensor operations, each about as slow as drawing a whole fixed-length batch at these sizes."""
     n = torch.arange(width + 1).unsqueeze(1)  # [n, 1]
     p = torch.arange(2 * width + 1)  # stream positions
     index = torch.where(p < n, p, torch.where(p <= 2 * n, p + width - n, 2 * width + 1))
@@ -231,7 +232,6 @@ class SequenceMap(Task):
         table = torch.cat([x, torch.full((batch, 1), self.separator), y, torch.full((batch, 1), self.pad)], dim=1)
         stream = table.gather(1, index[lengths.squeeze(1)])  # [batch, 2 * width + 1]
         return stream[:, :-1], stream[:, 1:], mask[lengths.squeeze(1)]
-
 
     def answer_start(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Per example [batch, 1]: its data length n, and the query position that writes y_0."""
