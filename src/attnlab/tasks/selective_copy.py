@@ -22,7 +22,8 @@ alignment over seeds 0-9. Pulled onto the target (+experiment=selective_copy_sup
 data tokens too.
 
 In a variable-length run (data.min_len) the noise region has its own length n per example (from num_tokens up),
-with the same num_tokens data tokens in it; a separator `|` says where it ends, and pads `.` follow the answer:
+with the same num_tokens data tokens in it; a separator token `|` (above only a mark for the reader) says where it
+ends, and pads `.` follow the answer:
 
     _ 3 _ 1 4 | 3 1 4 . . .         (n = 5 of seq_len = 8: position n+i writes the i-th data token)
 
