@@ -87,7 +87,7 @@ class Task:
         """Token ids the model sees (data tokens plus any special tokens the task adds)."""
         return self.vocab_size
 
-    def lengths(self, n: int, generator: torch.Generator, length: int | None = None) -> tuple[Tensor, int]:
+    def draw_lengths(self, n: int, generator: torch.Generator, length: int | None = None) -> tuple[Tensor, int]:
         """Each example's data length [n, 1] and the data length the batch is padded to. `length` given: all of
         them that long. Otherwise the training distribution: seq_len, or (data.min_len set) uniform in
         [min_len, seq_len], drawn from the generator first; a fixed-length run draws nothing here, so its batches
@@ -210,7 +210,7 @@ class SequenceMap(Task):
         return self.positions(k)
 
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
-        lengths, width = self.lengths(n, generator, length)
+        lengths, width = self.draw_lengths(n, generator, length)
         return self.stream(torch.randint(self.vocab_size, (n, width), generator=generator), lengths)
 
     def example(self, x: Tensor) -> Batch:

@@ -79,7 +79,7 @@ class Histogram(Task):
         return self.positions(k)
 
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
-        lengths, width = self.lengths(n, generator, length)
+        lengths, width = self.draw_lengths(n, generator, length)
         return self.stream(torch.randint(self.vocab_size, (n, width), generator=generator), lengths)
 
     def example(self, x: Tensor) -> Batch:

@@ -71,7 +71,7 @@ class SelectiveCopy(Task):
 
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
         k = self.num_tokens
-        lengths, width = self.lengths(n, generator, length)
+        lengths, width = self.draw_lengths(n, generator, length)
         # Where the data tokens sit: k distinct positions of each example's own region, in order.
         draw = torch.rand(n, width, generator=generator)
         if self.variable:
