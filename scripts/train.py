@@ -68,7 +68,7 @@ def train(cfg: DictConfig) -> float:
             config.check(cfg)
             from attnlab.tasks import make_task
 
-            make_task(cfg.data)
+            config.val_lengths(cfg.data, make_task(cfg.data))
             config.check_device(cfg.device)
             if cfg.get("ckpt_path"):
                 resume.load_checkpoint(cfg.ckpt_path)

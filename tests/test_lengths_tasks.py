@@ -26,7 +26,8 @@ SIZES = {
 }
 VARIABLE = sorted(SIZES)
 ANSWER = {"copy": list, "reverse": lambda x: x[::-1], "sort": sorted}
-TARGET_LAYERS = {"copy": [0], "reverse": [0], "sort": [1], "histogram": [0], "majority": [0],
+# Layers with a target when lengths vary (copy's and reverse's pointer moves to layer 1: SequenceMap.pointer_layer).
+TARGET_LAYERS = {"copy": [1], "reverse": [1], "sort": [1], "histogram": [0], "majority": [0],
                  "selective_copy": [1], "induction": [0, 1], "mqar": [0, 1]}
 
 

@@ -1,6 +1,7 @@
 """run(cfg, run_dir): build everything from the composed config, train, and leave a complete run directory."""
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from attnlab.ranks import FinalCheckpoint, RankRecord
 from attnlab.tasks import make_task
 
 METRICS_FILE = "metrics.json"
+log = logging.getLogger(__name__)
 
 # Lightning's CombinedLoader (around every dataloader) builds torch's LeafSpec, which torch 2.13 deprecates: a
 # FutureWarning on every run that a user can do nothing about. Only that warning, only from there.
@@ -35,9 +37,16 @@ def build(cfg: DictConfig):
     config.check(cfg)
     config.check_device(cfg.device)
     task = make_task(cfg.data)
+    val_lengths = config.val_lengths(cfg.data, task)
     m = cfg.model
     causal = task.causal if m.causal is None else m.causal
-    model = AttentionModel(task.vocab, task.length, m.dim, m.heads, m.layers, m.positions, causal, m.mlp, m.norm)
+    # Positions for the longest input the run sees: the training length, or a longer validation length.
+    length = task.positions(max([task.seq_len, *val_lengths])) if val_lengths else task.length
+    if m.positions == "learned" and length > task.length:
+        log.info(f"model.positions=learned: positions {task.length}-{length - 1} (data.val_lengths past data.seq_len="
+                 f"{task.seq_len}) never train; their rows keep their initial values, as a length study measures")
+    model = AttentionModel(task.vocab, length, m.dim, m.heads, m.layers, m.positions, causal, m.mlp, m.norm,
+                           padding=getattr(task, "padding", None))
     extra = config.trainer_arguments(cfg.trainer)
     clipping = {k: extra[k] for k in ("gradient_clip_val", "gradient_clip_algorithm") if k in extra}
     accumulate = extra.get("accumulate_grad_batches", 1)
@@ -46,7 +55,8 @@ def build(cfg: DictConfig):
         accumulate_grad_batches=accumulate,
     )
     data = TaskDataModule(
-        task, cfg.data.batch_size, cfg.data.val_size, cfg.seed, accumulate, extra.get("overfit_batches") or 0
+        task, cfg.data.batch_size, cfg.data.val_size, cfg.seed, accumulate, extra.get("overfit_batches") or 0,
+        val_lengths,
     )
     return task, module, data
 
@@ -239,8 +249,10 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
                 default_root_dir=run_dir,
             )
             scorer.fit_loop.load_state_dict(loops["fit_loop"])
-        (final,) = scorer.validate(module, datamodule=data, verbose=False)
-        return finish(logger, cfg, {name: float(value) for name, value in final.items()}, trainer.global_step, run_dir)
+        # One dict per validation set (data.val_lengths adds sets), each metric under its own name.
+        final = {name: float(value) for scores in scorer.validate(module, datamodule=data, verbose=False)
+                 for name, value in scores.items()}
+        return finish(logger, cfg, final, trainer.global_step, run_dir)
     finally:
         logger.close()  # the run's one event file, whichever way the run ended
 

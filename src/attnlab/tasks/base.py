@@ -30,6 +30,7 @@ class Task:
     name: str
     causal: bool  # whether the model must not look ahead (next-token tasks)
     shortest: int = 1  # the smallest data length the task makes (an instance may raise it from its own fields)
+    has_length: bool = True  # whether examples have a data length at all (data.min_len, data.val_lengths)
 
     def __init__(self, seq_len: int, vocab_size: int, min_len: int | None = None):
         self.seq_len = integer(seq_len, "data.seq_len", minimum=2, maximum=MAX_LENGTH)
@@ -248,10 +249,18 @@ class SequenceMap(Task):
         i = torch.arange(inputs.shape[1]).expand(inputs.shape[0], -1) - start
         return i.clamp(0, inputs.shape[1] - 1), (i >= 0) & (i < n), n
 
+    @property
+    def pointer_layer(self) -> int:
+        """The layer whose head copies y_i from x. At one length a first layer can: the query that writes y_i sits
+        at a fixed distance from its source. When lengths vary, that distance depends on the example's length,
+        which no first-layer query knows (RASP's reverse computes the length first): a first layer finds it, or
+        the token before each x_i, and the second layer points."""
+        return 1 if self.variable else 0
+
     def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
-        """The query that writes y_i on its source key; rows of the reading phase and of pads have no target and
-        stay zero."""
-        if layer != 0:
+        """The query that writes y_i on its source key, at `pointer_layer`; rows of the reading phase and of pads
+        have no target and stay zero."""
+        if layer != self.pointer_layer:
             return None
         i, writes, n = self.answer_index(inputs)
         key = self.source(inputs, n).gather(1, i)  # [batch, query]

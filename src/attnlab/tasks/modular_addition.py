@@ -25,6 +25,7 @@ def is_prime(n: int) -> bool:
 class ModularAddition(Task):
     name = "modular_addition"
     causal = True
+    has_length = False  # a b = is always three tokens
 
     shortest = 2  # `a b`, the only length there is
 
