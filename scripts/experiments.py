@@ -1,4 +1,4 @@
-"""Run every recipe in conf/experiment/ over seeds 0-9 (one `scripts/train.py -m +experiment=NAME seed=range(10)`
+"""Run every recipe in conf/experiment/ over seeds 0-9 (one `scripts/train.py -m +experiment=NAME 'seed=range(10)'`
 sweep each) and write the table into README.md between the `experiments` marker comments.
 
     python scripts/experiments.py                    # all recipes, table into README.md
