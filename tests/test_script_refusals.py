@@ -36,7 +36,7 @@ def test_a_path_that_is_not_a_run_is_refused_before_torch(tmp_path, script):
     (tmp_path / "no checkpoint" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     for path, message in [(tmp_path / "nowhere", "is not a directory"),
                           (tmp_path / "no checkpoint" / ".hydra", "is not a run directory: it has no .hydra/config.yaml"),
-                          (tmp_path / "no checkpoint", "has no checkpoints/last.ckpt")]:
+                          (tmp_path / "no checkpoint", "has no checkpoints/last.ckpt (did its training finish?)")]:
         error, imported = refuse(script, path, cwd=tmp_path)
         assert error == f"error: RUN_DIR: {path} {message}"
         assert imported == "imported:", f"{script} {path}: {imported}"
