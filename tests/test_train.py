@@ -151,8 +151,11 @@ def test_console_prints_each_notice_once_and_one_progress_line(run, events):
     step = metrics["step"]
     reason = "max_steps reached" if step == 1500 else "stop_at 0.999 reached"  # trainer.stop_at: the default
     assert ("`Trainer.fit` stopped: `max_steps=1500` reached." in log) == (step == 1500)
-    progress = [line.rstrip() for line in re.split(r"[\r\n]", result.stdout) if line.startswith("step ")]
-    assert len(progress) >= step // 20  # redrawn every 20 steps, after each validation, and at the end
+    # stdout is a pipe here, not a terminal: no redraw in place, but a line of its own after each validation (every
+    # 50 steps) and at the end, each with the bar as tqdm draws it.
+    assert "\r" not in result.stdout
+    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(progress) == step // 50 + 1, progress
     # The last: the step training ended at, the train loss last logged, the last validation's seq_acc, and why.
     loss = events.Scalars(tags.metric("train", "loss"))[-1].value
     shown = rf"step {step}/1500 .{{20}} loss {loss:.4g} · val/seq_acc {metrics['val/seq_acc']:.3f} · {reason} "
