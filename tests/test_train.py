@@ -1,6 +1,7 @@
 """One real run of scripts/train.py: it solves reverse, and its run directory and TensorBoard events hold what the
 README promises, and its console what it should: each notice once, one progress line, what was learned."""
 
+import fnmatch
 import io
 import json
 import re
@@ -65,6 +66,21 @@ def test_run_directory(run_dir):
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] > 0
     assert "model.blocks.0.attention.W_Q" in checkpoint["state_dict"]
+
+
+def test_readme_lists_what_a_run_directory_holds(run_dir):
+    """README's listing of a run's directory: every file of a single run is in it, and every entry of it that is not
+    for sweeps or several processes only is in the run."""
+    readme = (ROOT / "README.md").read_text()
+    listing = readme.split("A run's directory:\n\n")[1].split("\n\n")[0].splitlines()[1:]  # after outputs/...
+    entries = {m[1]: line for line in listing if (m := re.match(r"      (\S+)  ", line))}  # not continuations
+    patterns = [name.rstrip("/").replace("{r}", "*") for name in entries]
+    made = [p.relative_to(run_dir).as_posix() for p in run_dir.iterdir()]
+    unlisted = [name for name in made if not any(fnmatch.fnmatch(name, pattern.split("/")[0]) for pattern in patterns)]
+    assert not unlisted, f"README's run directory does not list {unlisted}"
+    for name, line in entries.items():
+        if "in a sweep" not in line and "several processes" not in line:
+            assert list(run_dir.glob(name.rstrip("/"))), f"README lists {name}, which a run does not write"
 
 
 def test_scalars(events):
