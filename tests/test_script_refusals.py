@@ -53,3 +53,14 @@ def test_a_token_the_task_has_not_is_refused_before_lightning(tiny_run, tmp_path
     assert error == "error: --input: 'X' is not a token of task reverse (tokens: 0 1 2 3 4 5 6 7 8 9)"
     assert imported == "imported: torch"  # the task's tokens need torch's task classes, not Lightning
     assert not (run_dir / "inspect").exists()
+
+
+def test_tab_speed_without_selenium_says_what_to_install(tmp_path):
+    """As after the plain install: selenium cannot be imported. One line naming the extra, before anything runs."""
+    hide = "import sys; sys.modules['selenium'] = None; sys.argv = sys.argv[1:]; import runpy; " \
+           "runpy.run_path(sys.argv[0], run_name='__main__')"
+    finished = subprocess.run([sys.executable, "-c", hide, str(ROOT / "scripts" / "tab_speed.py"), str(tmp_path)],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 1
+    assert finished.stderr == ("error: scripts/tab_speed.py drives Chromium through selenium, which is not "
+                               "installed: pip install -e '.[test]'\n")
