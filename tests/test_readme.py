@@ -101,3 +101,11 @@ def test_scripts_that_drive_a_browser_say_they_need_selenium(script):
 
     docstring = ast.get_docstring(ast.parse((ROOT / "scripts" / script).read_text()))
     assert "selenium" in docstring and ".[test]" in docstring
+
+
+def test_sweeps_page_gives_the_joblib_launchers_own_default():
+    joblib = pytest.importorskip("hydra_plugins.hydra_joblib_launcher.config")
+    text = " ".join((ROOT / "docs" / "sweeps.md").read_text().split())
+    said = re.search(r"`hydra/launcher=joblib` runs `hydra.launcher.n_jobs` of them side by side \(default (-?\d+)", text)
+    assert said, "docs/sweeps.md no longer says joblib's default n_jobs where this test looks"
+    assert int(said[1]) == joblib.JobLibLauncherConf().n_jobs
