@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from attnlab.config import ConfigError
-from attnlab.inspection import describe, load_run, parse_example, run_example
+from attnlab.resume import check_run_dir
 
 
 def file_stem(text: str | None) -> str:
@@ -43,12 +43,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="colour heatmaps in the terminal (auto: when stdout is a terminal and NO_COLOR is unset)")
     args = parser.parse_args(argv)
 
+    # Bad input fails at once: the path before torch's import (seconds), the tokens before Lightning's (seconds more).
     try:
+        check_run_dir(args.run_dir)
+        from attnlab.inspection import describe, load_run, parse_example, run_example, run_task
+
+        batch = None if args.input is None else parse_example(run_task(args.run_dir), args.input)
         run = load_run(args.run_dir)
-        batch = run.probe if args.input is None else parse_example(run.task, args.input)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if batch is None:
+        batch = run.probe
 
     # Imported after the checks: matplotlib is only needed once there is something to draw.
     from attnlab import figures, terminal

@@ -203,6 +203,7 @@ def test_optuna_three_trials(tmp_path, script_runs):
             f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *TINY, f"hydra.sweep.dir={sweep}"]
     result = train_forked(script_runs, args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "setup plugin" not in result.stdout + result.stderr  # the study storage's alembic, at INFO
 
     table = rows(sweep / "summary.csv")
     assert len(table) == 4

@@ -16,6 +16,23 @@ class Drop(logging.Filter):
         return not record.getMessage().startswith(self.prefixes)
 
 
+class FirstJobOnly(Drop):
+    """A logging filter that drops the records starting with one of `prefixes` in every job of a sweep but its first
+    (hydra.job.num 0): what is the same for every job, such as the devices Lightning finds, is said once. Made anew
+    for each job, as Hydra sets up the job's logging after its HydraConfig."""
+
+    def __init__(self, prefixes: list[str]):
+        super().__init__(prefixes)
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra = HydraConfig.get() if HydraConfig.initialized() else None
+        self.later_job = hydra is not None and hydra.mode == RunMode.MULTIRUN and (hydra.job.num or 0) > 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.later_job or super().filter(record)
+
+
 def one_handler_for_lightning() -> None:
     """Lightning's top package adds a console handler of its own as it is imported, beside the root logger's that
     Hydra's job logging sets up: each of its notices was printed twice. Where the root logger has handlers,

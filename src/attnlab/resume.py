@@ -119,3 +119,19 @@ def finished(argv: list[str]) -> bool:
 
 def how_to_resume(run_dir: Path) -> str:
     return f"python {sys.argv[0]} resume={run_dir}"
+
+
+def check_run_dir(run_dir, field: str = "RUN_DIR") -> Path:
+    """run_dir as a Path where it is a run directory (its composed config and last checkpoint are there), else a
+    ConfigError naming what is missing. Looks at files only, so a wrong path is refused before torch's import."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{field}: {run_dir} is not a directory")
+    if not (run_dir / CONFIG).is_file():
+        hint = ""
+        if any(run_dir.glob(f"*/{CONFIG}")) or any(run_dir.glob(f"*/*/{CONFIG}")):
+            hint = " (it holds runs: pass one of them, e.g. a sweep's outputs/multirun/<date>/<time>/<overrides>)"
+        raise ConfigError(f"{field}: {run_dir} is not a run directory: it has no {CONFIG}{hint}")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise ConfigError(f"{field}: {run_dir} has no {CHECKPOINT} (did its training finish?)")
+    return run_dir
