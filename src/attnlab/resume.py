@@ -46,12 +46,45 @@ def check_matches(checkpoint: dict, module, path) -> None:
             )
 
 
-def resume_arguments(argv: list[str]) -> list[str]:
+def init_checkpoint(value) -> Path:
+    """The checkpoint init_from names: a run directory's last one, or a .ckpt file given as it is."""
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        if not (path / CHECKPOINT).is_file():
+            raise ConfigError(f"init_from: {path} has no {CHECKPOINT} (allowed: a run directory that has saved one, or a .ckpt file)")
+        return path / CHECKPOINT
+    return path
+
+
+def load_weights(module, value) -> None:
+    """The weights of the checkpoint init_from names, into `module` (nothing else of it: no optimiser, loop or data
+    state). A ConfigError names the first tensor that this config's model lacks, does not have, or makes in
+    another shape: the task may differ, so long as the vocabulary, positions and model sizes fit."""
+    path = init_checkpoint(value)
+    theirs = load_checkpoint(path, "init_from")["state_dict"]
+    ours = module.state_dict()
+    for name in sorted(ours.keys() | theirs.keys()):
+        if name not in ours:
+            raise ConfigError(f"init_from: {path} holds {name}, which this config's model does not have (model.layers, "
+                              "model.mlp, model.norm and model.positions must be as when it was trained)")
+        if name not in theirs:
+            raise ConfigError(f"init_from: {path} has no {name}, which this config's model has (model.layers, "
+                              "model.mlp, model.norm and model.positions must be as when it was trained)")
+        if ours[name].shape != theirs[name].shape:
+            raise ConfigError(
+                f"init_from: {path} holds {name} of shape {list(theirs[name].shape)}, this config makes "
+                f"{list(ours[name].shape)} (the vocabulary, data.seq_len and model sizes must fit)"
+            )
+    module.load_state_dict(theirs)
+
+
+def resume_arguments(argv: list[str], conf_dir: Path) -> list[str]:
     """Hydra's command-line arguments for `resume=RUN_DIR ...`: that run's own composed config (not today's
     defaults), its last checkpoint and its directory, so the run goes on in place and in the same TensorBoard run.
     Other key=value overrides on the line apply on top (say trainer.max_steps=6000 to train longer). Hydra's files
-    for the resumed part go to .hydra/resume/, so the original .hydra/ stays as it was. argv without resume= is
-    returned as it is."""
+    for the resumed part go to .hydra/resume/, so the original .hydra/ stays as it was. conf_dir: the project's
+    conf/, for the console's logging (hydra/job_logging=attnlab), which the run's composed config, having no
+    defaults list, does not name. argv without resume= is returned as it is."""
     given = [a for a in argv if a.startswith("resume=")]
     if not given:
         return argv
@@ -72,6 +105,8 @@ def resume_arguments(argv: list[str]) -> list[str]:
     return [  # Hydra's flags first: argparse takes no flag after the first of the positional overrides
         f"--config-path={config_dir}",
         "--config-name=config",
+        f"--config-dir={conf_dir}",
+        "hydra/job_logging=attnlab",  # as a fresh run's console: each notice once and short, no advertisement
         *rest,
         f"++ckpt_path='{checkpoint}'",
         f"hydra.run.dir='{run_dir}'",
