@@ -116,6 +116,8 @@ def train(cfg: DictConfig) -> float:
         print("\n" + console.learned(metrics, wall, start_step, cfg.trainer.max_steps))
     # images=1000: TensorBoard keeps only 10 frames per image tag by default (and images=0 shows none in 2.21).
     print(f"\nRun saved in {run_dir}\nView it with:  tensorboard --logdir {run_dir} --samples_per_plugin images=1000")
+    if not sweep.in_sweep():  # resume=RUN_DIR of a sweep's job, to the end: its job.json says ok
+        sweep.resumed_alone(run_dir, time.perf_counter() - start)
     metric = cfg.get("optimized_metric", "val/seq_acc")  # runs made before the key existed can be resumed
     if metric not in metrics:
         print(f"error: optimized_metric must be one of {', '.join(metrics)}, got {metric!r} "
@@ -130,7 +132,11 @@ if __name__ == "__main__":
         sys.argv[1:] = config.checked_arguments(sys.argv[1:])  # Hydra's refusals as one line each
         if resume.finished(sys.argv[1:]):
             sys.exit(0)
-        sys.argv[1:] = resume.resume_arguments(sys.argv[1:], CONF)  # resume=RUN_DIR: that run's config and checkpoint
+        # resume=RUN_DIR: that run's config and checkpoint; -m resume=SWEEP_DIR: the sweep's jobs left to do
+        arguments = resume.resume_arguments(sys.argv[1:], CONF)
+        if arguments is None:  # a sweep with nothing left to do: said so
+            sys.exit(0)
+        sys.argv[1:] = arguments
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

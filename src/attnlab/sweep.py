@@ -20,7 +20,7 @@ from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from attnlab import signals
 from attnlab.config import integer
@@ -38,13 +38,17 @@ def in_sweep() -> bool:
 
 def write_job_record(run_dir: Path, status: str, wall_s: float, error: str | None = None, code: int | None = None):
     hydra = HydraConfig.get()
+    # The job's overrides as its .hydra/ has them: a job finished in place (-m resume=SWEEP_DIR) is launched with a
+    # ckpt_path= more, which is not what the job is.
+    own = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(own)) if own.is_file() else list(hydra.overrides.task)
     record = {
         "status": status,  # ok | failed | interrupted | not started
         "error": error,
         "exit_code": code,
         "wall_s": round(wall_s, 3),
         "job": hydra.job.num,
-        "overrides": list(hydra.overrides.task),
+        "overrides": overrides,
     }
     run_dir.mkdir(parents=True, exist_ok=True)  # a job stopped by bad input has had its directory removed
     (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -102,6 +106,17 @@ def isolated(train: Callable[[DictConfig], float], cfg: DictConfig, run_dir: Pat
         return None
     write_job_record(run_dir, "ok", time.perf_counter() - start)
     return value
+
+
+def resumed_alone(run_dir: Path, wall_s: float) -> None:
+    """A sweep's job that resume=RUN_DIR went on with to the end, on its own: its job.json says so (ok), so that
+    the sweep's summary and -m resume=SWEEP_DIR count it as finished."""
+    record_file = run_dir / JOB_FILE
+    if not record_file.is_file():
+        return
+    record = json.loads(record_file.read_text())
+    record.update(status="ok", error=None, exit_code=None, wall_s=round(record.get("wall_s", 0.0) + wall_s, 3))
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
 
 
 # Runs a stacked launcher (hydra_plugins/attnlab_stacked) has trained already, as members of a group: run_dir ->
