@@ -29,6 +29,27 @@ JOB_FILE = "job.json"
 METRICS_FILE = "metrics.json"  # written by attnlab.train.run
 
 
+# ---- the sweep side ------------------------------------------------------------------------------------------------
+
+
+def trials_in_study(storage: str | None, study_name: str | None) -> int:
+    """How many trials the Optuna study `study_name` in `storage` holds already (0 where there is none yet): the
+    seed of its sampler in conf/hparams_search/ (the resolver attnlab.trials_in_study). A study run again to add
+    trials then draws new points, where a fixed seed drew the same ones again; and the same study history still
+    gives the same new points. Two sweeps adding to one study at the same moment would draw alike."""
+    if not storage or not study_name:  # a study of its own each time (in memory, or a generated name)
+        return 0
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet: this sweep creates it
+        return 0
+
+
+OmegaConf.register_new_resolver("attnlab.trials_in_study", trials_in_study, replace=True)
+
+
 # ---- the job side --------------------------------------------------------------------------------------------------
 
 
