@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> float:
             config.check(cfg)
             from attnlab.tasks import make_task
 
-            make_task(cfg.data)
+            config.check_memory(cfg, make_task(cfg.data))  # before the first allocation
             config.check_device(cfg.device)
             start_step = resume.load_checkpoint(cfg.ckpt_path)["global_step"] if cfg.get("ckpt_path") else 0
             if cfg.get("init_from") and not cfg.get("ckpt_path"):  # (a resumed run goes on from its own checkpoint)

@@ -10,7 +10,7 @@ from numbers import Integral, Real
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -305,6 +305,25 @@ def attention_loss(cfg: DictConfig, task) -> float:
             raise ConfigError(f"loss.attention must be 0 for {task.name} with model.layers={cfg.model.layers}: no "
                               f"target pattern to supervise, got {weight:g}")
     return weight
+
+
+def check_memory(cfg: DictConfig, task) -> None:
+    """The run fits in the memory this machine has left: the floor of what training and validation need
+    (attnlab.memory.estimate) against MemAvailable or the memory cgroup's room. Refused with the key that sizes the
+    largest part; nothing refused where the machine's memory cannot be read."""
+    from attnlab import memory
+
+    have = memory.available()
+    need = memory.estimate(cfg, task)
+    if have is not None and need.total > have[0]:
+        key = need.largest()
+        value = OmegaConf.select(cfg, key)
+        raise ConfigError(
+            f"{key}={value}: this run needs at least {memory.size(need.total)} of memory (training batch "
+            f"{memory.size(need.batch)}, validation {memory.size(need.validation)}, model and optimiser "
+            f"{memory.size(need.model)}), this machine has {memory.size(have[0])} available ({have[1]}); allowed: "
+            f"a smaller {key}"
+        )
 
 
 def check_device(device: DictConfig) -> None:

@@ -35,6 +35,7 @@ def build(cfg: DictConfig):
     config.check(cfg)
     config.check_device(cfg.device)
     task = make_task(cfg.data)
+    config.check_memory(cfg, task)  # before the model's weights, the first allocation
     m = cfg.model
     causal = task.causal if m.causal is None else m.causal
     model = AttentionModel(task.vocab, task.length, m.dim, m.heads, m.layers, m.positions, causal, m.mlp, m.norm)
