@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from attnlab.config import ConfigError
-from attnlab.inspection import describe, load_run, parse_example, run_example
+from attnlab.resume import check_run_dir
 
 
 def file_stem(text: str | None) -> str:
@@ -45,13 +45,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="colour heatmaps in the terminal (auto: when stdout is a terminal and NO_COLOR is unset)")
     args = parser.parse_args(argv)
 
+    # Bad input fails at once: the path before torch's import (seconds), the tokens before Lightning's (seconds more).
     try:
+        check_run_dir(args.run_dir)
+        from attnlab.inspection import describe, load_run, parse_example, run_config, run_example, run_task
+
+        batch = None
+        if args.input is not None:  # data.val_lengths: the longest input the model has positions for
+            val_lengths = list(run_config(args.run_dir).data.get("val_lengths") or [])
+            batch = parse_example(run_task(args.run_dir), args.input, val_lengths)
         run = load_run(args.run_dir)
-        val_lengths = list(run.cfg.data.get("val_lengths") or [])
-        batch = run.probe if args.input is None else parse_example(run.task, args.input, val_lengths)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if batch is None:
+        batch = run.probe
 
     # Imported after the checks: matplotlib is only needed once there is something to draw.
     from attnlab import figures, terminal

@@ -72,7 +72,8 @@ def check_example(t, name, inputs, targets, mask, n):
     elif name == "histogram":
         x = inputs[1 : n + 1]
         assert words[0] == "BOS" and all(w == "_" for w in words[n + 1 :])
-        assert [names[c] for c in scored] == [f"#{x.count(v)}" for v in x] and mask == [False] + [True] * n + [False] * (len(mask) - n - 1)
+        assert [names[c] for c in scored] == [f"#{x.count(v)}" for v in x]
+        assert mask == [False] + [True] * n + [False] * (len(mask) - n - 1)
     elif name == "majority":
         x = inputs[:n]
         (top, count), *rest = Counter(x).most_common()
@@ -195,9 +196,19 @@ def test_a_users_example_at_any_length(name, variable):
         x = inputs[:, 1 : k + 1] if name == "histogram" else inputs[:, :k]
         made = t.example(x)
         assert all(torch.equal(a, b) for a, b in zip(made, (inputs, targets, mask)))
-        assert made[0].shape[1] == t.positions(k) and mask.sum(1).min() > 0
+        assert made[0].shape[1] == t.positions(k) == t.example_positions(k) and mask.sum(1).min() > 0
     with pytest.raises(ConfigError, match="the example's length must be in"):
         t.example(torch.zeros(1, t.longest + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["selective_copy", "induction", "mqar"])
+def test_a_users_whole_input_at_any_length(name):
+    """Tasks that cannot work out the answer take the model's whole input as is: example_positions(k) is k."""
+    t = task(name)
+    inputs = t.sample(2, torch.Generator().manual_seed(0), length=t.seq_len + 2)[0]
+    made = t.example(inputs)
+    assert torch.equal(made[0], inputs) and not made[2].any()
+    assert t.example_positions(inputs.shape[1]) == inputs.shape[1] == t.positions(t.seq_len + 2)
 
 
 def test_fixed_length_runs_read_nothing_new():
@@ -224,14 +235,17 @@ def test_fixed_length_runs_read_nothing_new():
     ],
 )
 def test_bad_min_len(name, min_len, allowed):
-    with pytest.raises(ConfigError, match=r"^data\.min_len must be null .* or an integer in " + allowed.replace("[", r"\[")):
+    expected = r"^data\.min_len must be null .* or an integer in " + allowed.replace("[", r"\[")
+    with pytest.raises(ConfigError, match=expected):
         task(name, min_len=min_len)
 
 
 def test_modular_addition_has_no_length():
     with pytest.raises(ConfigError, match=r"^data\.min_len must be null for modular_addition"):
         task("modular_addition", min_len=2, p=7, train_fraction=0.5, split_seed=0)
-    assert task("modular_addition", min_len=None, p=7, train_fraction=0.5, split_seed=0).padding is None
+    t = task("modular_addition", min_len=None, p=7, train_fraction=0.5, split_seed=0)
+    assert t.padding is None and not t.variable and t.shortest == t.longest == 2
+    assert t.length == t.positions(2) == t.example_positions(2) == t.example(torch.tensor([[3, 5]]))[0].shape[1] == 3
 
 
 # --- Fixed-length runs, bit for bit: the formulas every task used before data.min_len existed, copied here. ---

@@ -9,6 +9,7 @@ the model never attends to and which is never scored; position 0 always holds a 
 `positions(n)` is, and every tensor of a batch drawn at data length n, or padded up to it, is that wide.
 """
 
+import functools
 from numbers import Integral
 
 import torch
@@ -41,7 +42,8 @@ class Task:
         call this once those are checked (and pass no min_len to Task.__init__)."""
         if min_len is None:
             return None
-        if isinstance(min_len, bool) or not isinstance(min_len, Integral) or not self.shortest <= min_len <= self.seq_len:
+        integral = isinstance(min_len, Integral) and not isinstance(min_len, bool)
+        if not integral or not self.shortest <= min_len <= self.seq_len:
             raise ConfigError(f"data.min_len must be null (every example data.seq_len long) or an integer in "
                               f"[{self.shortest}, {self.seq_len}] ({self.name}'s shortest length to data.seq_len), "
                               f"got {min_len!r}")
@@ -86,7 +88,7 @@ class Task:
         """Token ids the model sees (data tokens plus any special tokens the task adds)."""
         return self.vocab_size
 
-    def lengths(self, n: int, generator: torch.Generator, length: int | None = None) -> tuple[Tensor, int]:
+    def draw_lengths(self, n: int, generator: torch.Generator, length: int | None = None) -> tuple[Tensor, int]:
         """Each example's data length [n, 1] and the data length the batch is padded to. `length` given: all of
         them that long. Otherwise the training distribution: seq_len, or (data.min_len set) uniform in
         [min_len, seq_len], drawn from the generator first; a fixed-length run draws nothing here, so its batches
@@ -121,6 +123,11 @@ class Task:
         stream at that length (and may raise ConfigError for tokens they do not take)."""
         return tokens, torch.zeros_like(tokens), torch.zeros_like(tokens, dtype=torch.bool)
 
+    def example_positions(self, k: int) -> int:
+        """Positions the model sees for a user's example of k tokens (`example`): k where the tokens are the model's
+        input as is; tasks that take the data override this with positions(k)."""
+        return k
+
     def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
         """The attention pattern known to solve the task at this layer, [batch, query, key] with query and key as
         wide as `inputs`, or None where no fixed pattern is known (for this layer, or for the task at all). Built per
@@ -142,6 +149,20 @@ def pointers(width: int, queries: Tensor, keys: Tensor, valid: Tensor) -> Tensor
     batch = torch.arange(queries.shape[0]).unsqueeze(1).expand_as(queries)
     target = torch.zeros(queries.shape[0], width, width)
     return target.index_put_((batch, queries, keys), valid.float(), accumulate=True)
+
+
+@functools.lru_cache(maxsize=16)
+def variable_layout(width: int) -> tuple[Tensor, Tensor]:
+    """SequenceMap's variable-length stream `x | y _ _`, one row per data length n in 0 .. width: where each stream
+    position reads from in the table [x_0 .. x_{width-1}, |, y_0 .. y_{width-1}, _]  [n, 2 * width + 1], and which
+    query positions are scored (the separator and y but its last: they write y)  [n, 2 * width]. Made once per
+    width: a batch then takes its rows with one lookup, where working them out per batch costs a dozen small
+    tensor operations, each about as slow as drawing a whole fixed-length batch at these sizes."""
+    n = torch.arange(width + 1).unsqueeze(1)  # [n, 1]
+    p = torch.arange(2 * width + 1)  # stream positions
+    index = torch.where(p < n, p, torch.where(p <= 2 * n, p + width - n, 2 * width + 1))
+    query = p[:-1]
+    return index, (query >= n) & (query < 2 * n)
 
 
 class SequenceMap(Task):
@@ -186,8 +207,11 @@ class SequenceMap(Task):
     def example_length(self) -> int:
         return self.seq_len  # a user gives x; y is worked out
 
+    def example_positions(self, k: int) -> int:
+        return self.positions(k)
+
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
-        lengths, width = self.lengths(n, generator, length)
+        lengths, width = self.draw_lengths(n, generator, length)
         return self.stream(torch.randint(self.vocab_size, (n, width), generator=generator), lengths)
 
     def example(self, x: Tensor) -> Batch:
@@ -202,17 +226,16 @@ class SequenceMap(Task):
         """x [batch, width] of which each example keeps its first `lengths` [batch, 1] tokens -> the stream
         x (| in a variable-length run) y, right-padded, shifted into (inputs, next-token targets, mask on y)."""
         batch, width = x.shape
-        gap = int(self.variable)  # the separator's one position between x and y
         y = x.gather(1, self.source(x, lengths))  # [batch, width], y_i for i < length
-        p = torch.arange(2 * width + gap).expand(batch, -1)  # stream positions
-        index = torch.where(p < lengths, p, p - lengths - gap).clamp(0, width - 1)
-        stream = torch.where(p < lengths, x.gather(1, index), y.gather(1, index))
-        if self.variable:
-            stream = torch.where(p == lengths, self.separator, stream)
-            stream = torch.where(p >= 2 * lengths + gap, self.pad, stream)
-        query = p[:, :-1]
-        mask = (query >= lengths + gap - 1) & (query < 2 * lengths + gap - 1)
-        return stream[:, :-1], stream[:, 1:], mask
+        if not self.variable:  # every example `width` long (lengths is all width): x then y
+            stream = torch.cat([x, y], dim=1)
+            mask = torch.zeros(batch, 2 * width - 1, dtype=torch.bool)
+            mask[:, width - 1 :] = True
+            return stream[:, :-1], stream[:, 1:], mask
+        index, mask = variable_layout(width)
+        table = torch.cat([x, torch.full((batch, 1), self.separator), y, torch.full((batch, 1), self.pad)], dim=1)
+        stream = table.gather(1, index[lengths.squeeze(1)])  # [batch, 2 * width + 1]
+        return stream[:, :-1], stream[:, 1:], mask[lengths.squeeze(1)]
 
     def answer_start(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Per example [batch, 1]: its data length n, and the query position that writes y_0."""

@@ -75,8 +75,11 @@ class Histogram(Task):
     def example_length(self) -> int:
         return self.seq_len  # a user gives x; BOS and the counts are worked out
 
+    def example_positions(self, k: int) -> int:
+        return self.positions(k)
+
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
-        lengths, width = self.lengths(n, generator, length)
+        lengths, width = self.draw_lengths(n, generator, length)
         return self.stream(torch.randint(self.vocab_size, (n, width), generator=generator), lengths)
 
     def example(self, x: Tensor) -> Batch:
@@ -87,10 +90,14 @@ class Histogram(Task):
     def stream(self, x: Tensor, lengths: Tensor) -> Batch:
         """x [batch, width] of which each example keeps its first `lengths` [batch, 1] -> [BOS, x, pads]."""
         batch, width = x.shape
-        real = torch.arange(width) < lengths  # [batch, j]
-        same = (x.unsqueeze(2) == x.unsqueeze(1)) & real.unsqueeze(1)  # [batch, i, j]
-        counts = same.sum(-1)  # [batch, i], each in 1 .. length
         bos = torch.full((batch, 1), self.bos)
+        same = x.unsqueeze(2) == x.unsqueeze(1)  # [batch, i, j]
+        if not self.variable:  # every example `width` long
+            mask = torch.ones(batch, width + 1, dtype=torch.bool)
+            mask[:, 0] = False
+            return torch.cat([bos, x], dim=1), torch.cat([torch.zeros_like(bos), self.bos + same.sum(-1)], dim=1), mask
+        real = torch.arange(width) < lengths  # [batch, j]
+        counts = (same & real.unsqueeze(1)).sum(-1)  # [batch, i], each in 1 .. length
         inputs = torch.cat([bos, torch.where(real, x, self.pad)], dim=1)
         targets = torch.cat([torch.zeros_like(bos), torch.where(real, self.bos + counts, 0)], dim=1)
         mask = torch.cat([torch.zeros_like(bos, dtype=torch.bool), real], dim=1)

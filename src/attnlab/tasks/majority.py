@@ -55,8 +55,11 @@ class Majority(Task):
     def example_length(self) -> int:
         return self.seq_len
 
+    def example_positions(self, k: int) -> int:
+        return self.positions(k)
+
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
-        lengths, width = self.lengths(n, generator, length)
+        lengths, width = self.draw_lengths(n, generator, length)
         real = torch.arange(width) < lengths  # [batch, pos]
         x = torch.randint(self.vocab_size, (n, width), generator=generator)
         # Redraw the examples whose most frequent token is tied, all at once (each keeping its length), until none

@@ -70,6 +70,9 @@ class ModularAddition(Task):
     def example_length(self) -> int:
         return 2
 
+    def example_positions(self, k: int) -> int:
+        return self.positions(k)
+
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
         """n training pairs, drawn with replacement from the training share."""
         if length is not None:

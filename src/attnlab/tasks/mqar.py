@@ -72,8 +72,8 @@ class MQAR(Task):
 
     def layout(self, n: int, generator: torch.Generator, length: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Random examples as (stream [batch, width], query positions [batch, pairs], the context position of
-        the value each query asks for [batch, pairs]), each example of its own length (`Task.lengths`)."""
-        lengths, width = self.lengths(n, generator, length)
+        the value each query asks for [batch, pairs]), each example of its own length (`Task.draw_lengths`)."""
+        lengths, width = self.draw_lengths(n, generator, length)
         pairs, slots = self.num_kv_pairs, (width - 2 * self.num_kv_pairs) // 2
         keys = torch.rand(n, self.keys, generator=generator).argsort(dim=1)[:, :pairs]  # distinct keys
         values = torch.randint(self.keys, self.vocab_size, (n, pairs), generator=generator)

@@ -3,7 +3,8 @@ variable-length run n is the example's own length, so the anti-diagonal moves wi
 
     3 1 4 | 4 1 3 _ _ _        (n = 3 of seq_len = 5: position 3+i writes y_i from key 2-i)
 
-and the head must know how long x is (RASP's reverse counts it: at one fixed length a head can skip counting).
+and the head must know how long x is (RASP's reverse counts it: at one fixed length a head can skip counting), so
+its pointer is a second layer's (SequenceMap.pointer_layer).
 """
 
 import torch

@@ -22,7 +22,8 @@ alignment over seeds 0-9. Pulled onto the target (+experiment=selective_copy_sup
 data tokens too.
 
 In a variable-length run (data.min_len) the noise region has its own length n per example (from num_tokens up),
-with the same num_tokens data tokens in it; a separator `|` says where it ends, and pads `.` follow the answer:
+with the same num_tokens data tokens in it; a separator token `|` (above only a mark for the reader) says where it
+ends, and pads `.` follow the answer:
 
     _ 3 _ 1 4 | 3 1 4 . . .         (n = 5 of seq_len = 8: position n+i writes the i-th data token)
 
@@ -69,23 +70,28 @@ class SelectiveCopy(Task):
         return self.vocab_size + (3 if self.variable else 1)
 
     def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
-        k, gap = self.num_tokens, int(self.variable)  # gap: the separator's one position
-        lengths, width = self.lengths(n, generator, length)
+        k = self.num_tokens
+        lengths, width = self.draw_lengths(n, generator, length)
         # Where the data tokens sit: k distinct positions of each example's own region, in order.
-        beyond = torch.arange(width) >= lengths  # [batch, pos]
-        draw = torch.rand(n, width, generator=generator).masked_fill(beyond, 2.0)  # those beyond sort last
+        draw = torch.rand(n, width, generator=generator)
+        if self.variable:
+            draw.masked_fill_(torch.arange(width) >= lengths, 2.0)  # positions past the region sort last
         where = draw.argsort(dim=1)[:, :k].sort(dim=1).values
         data = torch.randint(self.vocab_size, (n, k), generator=generator)
         region = torch.full((n, width), self.noise).scatter_(1, where, data)
-        p = torch.arange(width + gap + k).expand(n, -1)  # stream positions
-        index = torch.where(p < lengths, p, p - lengths - gap)
+        if not self.variable:  # every region `width` long: the region, then the data tokens
+            stream = torch.cat([region, data], dim=1)
+            mask = torch.zeros(n, width + k - 1, dtype=torch.bool)
+            mask[:, width - 1 :] = True
+            return stream[:, :-1], stream[:, 1:], mask
+        p = torch.arange(width + 1 + k).expand(n, -1)  # stream positions: region, |, data, pads
+        index = torch.where(p < lengths, p, p - lengths - 1)
         stream = torch.where(p < lengths, region.gather(1, index.clamp(0, width - 1)), self.pad)
-        answer = (p >= lengths + gap) & (p < lengths + gap + k)
+        stream = torch.where(p == lengths, self.separator, stream)
+        answer = (p > lengths) & (p <= lengths + k)
         stream = torch.where(answer, data.gather(1, index.clamp(0, k - 1)), stream)
-        if self.variable:
-            stream = torch.where(p == lengths, self.separator, stream)
         query = p[:, :-1]
-        mask = (query >= lengths + gap - 1) & (query < lengths + gap + k - 1)
+        mask = (query >= lengths) & (query < lengths + k)  # the separator and the data tokens but the last
         return stream[:, :-1], stream[:, 1:], mask
 
     def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
