@@ -245,8 +245,9 @@ def test_variable_length_probe_has_no_pads(variable_run, capsys):
 
 
 @pytest.mark.parametrize("x, message", [
-    ("3 1 4 1 5 9 2 6 5 3 5 8 9", "--input: task copy takes 1 to 12 tokens here (its shortest length to the model's "
-                                  "longest, of data.seq_len and data.val_lengths), got 13"),
+    ("3 1 4 1 5 9 2 6 5 3 5 8 9", "--input: task copy takes at most 12 tokens here (the model's longest input, for "
+                                  "the longest of data.seq_len and data.val_lengths), got 13"),
+    ("", "--input: no tokens given (tokens of task copy: 0 1 2 3 4 5 6 7 8 9 | _)"),
     ("3 | 4", "--input: copy takes data tokens 0 to 9 as x (the separator and pads are the task's to place)"),
 ])
 def test_variable_length_input_refused(variable_run, tmp_path, capsys, x, message):
@@ -255,3 +256,19 @@ def test_variable_length_input_refused(variable_run, tmp_path, capsys, x, messag
     code, out, err = inspect(capsys, variable_run, "--input", x, "--out", tmp_path / "pictures")
     assert code == 2 and err == f"error: {message}\n"
     assert sorted(variable_run.rglob("*")) == before and not (tmp_path / "pictures").exists()
+
+
+def test_longest_input_is_the_models_positions():
+    """The bound is the model's positions, whatever a task's --input is: x for reverse (its stream 2n wide, with the
+    separator), the model's input as is for induction; a fixed-length run validated at other lengths takes them too."""
+    from attnlab.config import ConfigError
+    from attnlab.inspection import parse_example
+    from attnlab.tasks import TASKS
+
+    for task, most in [(TASKS["reverse"](8, 10, min_len=4), 16), (TASKS["induction"](8, 10, min_len=4), 31),
+                       (TASKS["reverse"](8, 10), 16)]:
+        longest = parse_example(task, " ".join(["1"] * most), [16])[0]  # [1, pos]
+        assert longest.shape[1] == task.positions(16)  # every position the model has, and no more
+        with pytest.raises(ConfigError, match=f"takes at most {most} tokens here .* got {most + 1}$"):
+            parse_example(task, " ".join(["1"] * (most + 1)), [16])
+    assert parse_example(TASKS["reverse"](8, 10), "3 1 4", [16])[0].tolist() == [[3, 1, 4, 4, 1]]  # fixed format

@@ -90,19 +90,23 @@ def parse_example(task: Task, text: str, val_lengths: list[int] = ()) -> Batch:
     """A user's tokens, by name, separated by spaces or commas -> the task's example for them (Task.example).
     For the x -> y tasks (copy, reverse, sort) the user gives x only; the task builds the stream [x, y] (with the
     separator of a variable-length run). A run whose examples have lengths of their own (data.min_len) or that is
-    validated at other lengths (`val_lengths`, its data.val_lengths) takes any data length from the task's shortest
-    to the model's longest (positions exist for it); any other run exactly its one length."""
+    validated at other lengths (`val_lengths`, its data.val_lengths) takes any example from the task's shortest to
+    the longest the model has positions for (Task.example_positions); any other run exactly its one length."""
     names = task.token_names()
     index = {name: i for i, name in enumerate(names)}
     words = text.replace(",", " ").split()
     unknown = [word for word in words if word not in index]
     if unknown:
         raise ConfigError(f"--input: {unknown[0]!r} is not a token of task {task.name} (tokens: {_listing(names)})")
+    if not words:
+        raise ConfigError(f"--input: no tokens given (tokens of task {task.name}: {_listing(names)})")
     if task.has_length and (task.variable or val_lengths):
-        longest = max([task.seq_len, *val_lengths])
-        if not task.shortest <= len(words) <= longest:
-            raise ConfigError(f"--input: task {task.name} takes {task.shortest} to {longest} tokens here (its shortest "
-                              f"length to the model's longest, of data.seq_len and data.val_lengths), got {len(words)}")
+        # Any example the model has positions for (the least length is Task.example's to check).
+        positions = task.positions(max([task.seq_len, *val_lengths]))
+        most = max(k for k in range(1, positions + 1) if task.example_positions(k) <= positions)
+        if len(words) > most:
+            raise ConfigError(f"--input: task {task.name} takes at most {most} tokens here (the model's longest input, "
+                              f"for the longest of data.seq_len and data.val_lengths), got {len(words)}")
     elif len(words) != task.example_length:
         raise ConfigError(f"--input: task {task.name} takes {task.example_length} tokens, got {len(words)}")
     try:
