@@ -265,4 +265,10 @@ def test_length_selector_in_a_browser(server, browser):  # noqa: F811 (the fixtu
     select.select_by_value("")
     wait.until(lambda b: shown() == f"{FRAMES[0]} training")
     side_by_side(FRAMES[0], None)
+    # The circuits at a length: the positional QK map over that probe's positions.
+    select.select_by_value(str(LENGTHS[1]))
+    css(browser, "#circuits")[0].click()
+    width = len(frame(server, FRAMES[0], LENGTHS[1])["tokens"])
+    positional = f"section.run[data-run='{RUN}'] figure[data-circuit='qk_positions'] td.cell"
+    wait.until(lambda b: len(visible(positional, "1")) == LAYERS * HEADS * width**2)
     assert browser.execute_script("return document.querySelectorAll('.error').length") == 0
