@@ -181,6 +181,26 @@ def test_run_without_val_lengths_writes_no_length_frames(tiny_run):
     assert written == set(tags.FRAME)
 
 
+def test_length_frame_size(tmp_path):
+    """A length's event is its probe's attention (2 bytes a cell per head), position embedding and labels: the
+    default model on copy at length 64 (128 positions), as one step of a run writes it, is 42 KB."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util.tensor_util import make_ndarray
+
+    from attnlab.train import run
+
+    run(compose_cfg(["device=cpu", "data=copy", "data.seq_len=16", "data.min_len=8", "data.val_lengths=[64]",
+                     "data.val_size=16", "trainer.max_steps=1", "logging.progress_bar=false"]), tmp_path)
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    frames = [e for e in EventFileLoader(str(events)).Load()
+              if e.summary.value and e.summary.value[0].tag == tags.frame_at(tags.FRAME_ATTENTION, 64)]
+    assert [e.step for e in frames] == [0, 1]
+    shapes = {v.tag: make_ndarray(v.tensor).shape for v in frames[-1].summary.value}
+    assert shapes[tags.frame_at(tags.FRAME_ATTENTION, 64)] == (1, 1, 128, 128)
+    assert shapes[tags.frame_at(tags.FRAME_POSITIONS, 64)] == (128, 32)
+    assert 40_000 < frames[-1].ByteSize() < 44_000
+
+
 def test_stacked_member_writes_the_solo_frames(logdir, tmp_path):
     """hydra/launcher=stacked runs the same callbacks per member: a one-member group of the same config writes the
     same frames at every length as the solo run."""
