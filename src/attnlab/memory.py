@@ -61,10 +61,14 @@ def estimate(cfg, task) -> Need:
     if cfg.loss.get("attention", 0):
         per_layer += heads * length * length
     kept = length * dim + layers * per_layer + 2 * length * vocab
-    # One validation chunk's forward: the activations of a layer at a time, each layer's attention weights
-    # [chunk, head, query, key] (kept for alignment), and the logits.
+    # The validation sets, all kept the whole run (the training distribution's, and one per data.val_lengths, at
+    # that length's positions), and the largest chunk's forward, one chunk at a time: the activations of a layer at
+    # a time, each layer's attention weights [chunk, head, query, key] (kept for alignment), and the logits.
+    lengths = [length] + [task.positions(n) for n in (data.get("val_lengths") or [])]
     chunk = min(val, VALIDATION_CHUNK)
-    validation = val * length * tokens + chunk * FLOAT * (2 * length * dim + layers * heads * length * length + length * vocab)
+    validation = sum(val * n * tokens for n in lengths) + max(
+        chunk * FLOAT * (2 * n * dim + layers * heads * n * n + n * vocab) for n in lengths
+    )
     n = parameters(vocab, length, dim, layers, m.positions, m.mlp, m.norm)
     device = str(cfg.device.accelerator)
     on_host = device == "cpu" or (device == "auto" and not Path("/dev/nvidiactl").exists())
