@@ -17,6 +17,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from omegaconf import OmegaConf
+
 from attnlab import config, resume
 from attnlab.config import ConfigError
 
@@ -34,6 +36,15 @@ CASES = [
     ("positions-unknown", ["model.positions=rotary"], 2, ["model.positions must be one of learned, sinusoidal, none", "'rotary'"]),
     ("seq-len-too-short", ["data.seq_len=1"], 2, ["data.seq_len must be in [2, 1024]", "got 1"]),
     ("vocab-too-small", ["data.vocab_size=1"], 2, ["data.vocab_size must be in [2,"]),
+    ("min-len-above-seq-len", ["data.min_len=9"], 2, ["data.min_len must be null", "integer in [1, 8]", "got 9"]),
+    ("min-len-below-shortest", ["data=mqar", "data.min_len=12"], 2, ["data.min_len must be null", "integer in [16, 24]", "got 12"]),
+    ("min-len-without-a-length", ["data=modular_addition", "data.min_len=2"], 2, ["data.min_len must be null for modular_addition"]),
+    ("val-lengths-empty", ["data.val_lengths=[]"], 2, ["data.val_lengths must be null or a non-empty list of distinct integers in [1, 1024], got []"]),
+    ("val-lengths-not-integers", ["data.val_lengths=[8,long]"], 2, ["data.val_lengths must be null or a non-empty list", "got 'long' in [8, 'long']"]),
+    ("val-lengths-too-long", ["data.val_lengths=[8,2048]"], 2, ["in [1, 1024], got 2048 in [8, 2048]"]),
+    ("val-lengths-not-a-list", ["data.val_lengths=16"], 2, ["data.val_lengths must be null or a non-empty list", "got 16"]),
+    ("val-lengths-without-a-length", ["data=modular_addition", "data.val_lengths=[4]"], 2, ["data.val_lengths must be null for modular_addition"]),
+    ("positions-unknown", ["model.positions=xpos"], 2, ["model.positions must be one of learned, sinusoidal, none, rope, alibi, got 'xpos'"]),
     ("batch-size-zero", ["data.batch_size=0"], 2, ["data.batch_size must be >= 1"]),
     ("task-unknown", ["data.task=palindrome"], 2, ["data.task must be one of", "reverse", "'palindrome'"]),
     ("lr-zero", ["optim.lr=0"], 2, ["optim.lr must be a number > 0", "got 0"]),
@@ -51,10 +62,15 @@ CASES = [
     ("ckpt-not-a-run", ["ckpt_path={tmp}/weights.pt"], 2, ["ckpt_path: {tmp}/weights.pt is not a training checkpoint"]),
     ("resume-not-a-run", ["resume={tmp}"], 2, ["resume: {tmp} is not a run directory", "allowed:"]),
     ("resume-no-checkpoint", ["resume={tmp}/started"], 2, ["resume: {tmp}/started has no checkpoints/last.ckpt"]),
+    # -m resume=SWEEP_DIR: a sweep's directory, as it was started, by the basic sweeper
+    ("resume-a-sweep-without-m", ["resume={tmp}/sweep"], 2, ["resume: {tmp}/sweep is a sweep directory: finish it with", "-m resume={tmp}/sweep"]),
+    ("resume-m-not-a-sweep", ["-m", "resume={tmp}/started"], 2, ["resume: {tmp}/started is not a sweep directory", "allowed with -m:"]),
+    ("resume-a-sweep-changed", ["-m", "resume={tmp}/sweep", "seed=3"], 2, ["resume: seed=3: a sweep is finished with the config it started with", "hydra.launcher.n_jobs=4"]),
+    ("resume-an-optuna-sweep", ["-m", "resume={tmp}/optuna"], 2, ["resume: {tmp}/optuna was made by the sweeper hydra_plugins.hydra_optuna_sweeper", "run it again with the same storage"]),
     # Keys attnlab would ignore: refused, with the section's allowed keys and the closest one.
     ("key-unknown-model", ["+model.dropout=0.1"], 2, ["model.dropout is not a key of model: allowed dim, heads, layers"]),
     ("key-unknown-top", ["+foo=1"], 2, ["foo is not a key of the config: allowed seed, ckpt_path"]),
-    ("key-unknown-data", ["+data.seqlen=8"], 2, ["data.seqlen is not a key of data (reverse): allowed task, seq_len, vocab_size, batch_size, val_size; did you mean data.seq_len?"]),
+    ("key-unknown-data", ["+data.seqlen=8"], 2, ["data.seqlen is not a key of data (reverse): allowed task, seq_len, vocab_size, min_len, batch_size, val_size, val_lengths; did you mean data.seq_len?"]),
     ("key-of-another-task", ["data.num_tokens=3"], 2, ["data.num_tokens is not a key of data (reverse)"]),
     ("key-unknown-optim", ["+optim.momentum=0.9"], 2, ["optim.momentum is not a key of optim: allowed lr, weight_decay"]),
     ("key-unknown-logging", ["+logging.every_steps=5"], 2, ["logging.every_steps is not a key of logging", "did you mean logging.every_n_steps?"]),
@@ -73,6 +89,7 @@ CASES = [
     ("logging-unknown", ["logging=verbose"], 2, ["logging=verbose: no such option; allowed: default, off"]),
     ("debug-unknown", ["debug=everything"], 2, ["debug=everything: no such option; allowed: anomaly, fdr, overfit, profiler"]),
     ("recipe-unknown", ["+experiment=palindrome"], 2, ["experiment=palindrome: no such option; allowed: copy"]),
+    ("recipe-unknown-in-a-suite", ["+experiment=lengths/palindrome"], 2, ["experiment=lengths/palindrome: no such option; allowed: lengths/copy, lengths/induction"]),
     ("launcher-unknown", ["hydra/launcher=cluster"], 2, ["hydra/launcher=cluster: no such option; allowed: basic", "joblib"]),
     # The run or sweep directory: checked before Hydra makes it (attnlab.config.OutputDirCheck).
     ("output-dir-unwritable", ["hydra.run.dir={tmp}/a_file/run"], 2, ["hydra.run.dir: cannot write to {tmp}/a_file/run (Not a directory)"]),
@@ -87,6 +104,7 @@ END_TO_END = {
     "heads-not-dividing",  # config.check, before torch's import (and the whole of stderr: a test below)
     "ckpt-truncated",  # the checkpoint, loaded (weights only) before anything is built
     "resume-not-a-run", "resume-no-checkpoint",  # resume=, before Hydra
+    "resume-a-sweep-without-m", "resume-m-not-a-sweep", "resume-a-sweep-changed", "resume-an-optuna-sweep",  # -m resume=
     "key-typo",  # a key without +: Hydra would refuse it with its own lines, config.checked_arguments hands it on
     "trainer-refused-by-lightning",  # after Lightning's import, in train.run (also run afresh: a test below)
     "task-group-unknown", "task-group-unknown-in-sweep",  # a group's option, before Hydra; and under -m
@@ -109,6 +127,10 @@ def prepare(tmp: Path) -> None:
     torch.save(model, tmp / "weights.pt")
     (tmp / "started" / ".hydra").mkdir(parents=True)
     (tmp / "started" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    for name, sweeper in ("sweep", resume.BASIC_SWEEPER), ("optuna", "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"):
+        (tmp / name).mkdir()
+        OmegaConf.save({"hydra": {"sweeper": {"_target_": sweeper}, "overrides": {"task": ["seed=0,1"], "hydra": []}}},
+                       tmp / name / resume.SWEEP_CONFIG)
 
 
 def arguments(tmp: Path, name: str, overrides: list[str]) -> list[str]:

@@ -57,9 +57,10 @@ def flat(d, prefix: str = "") -> dict:
     return out
 
 
-def assert_trained_as_solo(member_dir: Path, solo_dir: Path, solo: dict, cfg) -> None:
+def assert_trained_as_solo(member_dir: Path, solo_dir: Path, solo: dict, cfg, atol: float) -> None:
     """A member's run directory holds what its solo run's does: every step's loss (logging.every_n_steps=1) and lr,
-    its final metrics, every TensorBoard tag, checkpoints/last.ckpt in the solo format with the same state."""
+    its final metrics, every TensorBoard tag, checkpoints/last.ckpt in the solo format with the same state (tensors
+    within `atol`)."""
     for tag in (tags.metric("train", "loss"), stacked.LR_TAG):
         ours, theirs = events(member_dir).Scalars(tag), events(solo_dir).Scalars(tag)
         assert [e.step for e in ours] == [e.step for e in theirs] == list(range(STEPS))
@@ -77,9 +78,7 @@ def assert_trained_as_solo(member_dir: Path, solo_dir: Path, solo: dict, cfg) ->
         if "dirpath" in key or "best_model_path" in key:
             assert value.replace(str(solo_dir), str(member_dir)) == ours[key]
         elif torch.is_tensor(value):
-            # float rounding: the stack sums in another order than the solo model, and at optim.lr=1e-2 a weight
-            # ends up to 3e-6 from its solo run's after 20 steps (in one process or in a worker alike)
-            torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=atol, msg=lambda m: f"{key}: {m}")
         elif isinstance(value, float):
             assert ours[key] == pytest.approx(value), key  # an lr: computed on the host, per member
         else:
@@ -87,16 +86,22 @@ def assert_trained_as_solo(member_dir: Path, solo_dir: Path, solo: dict, cfg) ->
 
 
 @pytest.mark.parametrize("model", [[], ["model.layers=2", "model.heads=2", "model.mlp=true", "model.norm=true",
-                                         "++trainer.gradient_clip_val=0.1"]],
-                         ids=["1-layer", "2-layer-mlp-norm-clipped"])
+                                         "++trainer.gradient_clip_val=0.1"],
+                                    # lengths of their own (padding masked), scored at two more lengths, rotary positions
+                                    ["++data.min_len=3", "++data.val_lengths=[8,12]", "model.layers=2",
+                                     "model.positions=rope"]],
+                         ids=["1-layer", "2-layer-mlp-norm-clipped", "variable-length-rope"])
 def test_members_train_as_their_solo_runs(tmp_path, model):
     cfgs = [compose_cfg(SHORT + model + member) for member in MEMBERS]
+    # With padding the fused kernel takes a mask, and its sums run in another order when the members are folded
+    # into one batch: the members' losses stay within 3e-6 of their solo runs', the weights within a few 1e-6.
+    atol = 1e-5 if cfgs[0].data.get("min_len") else 1e-6
     members = stacked.train_group(cfgs, [tmp_path / f"member{k}" for k in range(len(cfgs))])
     for k, (cfg, member) in enumerate(zip(cfgs, members)):
         solo_dir = tmp_path / f"solo{k}"
         solo = train.run(cfg, solo_dir)
         assert isinstance(member.outcome, dict)
-        assert_trained_as_solo(member.run_dir, solo_dir, solo, cfg)
+        assert_trained_as_solo(member.run_dir, solo_dir, solo, cfg, atol)
 
 
 def test_a_member_stops_or_fails_alone(tmp_path):
@@ -201,8 +206,9 @@ def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert log.count("2 members (") == 2  # two stacked groups of two
-    # a group's Lightning notices as a solo run's console shows them: each once, no advertisement
-    assert log.count("GPU available:") == 2 and "Tip:" not in log
+    # a group's Lightning notices as a solo run's console shows them: each once, no advertisement; the devices are
+    # said by the sweep's first job only (the group it is in)
+    assert log.count("GPU available:") == 1 and "Tip:" not in log
     with (sweep / "summary.csv").open() as f:
         import csv
 
@@ -290,7 +296,9 @@ def test_groups_on_two_workers_train_each_member_as_its_solo_run(tmp_path, scrip
         if record["job"] in (0, 3):
             cfg = compose_cfg(record["overrides"])
             solo_dir = tmp_path / f"solo-{record['job']}"
-            assert_trained_as_solo(path.parent, solo_dir, train.run(cfg, solo_dir), cfg)
+            # weights within 1e-5: the stack sums in another order than the solo model, and at optim.lr=1e-2 a weight
+            # ends up to 3e-6 from its solo run's after 20 steps (in one process or in a worker alike)
+            assert_trained_as_solo(path.parent, solo_dir, train.run(cfg, solo_dir), cfg, 1e-5)
 
 
 @pytest.mark.parametrize("given, line", [

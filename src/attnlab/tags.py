@@ -12,6 +12,11 @@ def metric(stage: str, name: str) -> str:
     return f"{stage}/{name}"
 
 
+# data.val_lengths: the validation set of examples exactly `length` long, beside the training distribution's.
+def length_stage(length: int) -> str:  # val/len{N}: its val/len{N}/loss, val/len{N}/acc, val/len{N}/seq_acc
+    return f"val/len{length}"
+
+
 # Scalar: the attention-supervision term (attnlab.alignment.supervision_loss, before loss.attention weighs it), at
 # the logged training steps of runs with loss.attention > 0.
 ATTENTION_LOSS = metric("train", "attention_loss")
@@ -35,8 +40,17 @@ def weight_histogram(layer: int, name: str) -> str:
 ALIGN_BEST = "align/best"  # the weakest layer's best head: every step of the mechanism has a head that does it
 
 
-def align(layer: int, head: int) -> str:  # scalar in [0, 1]: share of attention mass on target cells
-    return f"align/layer{layer}/head{head}"
+def align(layer: int, head: int, length: int | None = None) -> str:
+    """Scalar in [0, 1]: share of attention mass on target cells; at one of data.val_lengths, align/len{N}/..."""
+    return f"{align_prefix(length)}/layer{layer}/head{head}"
+
+
+def align_best(length: int | None = None) -> str:  # ALIGN_BEST, or align/len{N}/best at one of data.val_lengths
+    return f"{align_prefix(length)}/best"
+
+
+def align_prefix(length: int | None) -> str:
+    return "align" if length is None else f"align/len{length}"
 
 
 def entropy(layer: int, head: int) -> str:  # scalar: mean attention entropy in nats
@@ -63,3 +77,19 @@ FRAME_POSITIONS = "attnlab/positions"  # float16 [query, dim]: position embeddin
 FRAME_UNEMBEDDING = "attnlab/unembedding"  # float16 [vocab, dim]: the readout's weight (logits = x·Uᵀ + b)
 FRAME = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_WEIGHTS, FRAME_EMBEDDING, FRAME_POSITIONS,
          FRAME_UNEMBEDDING)
+# With data.val_lengths, at every frame also a probe per length (the first example of that length's validation set):
+# the tags above that depend on the probe, each as attnlab/len{N}/...; the weights are the frame's own.
+FRAME_PER_PROBE = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_POSITIONS)
+
+
+def frame_at(tag: str, length: int | None) -> str:
+    """A tag of FRAME_PER_PROBE for the probe of data length `length` (attnlab/len{N}/attention, ...); the tag itself
+    for the training distribution's probe (None)."""
+    return tag if length is None else tag.replace(f"{PLUGIN}/", f"{PLUGIN}/len{length}/", 1)
+
+
+def frame_length(tag: str) -> int | None:
+    """The length of a frame_at tag (attnlab/len12/alignment -> 12); None for a tag of the training probe's frame."""
+    prefix, _, rest = tag.partition("/len")
+    length = rest.split("/", 1)[0]
+    return int(length) if prefix == PLUGIN and length.isdigit() and "/" in rest else None

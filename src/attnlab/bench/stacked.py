@@ -171,7 +171,7 @@ def measure(sizes: Sizes, report: Report) -> None:
 
     report.details.append(
         "### 7. Stacked sweeps\n\n"
-        "Whole commands, `python scripts/train.py -m seed=range(0,JOBS) trainer.stop_at=null "
+        "Whole commands, `python scripts/train.py -m 'seed=range(0,JOBS)' trainer.stop_at=null "
         "trainer.max_steps=STEPS [LAUNCHER]` with the default logging, launcher by launcher: the basic one, "
         f"`hydra/launcher=joblib hydra.launcher.n_jobs={SWEEP_WORKERS}`, `hydra/launcher=stacked` (its default "
         f"`hydra.launcher.n_jobs`, here {CORES} workers, the sweep's process and {CORES - 1} more, a stacked group each; "
