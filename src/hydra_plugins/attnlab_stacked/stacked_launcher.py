@@ -304,7 +304,7 @@ class StackedLauncher(Launcher):
         not finished, each in its job.json; the others go on."""
         from attnlab import signals
 
-        state = Singleton.get_state()
+        state, began = Singleton.get_state(), time.time()
         gpu = gpu_of(gpus, 0)
         log.info(f"\tworker 1 (this process{'' if gpu is None else f', GPU {gpu}'}): {self.describe(configs, plan[0])}")
         futures = {}
@@ -329,7 +329,8 @@ class StackedLauncher(Launcher):
                 runs_of_share = {}
                 for i in (i for piece in plan[w] for i in piece):
                     run_dir = self.output_dir(configs[i])
-                    if not (run_dir / "job.json").is_file():
+                    record = run_dir / "job.json"  # one from before this launch: a stopped sweep being finished
+                    if not record.is_file() or record.stat().st_mtime < began:
                         runs_of_share[i] = self.finish(configs[i], run_dir, error, 0.0)
             for i, ret in runs_of_share.items():
                 runs[i] = ret
