@@ -72,7 +72,8 @@ def assert_trained_as_solo(member_dir: Path, solo_dir: Path, solo: dict, cfg, at
     # every TensorBoard tag the solo run writes: scalars, images, histograms, text, HParams, the plugin's frames
     assert tag_set(member_dir) == tag_set(solo_dir)
     # checkpoints/last.ckpt in the solo format, with the same weights, moments and loop state
-    ours, theirs = (flat(torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)) for d in (member_dir, solo_dir))
+    ours, theirs = (flat(torch.load(d / "checkpoints" / "last.ckpt", weights_only=True))
+                    for d in (member_dir, solo_dir))
     assert ours.keys() == theirs.keys()
     for key, value in theirs.items():
         if "dirpath" in key or "best_model_path" in key:
@@ -201,8 +202,9 @@ def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
     sweep = tmp_path / "sweep"
     # 8 jobs: two widths x two seeds, each with a valid and an invalid weight decay: 2 groups of 2 members, 4 refused;
     # all in the sweep's process (the groups on two workers: test_groups_on_two_workers_...)
-    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=1", "model.dim=16,32", "seed=0,1",
-                                      "optim.weight_decay=0,-1", *NO_FRAMES, f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=1", "model.dim=16,32",
+                                      "seed=0,1", "optim.weight_decay=0,-1", *NO_FRAMES, f"hydra.sweep.dir={sweep}"],
+                        tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert log.count("2 members (") == 2  # two stacked groups of two
@@ -357,12 +359,12 @@ def test_sigterm_to_a_sweep_on_two_workers_saves_every_member_and_leaves_no_proc
     from test_sweep_launchers import alive
 
     sweep, steps = tmp_path / "sweep", 100000
-    args = [a for a in NO_FRAMES if not a.startswith("trainer.max_steps")] + [f"trainer.max_steps={steps}", "model.dim=16",
-                                                                              "data.batch_size=32"]
+    args = [a for a in NO_FRAMES if not a.startswith("trainer.max_steps")]
+    args += [f"trainer.max_steps={steps}", "model.dim=16", "data.batch_size=32"]
     # 5 seeds on 2 workers, at most 2 members a model: #0-#1 in one, #2-#3 then #4 alone in the other
-    process = script_runs.start(TRAIN, ["-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=2",
-                                        "hydra.launcher.max_members=2", "seed=range(5)", *args, f"hydra.sweep.dir={sweep}"],
-                                tmp_path, new_session=True)
+    launcher = ["hydra/launcher=stacked", "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=2"]
+    process = script_runs.start(TRAIN, ["-m", *launcher, "seed=range(5)", *args, f"hydra.sweep.dir={sweep}"], tmp_path,
+                                new_session=True)
     try:
         deadline = time.monotonic() + 240
         while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 4:  # both groups are training (step 10 passed)

@@ -116,7 +116,8 @@ def measure(sizes: Sizes, report: Report) -> None:
         group = results[name]
         over_basic = statistics.median(b[0] / g[0] for b, g in zip(basic, group))
         report.target(f"{jobs} seeds x {steps} steps, default config, whole sweep: {name} / basic launcher, throughput",
-                      f"{over_basic:.2f}x", ">= 2x" if name == default else "-", over_basic >= 2 if name == default else None)
+                      f"{over_basic:.2f}x", ">= 2x" if name == default else "-",
+                      over_basic >= 2 if name == default else None)
         rows.append((jobs, steps, "default", f"**{name} / basic**", f"**{over_basic:.2f}x**",
                      "rounds: " + ", ".join(f"{b[0] / g[0]:.2f}" for b, g in zip(basic, group)), ""))
         if joblib_name in results:
@@ -174,10 +175,10 @@ def measure(sizes: Sizes, report: Report) -> None:
         "Whole commands, `python scripts/train.py -m 'seed=range(0,JOBS)' trainer.stop_at=null "
         "trainer.max_steps=STEPS [LAUNCHER]` with the default logging, launcher by launcher: the basic one, "
         f"`hydra/launcher=joblib hydra.launcher.n_jobs={SWEEP_WORKERS}`, `hydra/launcher=stacked` (its default "
-        f"`hydra.launcher.n_jobs`, here {CORES} workers, the sweep's process and {CORES - 1} more, a stacked group each; "
-        "and `hydra.launcher.n_jobs=1`, "
-        f"every group in the sweep's own process); {sizes.stacked_rounds} rounds interleaved as in section 1, "
-        f"medians. Small members: the same with `{' '.join(SMALL)}`.\n\n"
+        f"`hydra.launcher.n_jobs`, here {CORES} workers, the sweep's process and {CORES - 1} more, a stacked group "
+        "each; and `hydra.launcher.n_jobs=1`, every group in the sweep's own process); "
+        f"{sizes.stacked_rounds} rounds interleaved as in section 1, medians. Small members: the same with "
+        f"`{' '.join(SMALL)}`.\n\n"
         + table(["jobs", "steps per job", "size", "launcher", "seconds", "CPU s", "cores used (CPU s / s)"], rows)
         + f"\n\nOne group's training steps (attnlab.stacked.train_group, {members} members, logging off) against the "
         f"same model trained alone at batch {members}x128 (train.run), steps {skip}-{group_steps} timed, "

@@ -228,7 +228,7 @@ class StackedLauncher(Launcher):
         from attnlab import stacked  # torch and Lightning: seconds, so only now
 
         groups: dict[str, list[int]] = {}
-        alone: list[tuple[int, str]] = []  # refused at config time (they stop with their line), or trained by themselves
+        alone: list[tuple[int, str]] = []  # refused at config time (they stop with their line), or trained alone
         for i, config in enumerate(configs):
             task = self.task_config(config)  # with HydraConfig set to this job's: group_key resolves ${hydra:...}
             reason = stacked.refusal(task)
@@ -244,7 +244,8 @@ class StackedLauncher(Launcher):
         log.info(f"Stacked launcher: {len(configs)} jobs, at most {self.max_members} members per model, "
                  f"{len(plan)} worker{'s' if len(plan) > 1 else ''} (n_jobs={workers})")
         for i, reason in alone:
-            log.info(f"\t#{configs[i].hydra.job.num} alone ({reason}): {' '.join(filter_overrides(configs[i].hydra.overrides.task))}")
+            log.info(f"\t#{configs[i].hydra.job.num} alone ({reason}): "
+                     f"{' '.join(filter_overrides(configs[i].hydra.overrides.task))}")
         singles = {i for i, _ in alone}
         for i in (p[0] for share in plan for p in share if len(p) == 1 and p[0] not in singles):
             log.info(f"\t#{configs[i].hydra.job.num} alone (a group of one): "
