@@ -43,7 +43,9 @@ class RunProgress(TQDMProgressBar):
         return Tqdm(
             total=trainer.max_steps, initial=trainer.global_step, unit=" steps", position=2 * self.process_position,
             disable=self.is_disabled, leave=True, dynamic_ncols=True, smoothing=0,
-            file=sys.stdout if self.terminal else io.StringIO(),  # elsewhere draw() prints the line itself
+            # Elsewhere draw() prints the line itself, with the terminal's bar characters (the line holds '·' anyway):
+            # tqdm would take a buffer for ASCII-only and draw digits for partly filled cells.
+            **({"file": sys.stdout} if self.terminal else {"file": io.StringIO(), "ascii": False}),
             bar_format=self.BAR_FORMAT,
         )
 
