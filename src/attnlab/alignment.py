@@ -7,7 +7,8 @@ baseline: the mean over target rows of (target cells / keys the row may attend t
 zero in the task's pattern) do not count: they are positions whose attention the mechanism does not use.
 
 Entropy is each head's mean attention entropy (nats) over all query rows: low for sharp heads, log(keys) for
-uniform ones.
+uniform ones. Rows of padded positions (variable-length examples) count in neither: a task's target has no row
+there, and entropy leaves them out.
 """
 
 from dataclasses import dataclass
@@ -46,10 +47,15 @@ def supervision_loss(attention: Tensor, target: Tensor) -> Tensor:
     return (error * has_target).sum() / has_target.sum().clamp(min=1)
 
 
-def entropy(attention: Tensor) -> Tensor:
-    """Mean attention entropy in nats per head [head], over all batch and query rows."""
+def entropy(attention: Tensor, keep: Tensor | None = None) -> Tensor:
+    """Mean attention entropy in nats per head [head], over all batch and query rows, or only the rows where
+    keep [batch, query] is True (padded queries left out)."""
     plogp = torch.where(attention > 0, attention * attention.clamp(min=1e-30).log(), 0.0)
-    return -plogp.sum(-1).mean(dim=(0, 2))
+    per_row = -plogp.sum(-1)  # [batch, head, query]
+    if keep is None:
+        return per_row.mean(dim=(0, 2))
+    rows = keep.unsqueeze(1).float()  # [batch, 1, query]
+    return (per_row * rows).sum(dim=(0, 2)) / rows.sum().clamp(min=1)
 
 
 @dataclass
@@ -65,16 +71,18 @@ class Report:
         per_layer = [a.max().item() for a in self.align if a is not None]
         return min(per_layer) if per_layer else None
 
-    def scalars(self) -> dict[str, float]:
-        """Flat {tag: value}: align/layer{L}/head{H}, align/best, entropy/layer{L}/head{H}."""
+    def scalars(self, length: int | None = None) -> dict[str, float]:
+        """Flat {tag: value}: align/layer{L}/head{H}, align/best, entropy/layer{L}/head{H}; for the validation set
+        at one of data.val_lengths, align/len{N}/layer{L}/head{H} and align/len{N}/best only."""
         out = {}
         for layer, (align, ent) in enumerate(zip(self.align, self.entropy)):
             for head in range(len(ent)):
                 if align is not None:
-                    out[tags.align(layer, head)] = align[head].item()
-                out[tags.entropy(layer, head)] = ent[head].item()
+                    out[tags.align(layer, head, length)] = align[head].item()
+                if length is None:
+                    out[tags.entropy(layer, head)] = ent[head].item()
         if (best := self.best()) is not None:
-            out[tags.ALIGN_BEST] = best
+            out[tags.align_best(length)] = best
         return out
 
 
@@ -82,23 +90,26 @@ class Tally:
     """Alignment and entropy summed over the chunks of a set of inputs, then made a Report."""
 
     def __init__(self):
-        self.sums, self.rows, self.entropies, self.examples = None, None, None, 0
+        self.sums, self.rows, self.entropies, self.queries = None, None, None, 0
 
-    def add(self, attention: list[Tensor], targets: list[Tensor | None]) -> None:
-        """One chunk: per layer its weights [batch, head, query, key] and its target [batch, query, key] or None."""
+    def add(self, attention: list[Tensor], targets: list[Tensor | None], keep: Tensor | None = None) -> None:
+        """One chunk: per layer its weights [batch, head, query, key] and its target [batch, query, key] or None;
+        keep [batch, query]: False at padded positions, whose rows no mean counts (None: every row counts)."""
         if self.sums is None:
             self.sums = [None if t is None else 0.0 for t in targets]
             self.rows, self.entropies = [0.0] * len(attention), [0.0] * len(attention)
+        batch, _, queries, _ = attention[0].shape
+        counted = queries * batch if keep is None else keep.sum().item()  # query rows that count, over the chunk
         for layer, (weights, target) in enumerate(zip(attention, targets)):
-            self.entropies[layer] = self.entropies[layer] + entropy(weights).cpu() * len(weights)
+            self.entropies[layer] = self.entropies[layer] + entropy(weights, keep).cpu() * counted
             if target is not None:
                 total, count = row_shares(weights, target.to(weights.device))
                 self.sums[layer], self.rows[layer] = self.sums[layer] + total.cpu(), self.rows[layer] + count.item()
-        self.examples += len(attention[0])
+        self.queries += counted
 
     def report(self) -> Report:
         align = [None if total is None or n == 0 else total / n for total, n in zip(self.sums, self.rows)]
-        return Report(align, [e / self.examples for e in self.entropies])
+        return Report(align, [e / max(self.queries, 1) for e in self.entropies])
 
 
 @torch.no_grad()
@@ -116,9 +127,15 @@ def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Te
             layer_targets = targets[c]
         else:
             layer_targets = [task.target_attention(chunk, layer) for layer in range(len(attention))]
-        tally.add(attention, layer_targets)
+        tally.add(attention, layer_targets, real_positions(task, chunk.to(device)))
     model.train(was_training)
     return tally.report()
+
+
+def real_positions(task: Task, inputs: Tensor) -> Tensor | None:
+    """[batch, pos]: False where the input is padding (the model's keep mask), or None where the task never pads."""
+    padding = getattr(task, "padding", None)
+    return None if padding is None else inputs != padding
 
 
 def chunk_targets(task: Task, inputs: Tensor, layers: int) -> list[list[Tensor | None]]:

@@ -232,6 +232,8 @@ def summarize(sweep_dir: Path, metric: str | None = None) -> list[dict]:
     print(f"\n{table(jobs, metric)}{over_seeds}\n\n{len(jobs)} jobs, {counted}. Summary: "
           f"{', '.join(map(str, written))}\nCompare them with:  tensorboard --logdir {sweep_dir} "
           "--samples_per_plugin images=1000")  # TensorBoard keeps 10 frames per image tag without it
+    if {"interrupted", "not started"} & set(outcomes):  # each job also printed how to resume it alone
+        print(f"Finish the sweep (every job left to do, in place):  python scripts/train.py -m resume={sweep_dir}")
     return jobs
 
 
