@@ -87,8 +87,8 @@ def test_off_by_default_at_no_cost(tmp_path, monkeypatch):
     assert cfg.loss.attention == 0
     # need_weights as each training forward asked it (validation's alignment forward runs in eval mode).
     asked, forward = [], SelfAttention.forward
-    monkeypatch.setattr(SelfAttention, "forward", lambda self, x, need_weights=True: (
-        asked.append(need_weights) if self.training else None) or forward(self, x, need_weights))
+    monkeypatch.setattr(SelfAttention, "forward", lambda self, x, need_weights=True, keep=None: (
+        asked.append(need_weights) if self.training else None) or forward(self, x, need_weights, keep))
     with sweep.job_process(cfg):
         run(cfg, tmp_path)
     assert len(asked) == 20 and not any(asked)  # the fused kernel throughout: no weights materialised
