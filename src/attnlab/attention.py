@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.hooks import HookPoint
+
 
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, causal: bool):
@@ -28,6 +30,9 @@ class SelfAttention(nn.Module):
         self.W_Q, self.W_K, self.W_V, self.W_O = (
             nn.Parameter(torch.empty(dim, dim).uniform_(-bound, bound)) for _ in range(4)
         )
+        # Where a notebook reads or patches activations (attnlab.hooks): identities that cost nothing unhooked.
+        self.hook_q, self.hook_k, self.hook_v, self.hook_z = (HookPoint(swap=(1, 2)) for _ in range(4))
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
 
     def forward(self, x: Tensor, need_weights: bool = True) -> tuple[Tensor, Tensor | None]:
         """x: [batch, pos, dim] -> (output [batch, pos, dim], weights [batch, head, query, key] or None).
@@ -39,6 +44,7 @@ class SelfAttention(nn.Module):
         query = self._split_heads(x @ self.W_Q)
         key = self._split_heads(x @ self.W_K)
         value = self._split_heads(x @ self.W_V)
+        query, key, value = self.hook_q(query), self.hook_k(key), self.hook_v(value)
 
         if not need_weights:
             output = F.scaled_dot_product_attention(query, key, value, is_causal=self.causal)
@@ -51,12 +57,13 @@ class SelfAttention(nn.Module):
             n = scores.shape[-1]
             future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
             scores = scores.masked_fill(future, float("-inf"))
+        scores = self.hook_attn_scores(scores)
 
         # Step 4: softmax over keys turns each query's scores into weights that sum to 1.
-        weights = scores.softmax(dim=-1)
+        weights = self.hook_pattern(scores.softmax(dim=-1))
 
         # Step 5: weighted sum of values, then heads are concatenated and mixed by W_O.
-        output = weights @ value  # [batch, head, query, d_head]
+        output = self.hook_z(weights @ value)  # [batch, head, query, d_head]
         return self._merge_heads(output) @ self.W_O, weights
 
     def _split_heads(self, t: Tensor) -> Tensor:
