@@ -4,6 +4,7 @@ in the terminal, and draw them as a PNG (with --weights also the weights and QK/
     python scripts/inspect_run.py outputs/2026-11-24/06-25-07                          # the probe example
     python scripts/inspect_run.py outputs/2026-11-24/06-25-07 --input "3 1 4 1 5 9 2 6"
     python scripts/inspect_run.py outputs/2026-11-24/06-25-07 --weights
+    python scripts/inspect_run.py outputs/2026-11-24/06-25-07 --step 200    # a step checkpoint=log|every kept
 
 --input takes the task's tokens by name, separated by spaces or commas. For copy, reverse and sort give x (data.seq_len
 tokens); the script builds the stream x_0 … x_{n-1} y_0 … y_{n-2} the model reads, with the true answer y, and the
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory: outputs/<date>/<time>")
     parser.add_argument("--input", help='the example, e.g. "3 1 4 1 5 9 2 6" (default: the probe example)')
+    parser.add_argument("--step", type=int, help="the weights of this kept step (checkpoint=log|every) instead of the last")
     parser.add_argument("--weights", action="store_true", help="also draw W_Q, W_K, W_V, W_O and the QK/OV circuits")
     parser.add_argument("--out", type=Path, help="where the PNGs go (default: RUN_DIR/inspect)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        run = load_run(args.run_dir)
+        run = load_run(args.run_dir, step=args.step)
         batch = run.probe if args.input is None else parse_example(run.task, args.input)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(terminal.example_table(names, example) + "\n")
     print(terminal.attention_maps(names, example, style, shutil.get_terminal_size((120, 24)).columns))
 
-    out = args.out or run.dir / "inspect"
+    out = args.out or run.dir / "inspect" / ("" if args.step is None else f"step={args.step}")
     tokens = " ".join(names[t] for t in example.inputs.tolist())
     title = f"{Path(*run.dir.resolve().parts[-2:])} · {describe(run)}\ninput: {tokens}"  # the run's last two names
     written = [figures.save(figures.attention_figure(names, example, title), out / f"{file_stem(args.input)}.png")]

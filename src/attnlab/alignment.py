@@ -7,15 +7,16 @@ baseline: the mean over target rows of (target cells / keys the row may attend t
 zero in the task's pattern) do not count: they are positions whose attention the mechanism does not use.
 
 Entropy is each head's mean attention entropy (nats) over all query rows: low for sharp heads, log(keys) for
-uniform ones.
+uniform ones. Beside them, each head's score as a previous-token, duplicate-token, induction, first-token and self
+head (attnlab.heads), by the same share over the detectors' patterns.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from attnlab import tags
+from attnlab import heads, tags
 from attnlab.tasks import Task
 
 CHUNK = 256  # validation examples per forward: bounds the [chunk, head, query, key] weights held at once
@@ -54,10 +55,12 @@ def entropy(attention: Tensor) -> Tensor:
 
 @dataclass
 class Report:
-    """Per layer: alignment per head [head] (None where the task has no target at that layer), entropy [head]."""
+    """Per layer: alignment per head [head] (None where the task has no target at that layer), entropy [head], and
+    the head detectors' scores {kind: [head]} (empty where they were not measured)."""
 
     align: list[Tensor | None]
     entropy: list[Tensor]
+    kinds: list[dict[str, Tensor]] = field(default_factory=list)
 
     def best(self) -> float | None:
         """The weakest step of the mechanism: per layer with a target the best head, then the worst such layer
@@ -73,6 +76,11 @@ class Report:
                 if align is not None:
                     out[tags.align(layer, head)] = align[head].item()
                 out[tags.entropy(layer, head)] = ent[head].item()
+        for layer, per_kind in enumerate(self.kinds):
+            for kind, score in per_kind.items():
+                for head, value in enumerate(score.tolist()):
+                    if value == value:  # NaN: no validation row has the kind's pattern (say no repeated token)
+                        out[tags.head_kind(layer, head, kind)] = value
         if (best := self.best()) is not None:
             out[tags.ALIGN_BEST] = best
         return out
@@ -83,12 +91,24 @@ class Tally:
 
     def __init__(self):
         self.sums, self.rows, self.entropies, self.examples = None, None, None, 0
+        self.kind_sums, self.kind_rows = None, None  # per layer {kind: [head]}, {kind: rows}
 
-    def add(self, attention: list[Tensor], targets: list[Tensor | None]) -> None:
-        """One chunk: per layer its weights [batch, head, query, key] and its target [batch, query, key] or None."""
+    def add(self, attention: list[Tensor], targets: list[Tensor | None], tokens: Tensor | None = None,
+            causal: bool = False) -> None:
+        """One chunk: per layer its weights [batch, head, query, key] and its target [batch, query, key] or None;
+        with the chunk's tokens [batch, pos], the head detectors' patterns too."""
         if self.sums is None:
             self.sums = [None if t is None else 0.0 for t in targets]
             self.rows, self.entropies = [0.0] * len(attention), [0.0] * len(attention)
+            self.kind_sums = [dict.fromkeys(heads.KINDS, 0.0) for _ in attention]
+            self.kind_rows = [dict.fromkeys(heads.KINDS, 0.0) for _ in attention]
+        if tokens is not None:
+            patterns = heads.patterns(tokens.to(attention[0].device), causal)  # the same for every layer
+            for layer, weights in enumerate(attention):
+                for kind, pattern in patterns.items():
+                    total, count = row_shares(weights, pattern)
+                    self.kind_sums[layer][kind] = self.kind_sums[layer][kind] + total.cpu()
+                    self.kind_rows[layer][kind] += count.item()
         for layer, (weights, target) in enumerate(zip(attention, targets)):
             self.entropies[layer] = self.entropies[layer] + entropy(weights).cpu() * len(weights)
             if target is not None:
@@ -98,7 +118,11 @@ class Tally:
 
     def report(self) -> Report:
         align = [None if total is None or n == 0 else total / n for total, n in zip(self.sums, self.rows)]
-        return Report(align, [e / self.examples for e in self.entropies])
+        kinds = []
+        if any(n for per_kind in self.kind_rows for n in per_kind.values()):
+            for sums, rows, ent in zip(self.kind_sums, self.kind_rows, self.entropies):
+                kinds.append({k: sums[k] / rows[k] if rows[k] else torch.full_like(ent, float("nan")) for k in heads.KINDS})
+        return Report(align, [e / self.examples for e in self.entropies], kinds)
 
 
 @torch.no_grad()
@@ -116,7 +140,7 @@ def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Te
             layer_targets = targets[c]
         else:
             layer_targets = [task.target_attention(chunk, layer) for layer in range(len(attention))]
-        tally.add(attention, layer_targets)
+        tally.add(attention, layer_targets, chunk, model.blocks[0].attention.causal)
     model.train(was_training)
     return tally.report()
 

@@ -167,22 +167,16 @@ def load_weights(model: AttentionModel, path: Path) -> int:
 def parse_example(task: Task, text: str) -> Batch:
     """A user's tokens, by name, separated by spaces or commas -> the task's example for them (Task.example).
     For the x -> y tasks (copy, reverse, sort) the user gives x only; the task builds the stream [x, y]."""
-    names = task.token_names()
-    index = {name: i for i, name in enumerate(names)}
-    words = text.replace(",", " ").split()
-    unknown = [word for word in words if word not in index]
-    if unknown:
-        raise ConfigError(f"--input: {unknown[0]!r} is not a token of task {task.name} (tokens: {_listing(names)})")
-    if len(words) != task.example_length:
-        raise ConfigError(f"--input: task {task.name} takes {task.example_length} tokens, got {len(words)}")
     try:
-        return task.example(torch.tensor([[index[word] for word in words]]))
+        tokens = task.encode(text)
+    except ConfigError as error:
+        raise ConfigError(f"--input: {error}") from None
+    if len(tokens) != task.example_length:
+        raise ConfigError(f"--input: task {task.name} takes {task.example_length} tokens, got {len(tokens)}")
+    try:
+        return task.example(tokens.unsqueeze(0))
     except ConfigError as error:  # tokens the task does not take there (say a tied majority)
         raise ConfigError(f"--input: {error}") from None
-
-
-def _listing(names: list[str], most: int = 20) -> str:
-    return " ".join(names) if len(names) <= most else " ".join(names[:10] + ["…"] + names[-3:])
 
 
 @dataclass

@@ -43,6 +43,12 @@ def entropy(layer: int, head: int) -> str:  # scalar: mean attention entropy in 
     return f"entropy/layer{layer}/head{head}"
 
 
+# Each head's score as a previous-token, duplicate-token, induction, first-token and self head (attnlab.heads.KINDS),
+# at every validation; final values in metrics.json and the sweep summary.
+def head_kind(layer: int, head: int, kind: str) -> str:  # scalar in [0, 1]: share of attention on the kind's cells
+    return f"heads/layer{layer}/head{head}/{kind}"
+
+
 def target(layer: int) -> str:  # image: the probe example's target pattern, beside attention/layer{L}/head{H}
     return f"attention/layer{layer}/target"
 

@@ -230,7 +230,8 @@ class StackedLM(L.LightningModule):
             self.val_count += len(chunk)
             # The chunk's targets, as alignment.chunk_targets cuts the validation inputs (VALIDATION_BATCH is a
             # multiple of CHUNK, so a batch's chunks are those).
-            self.tally.add(attention, targets_per_chunk[(batch_idx * VALIDATION_BATCH + start) // alignment.CHUNK])
+            self.tally.add(attention, targets_per_chunk[(batch_idx * VALIDATION_BATCH + start) // alignment.CHUNK],
+                           chunk, self.model.blocks[0].attention.causal)
 
     def alignment_scalars(self) -> list[dict[str, float]]:
         """Every stacked member's align/* and entropy/*, as AlignmentScalars logs a solo run's: its heads' share of
@@ -240,7 +241,11 @@ class StackedLM(L.LightningModule):
         def member(k: int, per_layer: list[Tensor | None]) -> list[Tensor | None]:  # [member * head] -> [head]
             return [None if t is None else t.view(len(self.members), -1)[k] for t in per_layer]
 
-        return [alignment.Report(member(k, report.align), member(k, report.entropy)).scalars() for k in range(len(self.members))]
+        def kinds(k: int) -> list[dict[str, Tensor]]:  # the head detectors' scores, split the same way
+            return [dict(zip(per_kind, member(k, list(per_kind.values())))) for per_kind in report.kinds]
+
+        return [alignment.Report(member(k, report.align), member(k, report.entropy), kinds(k)).scalars()
+                for k in range(len(self.members))]
 
     def on_validation_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -70,7 +70,7 @@ class Task:
         index = {name: i for i, name in enumerate(names)}
         words = text.replace(",", " ").split()
         if unknown := [word for word in words if word not in index]:
-            shown = " ".join(names) if len(names) <= 20 else " ".join(names[:10] + ["…"] + names[-3:])
+            shown = " ".join(names) if len(names) <= 20 else " ".join(names[:10] + ["…"] + names[-3:])  # a long vocabulary shortened
             raise ConfigError(f"{unknown[0]!r} is not a token of task {self.name} (tokens: {shown})")
         return torch.tensor([index[word] for word in words])
 

@@ -1,0 +1,60 @@
+"""Heads named by what they do: each head's score as a previous-token, duplicate-token, induction, first-token and
+self head, whatever the task.
+
+A kind is a 0/1 detection pattern over [query, key], made from the tokens alone (no tokenizer, no task). A head's
+score is TransformerLens's head-detector "mul" score, the share of its attention on the pattern's cells, with the
+rows that have no pattern cell left out (attnlab.alignment.row_shares, the measure alignment uses): so a perfect
+previous-token head scores 1, where TransformerLens's score, averaged over every row, counts position 0 (which has
+no previous token) as a miss. Causal models' patterns hold no future key: a row whose only duplicate lies ahead is
+left out, not scored 0. Bidirectional models' patterns look both ways.
+
+    kind        cell [q, k] is on the pattern where               rows left out
+    previous    k = q - 1                                         q = 0
+    duplicate   tokens[k] = tokens[q], k != q                     tokens seen once
+    induction   tokens[k - 1] = tokens[q], k - 1 != q             no earlier occurrence (or none at all)
+    first       k = 0 (the first token: a BOS or attention sink)  none
+    self        k = q                                             none
+"""
+
+import torch
+from torch import Tensor
+
+KINDS = ("previous", "duplicate", "induction", "first", "self")
+
+
+def patterns(tokens: Tensor, causal: bool) -> dict[str, Tensor]:
+    """tokens [batch, pos] -> {kind: 0/1 pattern [batch, query, key] (float)}."""
+    batch, n = tokens.shape
+    q = torch.arange(n, device=tokens.device).unsqueeze(1)  # [query, 1]
+    k = torch.arange(n, device=tokens.device).unsqueeze(0)  # [1, key]
+    same = tokens.unsqueeze(2) == tokens.unsqueeze(1)  # [batch, query, key]: token q equals token k
+    # the token before each key, against each query's token: [batch, query, key]; key 0 has none
+    after_same = torch.zeros_like(same)
+    after_same[:, :, 1:] = same[:, :, :-1]
+    allowed = k <= q if causal else torch.ones(n, n, dtype=torch.bool, device=tokens.device)  # [query, key]
+    found = {
+        "previous": (k == q - 1).expand(batch, n, n),
+        "duplicate": same & (k != q),
+        "induction": after_same & (k - 1 != q),
+        "first": (k == 0).expand(batch, n, n),
+        "self": (k == q).expand(batch, n, n),
+    }
+    return {kind: (cells & allowed).float() for kind, cells in found.items()}
+
+
+def scores(attention: Tensor, tokens: Tensor, causal: bool) -> dict[str, Tensor]:
+    """attention [batch, head, query, key] on tokens [batch, pos] -> {kind: score per head [head]}: the mean share
+    of attention on the kind's cells over the rows that have any (NaN for a kind no row has)."""
+    from attnlab.alignment import row_shares
+
+    out = {}
+    for kind, pattern in patterns(tokens, causal).items():
+        total, rows = row_shares(attention, pattern)
+        out[kind] = total / rows if rows > 0 else torch.full_like(total, float("nan"))
+    return out
+
+
+def best(scores_of_head: dict[str, float]) -> tuple[str, float] | None:
+    """The kind a head does most, and its score: (kind, score), None where no kind was scored."""
+    scored = {kind: s for kind, s in scores_of_head.items() if s == s}  # NaN: no row had the pattern
+    return max(scored.items(), key=lambda item: item[1]) if scored else None
