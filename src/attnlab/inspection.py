@@ -107,6 +107,12 @@ class Run:
         logits = self.run_with_hooks(tokens, [(name, keep) for name in wanted])
         return logits, cache
 
+    def head_scores(self, tokens=None) -> list[dict[str, Tensor]]:
+        """Per layer {kind: score per head [head]}: each head as a previous-token, duplicate-token, induction,
+        first-token and self head (attnlab.heads) on `tokens` (default: the validation set, as logged)."""
+        tokens = self.validation[0] if tokens is None else self.tokens(tokens)
+        return alignment.measure(self.model, self.task, tokens).kinds
+
     def at(self, step: int | None) -> "Run":
         """The same run with the weights of another kept step (None: the last checkpoint); config and task shared."""
         path = checkpoints.path(self.dir, step, self.steps)
