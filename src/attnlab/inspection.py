@@ -122,7 +122,7 @@ class Run:
 
     def to_transformer_lens(self):
         """TransformerLens's own model with this run's weights (the `tl` extra: pip install -e '.[tl]')."""
-        from attnlab.transformer_lens import to_transformer_lens
+        from attnlab.tl import to_transformer_lens
 
         return to_transformer_lens(self)
 
