@@ -68,6 +68,11 @@ class Run:
             raise ConfigError(f"tokens: {tokens.shape[1]} positions, the model has {length} (data.seq_len and the task's layout)")
         return tokens
 
+    def example(self, text: str) -> Batch:
+        """A user's example by token names -> (inputs, targets, mask), each [1, pos], as the task makes it (for copy,
+        reverse and sort give x: the task builds the stream x y the model reads)."""
+        return parse_example(self.task, text)
+
     @contextlib.contextmanager
     def hooks(self, fwd_hooks=()):
         """Within the block, each (name, fn) of fwd_hooks is on its hook point: fn(activation, hook) -> a
