@@ -295,6 +295,8 @@ def check(cfg: DictConfig) -> None:
         choice(checkpoint.get("schedule"), "checkpoint.schedule", ("last", "log", "every"))
         if checkpoint.schedule == "every":
             integer(checkpoint.get("every_n_steps"), "checkpoint.every_n_steps")
+        elif checkpoint.get("every_n_steps") is not None:  # set on the command line, but no schedule reads it
+            raise ConfigError(f"checkpoint.every_n_steps is read by checkpoint=every only (this run: checkpoint={checkpoint.schedule})")
 
 
 def attention_loss(cfg: DictConfig, task) -> float:
