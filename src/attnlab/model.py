@@ -31,7 +31,10 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim) if norm else nn.Identity()
         self.norm2 = nn.LayerNorm(dim) if norm and mlp else nn.Identity()
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)) if mlp else None
-        # Named activations for notebooks (attnlab.hooks), each [batch, pos, dim]; identities when unhooked.
+        self.add_hook_points(mlp)
+
+    def add_hook_points(self, mlp: bool) -> None:
+        """Named activations for notebooks (attnlab.hooks), each [batch, pos, dim]; identities when unhooked."""
         self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid, self.hook_resid_post = (HookPoint() for _ in range(4))
         self.hook_mlp_out = HookPoint() if mlp else None
 
