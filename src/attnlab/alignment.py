@@ -91,44 +91,42 @@ class Tally:
 
     def __init__(self):
         self.sums, self.rows, self.entropies, self.examples = None, None, None, 0
-        self.kind_sums, self.kind_rows = None, None  # per layer {kind: [head]}, {kind: rows}
+        self.kind_sums, self.kind_rows = None, None  # per layer [head, kind], [kind] (attnlab.heads)
 
-    def add(self, attention: list[Tensor], targets: list[Tensor | None], tokens: Tensor | None = None,
-            causal: bool = False) -> None:
+    def add(self, attention: list[Tensor], targets: list[Tensor | None], kinds: Tensor | None = None) -> None:
         """One chunk: per layer its weights [batch, head, query, key] and its target [batch, query, key] or None;
-        with the chunk's tokens [batch, pos], the head detectors' patterns too."""
+        and the head detectors' patterns [batch, kind, query, key] (heads.stacked), the same for every layer."""
         if self.sums is None:
             self.sums = [None if t is None else 0.0 for t in targets]
             self.rows, self.entropies = [0.0] * len(attention), [0.0] * len(attention)
-            self.kind_sums = [dict.fromkeys(heads.KINDS, 0.0) for _ in attention]
-            self.kind_rows = [dict.fromkeys(heads.KINDS, 0.0) for _ in attention]
-        if tokens is not None:
-            patterns = heads.patterns(tokens.to(attention[0].device), causal)  # the same for every layer
-            for layer, weights in enumerate(attention):
-                for kind, pattern in patterns.items():
-                    total, count = row_shares(weights, pattern)
-                    self.kind_sums[layer][kind] = self.kind_sums[layer][kind] + total.cpu()
-                    self.kind_rows[layer][kind] += count.item()
+            self.kind_sums, self.kind_rows = [0.0] * len(attention), [0.0] * len(attention)
         for layer, (weights, target) in enumerate(zip(attention, targets)):
             self.entropies[layer] = self.entropies[layer] + entropy(weights).cpu() * len(weights)
             if target is not None:
                 total, count = row_shares(weights, target.to(weights.device))
                 self.sums[layer], self.rows[layer] = self.sums[layer] + total.cpu(), self.rows[layer] + count.item()
+            if kinds is not None:
+                total, count = heads.shares(weights, kinds.to(weights.device))
+                self.kind_sums[layer] = self.kind_sums[layer] + total.cpu()
+                self.kind_rows[layer] = self.kind_rows[layer] + count.cpu()
         self.examples += len(attention[0])
 
     def report(self) -> Report:
         align = [None if total is None or n == 0 else total / n for total, n in zip(self.sums, self.rows)]
         kinds = []
-        if any(n for per_kind in self.kind_rows for n in per_kind.values()):
-            for sums, rows, ent in zip(self.kind_sums, self.kind_rows, self.entropies):
-                kinds.append({k: sums[k] / rows[k] if rows[k] else torch.full_like(ent, float("nan")) for k in heads.KINDS})
+        for total, rows in zip(self.kind_sums, self.kind_rows):
+            if torch.is_tensor(total):  # measured: [head, kind] over [kind] rows; NaN for a kind no row has
+                score = torch.where(rows > 0, total / rows.clamp(min=1), float("nan"))
+                kinds.append(dict(zip(heads.KINDS, score.unbind(1))))
         return Report(align, [e / self.examples for e in self.entropies], kinds)
 
 
 @torch.no_grad()
-def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Tensor | None] | None = None) -> Report:
+def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Tensor | None] | None = None,
+            kinds: list[Tensor] | None = None) -> Report:
     """One explicit-path forward over `inputs` [batch, pos] in chunks, scoring every head of every layer.
-    `targets` (per chunk, then per layer: task.target_attention) can be passed in to avoid recomputing them."""
+    `targets` (per chunk, then per layer: task.target_attention) and `kinds` (per chunk: heads.stacked) can be
+    passed in to avoid recomputing them."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -140,7 +138,8 @@ def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Te
             layer_targets = targets[c]
         else:
             layer_targets = [task.target_attention(chunk, layer) for layer in range(len(attention))]
-        tally.add(attention, layer_targets, chunk, model.blocks[0].attention.causal)
+        chunk_kinds = kinds[c] if kinds is not None else heads.stacked(chunk, model.blocks[0].attention.causal)
+        tally.add(attention, layer_targets, chunk_kinds.to(device))
     model.train(was_training)
     return tally.report()
 
@@ -149,3 +148,8 @@ def chunk_targets(task: Task, inputs: Tensor, layers: int) -> list[list[Tensor |
     """task.target_attention for every chunk `measure` makes of `inputs`, every layer: computed once per run."""
     starts = range(0, len(inputs), CHUNK)
     return [[task.target_attention(inputs[s : s + CHUNK], layer) for layer in range(layers)] for s in starts]
+
+
+def chunk_kinds(inputs: Tensor, causal: bool) -> list[Tensor]:
+    """The head detectors' patterns (heads.stacked) for every chunk `measure` makes of `inputs`: once per run."""
+    return [heads.stacked(inputs[s : s + CHUNK], causal) for s in range(0, len(inputs), CHUNK)]

@@ -15,6 +15,7 @@ class AlignmentScalars(L.Callback):
     def __init__(self, task: Task):
         self.task = task
         self.targets: list[list[torch.Tensor | None]] | None = None  # per chunk, per layer: made once
+        self.kinds: list[torch.Tensor] | None = None  # per chunk, the head detectors' patterns: made once
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -25,7 +26,9 @@ class AlignmentScalars(L.Callback):
 
     def scalars(self, inputs: torch.Tensor, model: torch.nn.Module) -> dict[str, float]:
         """The model's alignment and entropy scalars over the validation inputs."""
-        return alignment.measure(model, self.task, inputs, self.chunk_targets(inputs, len(model.blocks))).scalars()
+        causal = model.blocks[0].attention.causal
+        targets = self.chunk_targets(inputs, len(model.blocks))
+        return alignment.measure(model, self.task, inputs, targets, self.chunk_kinds(inputs, causal)).scalars()
 
     def chunk_targets(self, inputs: torch.Tensor, layers: int) -> list[list[torch.Tensor | None]]:
         """The task's targets for the validation inputs, chunk by chunk (alignment.chunk_targets): made once (a
@@ -33,3 +36,10 @@ class AlignmentScalars(L.Callback):
         if self.targets is None:
             self.targets = alignment.chunk_targets(self.task, inputs, layers)
         return self.targets
+
+    def chunk_kinds(self, inputs: torch.Tensor, causal: bool) -> list[torch.Tensor]:
+        """The head detectors' patterns for the validation inputs, chunk by chunk (alignment.chunk_kinds): made
+        once."""
+        if self.kinds is None:
+            self.kinds = alignment.chunk_kinds(inputs, causal)
+        return self.kinds

@@ -220,6 +220,7 @@ class StackedLM(L.LightningModule):
         two: its validation step, then AlignmentScalars), in alignment.CHUNK examples at a time."""
         inputs = self.trainer.datamodule.validation[0]
         targets_per_chunk = self.members[0].callback(AlignmentScalars).chunk_targets(inputs, len(self.model.blocks))
+        kinds_per_chunk = self.members[0].callback(AlignmentScalars).chunk_kinds(inputs, self.model.blocks[0].attention.causal)
         members = MembersAsHeads(self.model)
         for start in range(0, len(batch[0]), alignment.CHUNK):
             chunk, targets, mask = (t[start : start + alignment.CHUNK] for t in batch)
@@ -230,8 +231,8 @@ class StackedLM(L.LightningModule):
             self.val_count += len(chunk)
             # The chunk's targets, as alignment.chunk_targets cuts the validation inputs (VALIDATION_BATCH is a
             # multiple of CHUNK, so a batch's chunks are those).
-            self.tally.add(attention, targets_per_chunk[(batch_idx * VALIDATION_BATCH + start) // alignment.CHUNK],
-                           chunk, self.model.blocks[0].attention.causal)
+            c = (batch_idx * VALIDATION_BATCH + start) // alignment.CHUNK
+            self.tally.add(attention, targets_per_chunk[c], kinds_per_chunk[c].to(chunk.device))
 
     def alignment_scalars(self) -> list[dict[str, float]]:
         """Every stacked member's align/* and entropy/*, as AlignmentScalars logs a solo run's: its heads' share of
