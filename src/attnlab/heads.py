@@ -19,7 +19,9 @@ left out, not scored 0. Bidirectional models' patterns look both ways.
 import torch
 from torch import Tensor
 
-KINDS = ("previous", "duplicate", "induction", "first", "self")
+from attnlab import tags
+
+KINDS = tags.HEAD_KINDS  # the order of stacked()'s kinds
 
 
 def patterns(tokens: Tensor, causal: bool) -> dict[str, Tensor]:

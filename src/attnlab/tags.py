@@ -43,8 +43,11 @@ def entropy(layer: int, head: int) -> str:  # scalar: mean attention entropy in 
     return f"entropy/layer{layer}/head{head}"
 
 
-# Each head's score as a previous-token, duplicate-token, induction, first-token and self head (attnlab.heads.KINDS),
-# at every validation; final values in metrics.json and the sweep summary.
+# Each head's score as a previous-token, duplicate-token, induction, first-token and self head (attnlab.heads), at
+# every validation; final values in metrics.json and the sweep summary.
+HEAD_KINDS = ("previous", "duplicate", "induction", "first", "self")
+
+
 def head_kind(layer: int, head: int, kind: str) -> str:  # scalar in [0, 1]: share of attention on the kind's cells
     return f"heads/layer{layer}/head{head}/{kind}"
 
@@ -67,5 +70,8 @@ FRAME_WEIGHTS = "attnlab/weights"  # float16 [layer, 4, dim, dim]: W_Q, W_K, W_V
 FRAME_EMBEDDING = "attnlab/embedding"  # float16 [vocab, dim]: token embedding
 FRAME_POSITIONS = "attnlab/positions"  # float16 [query, dim]: position embedding at the probe's positions
 FRAME_UNEMBEDDING = "attnlab/unembedding"  # float16 [vocab, dim]: the readout's weight (logits = x·Uᵀ + b)
+# float32 [layer, head, kind]: the probe's head-detector scores (attnlab.heads.KINDS order), NaN for a kind the probe
+# has no row of; the tab names each head by its best kind. Runs from before it have none (the tab shows none).
+FRAME_KINDS = "attnlab/head_kinds"
 FRAME = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_WEIGHTS, FRAME_EMBEDDING, FRAME_POSITIONS,
-         FRAME_UNEMBEDDING)
+         FRAME_UNEMBEDDING, FRAME_KINDS)

@@ -4,8 +4,9 @@ TensorBoard's data provider (the multiplexer is None under TensorBoard's default
 Routes, under /data/plugin/attnlab/ (the page's fetch("./runs") reaches them):
     runs                     every run with frames: its label (the overrides that tell it apart), steps, shape,
                              the last frame's alignment [layer][head]
-    frames?run=R&step=S...   those frames' attention [layer][head][query][key], alignment and labels (one pair
-                             per run shown: a move of the step slider is one request)
+    frames?run=R&step=S...   those frames' attention [layer][head][query][key], alignment, each head's best kind
+                             [kind, score] and labels (one pair per run shown: a move of the step slider is one
+                             request)
     circuits?run=R&step=S... each head's QK and OV circuits through the embeddings, computed here from the weights
     colormaps                the two colour scales as 256 CSS colours (matplotlib's, as the Images tab's)
     index.js, *.js, *.css    the page
@@ -38,6 +39,21 @@ OVERRIDES = Path(".hydra") / "overrides.yaml"  # Hydra writes a run's command-li
 # (run, tag) series kept decoded; one is read again once its run has newer frames. 16 runs of 100 frames of the
 # six tags a view reads stay below 100 series.
 CACHED_SERIES = 512
+
+
+def best_kinds(kinds: np.ndarray | None) -> list[list[list]] | None:
+    """[layer, head, kind] scores -> per layer, per head [the best kind, its score], or None where the probe scores
+    no kind; None for a frame from before the scores were logged."""
+    if kinds is None:
+        return None
+    out = []
+    for per_head in kinds:
+        row = []
+        for scores in per_head:
+            known = [(float(s), k) for s, k in zip(scores, tags.HEAD_KINDS) if not math.isnan(s)]
+            row.append(None if not known else [max(known)[1], round(max(known)[0], 3)])
+        out.append(row)
+    return out
 
 
 def rounded(values: np.ndarray, digits: int = 4):
@@ -174,13 +190,13 @@ class AttentionPlugin(base_plugin.TBPlugin):
                            "heads": last.shape[1], "steps": steps, "alignment": rounded(last)})
         return http_util.Respond(request, {"runs": answer}, "application/json")
 
-    def frames_at(self, request, wanted: list[str]) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+    def frames_at(self, request, wanted: list[str], optional: tuple[str, ...] = ()) -> list[tuple[str, int, dict[str, np.ndarray]]]:
         """(run, step, {tag: array}) for each run=R&step=S pair asked, in one read of the data provider (a step of
-        the slider asks for every run shown at once)."""
+        the slider asks for every run shown at once). `optional` tags are read too, where a frame has them."""
         runs, steps = request.args.getlist("run"), request.args.getlist("step")
         if not runs or len(runs) != len(steps) or not all(s.lstrip("-").isdigit() for s in steps):
             raise errors.InvalidArgumentError("give run=<name>&step=<integer> pairs")
-        found = self.series(request, sorted(set(runs)), wanted)
+        found = self.series(request, sorted(set(runs)), wanted + list(optional))
         frames = []
         for run, step in zip(runs, map(int, steps)):
             data = found.get(run, {})
@@ -191,16 +207,19 @@ class AttentionPlugin(base_plugin.TBPlugin):
                 if step not in data.get(tag, {}):
                     raise errors.NotFoundError(f"run {run!r} has no {tag} at step {step}")
                 arrays[tag] = data[tag][step]
+            arrays.update({tag: data[tag][step] for tag in optional if step in data.get(tag, {})})
             frames.append((run, step, arrays))
         return frames
 
     @wrappers.Request.application
     def frames_route(self, request):
         answer = []
-        for run, step, frame in self.frames_at(request, [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE]):
+        wanted = [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE]
+        for run, step, frame in self.frames_at(request, wanted, optional=(tags.FRAME_KINDS,)):
             labels = json.loads(frame[tags.FRAME_PROBE].item())
             answer.append({"run": run, "step": step, "attention": rounded(frame[tags.FRAME_ATTENTION]),
-                           "alignment": rounded(frame[tags.FRAME_ALIGNMENT]), **labels})
+                           "alignment": rounded(frame[tags.FRAME_ALIGNMENT]), "kind": best_kinds(frame.get(tags.FRAME_KINDS)),
+                           **labels})
         return http_util.Respond(request, {"frames": answer}, "application/json")
 
     @wrappers.Request.application

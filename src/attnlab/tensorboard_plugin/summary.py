@@ -21,6 +21,7 @@ from tensorboard.compat.proto.types_pb2 import DT_FLOAT, DT_HALF
 from tensorboard.util.tensor_util import make_tensor_proto
 
 from attnlab import tags
+from attnlab import heads
 from attnlab.alignment import alignment
 
 # Plugin data content: the frame layout's version, for a reader to refuse frames it does not know.
@@ -80,6 +81,11 @@ def frame_summary(attention: torch.Tensor, labels: dict, weights: torch.Tensor, 
             for query, key, weight in cells:
                 target[query, key] = weight
             align[layer] = alignment(attention[layer].float().unsqueeze(0), target.unsqueeze(0)).numpy()
+    tokens = torch.tensor([labels["tokens"]])  # [1, pos]
+    kinds = np.stack([  # [layer, head, kind]
+        np.stack([score.numpy() for score in heads.scores(a.float().unsqueeze(0), tokens, labels["causal"]).values()], -1)
+        for a in attention
+    ]).astype(np.float32)
     tensors = {
         tags.FRAME_ATTENTION: tensor_proto(attention.numpy()),
         tags.FRAME_ALIGNMENT: tensor_proto(align),
@@ -88,6 +94,7 @@ def frame_summary(attention: torch.Tensor, labels: dict, weights: torch.Tensor, 
         tags.FRAME_EMBEDDING: tensor_proto(embedding.numpy()),
         tags.FRAME_POSITIONS: tensor_proto(positions.numpy()),
         tags.FRAME_UNEMBEDDING: tensor_proto(unembedding.numpy()),
+        tags.FRAME_KINDS: tensor_proto(kinds),
     }
     meta = metadata()
     return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensors[tag]) for tag in tags.FRAME])
