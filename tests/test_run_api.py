@@ -224,3 +224,23 @@ def test_inspect_run_step(run_dir, capsys):
     assert main([str(run_dir), "--step", "9"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kept no checkpoint of step 9 (kept steps: 0, 8, 16, 24" in err
+
+
+def test_resumed_run_keeps_its_schedule(tmp_path):
+    """Going on from last.ckpt in the same directory keeps the steps the schedule still holds ahead, without a second
+    step 0, and leaves the steps already kept as they were."""
+    from attnlab.train import run as train
+
+    overrides = [o for o in RUN if not o.startswith("trainer.max_steps")]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        first = compose(config_name="train", overrides=overrides + ["trainer.max_steps=16"])
+        then = compose(config_name="train", overrides=overrides + ["trainer.max_steps=24",
+                                                                   f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"])
+    train(first, tmp_path)
+    kept_16 = (tmp_path / checkpoints.step_file(16)).read_bytes()
+    step_0_written = (tmp_path / checkpoints.step_file(0)).stat().st_mtime_ns
+    train(then, tmp_path)
+    assert checkpoints.kept_steps(tmp_path) == [0, 8, 16, 24]
+    assert (tmp_path / checkpoints.step_file(16)).read_bytes() == kept_16
+    assert (tmp_path / checkpoints.step_file(0)).stat().st_mtime_ns == step_0_written
+    assert torch.load(tmp_path / checkpoints.step_file(24), weights_only=True)["global_step"] == 24
