@@ -2,7 +2,8 @@
 activations by TransformerLens's hook names (docs/notebook.md lists the API).
 
     run = attnlab.load_run("outputs/2026-11-24/06-25-07")             # its last checkpoint; step=N for a kept one
-    logits, cache = run.run_with_cache(run.task.encode("3 1 4 1 5 9 2 6"))
+    inputs, targets, mask = run.example("3 1 4 1 5 9 2 6")              # the task's example for these tokens
+    logits, cache = run.run_with_cache(inputs)
     cache["blocks.0.attn.hook_pattern"]                                  # [batch, head, query, key]
     example = run_example(run, parse_example(run.task, "3 1 4 1 5 9 2 6"))   # what scripts/inspect_run.py prints
 """
@@ -20,9 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
 from attnlab import alignment, checkpoints
-from attnlab.hooks import ActivationCache, HookPoint, named_hook_points, resolve
 from attnlab.attention import SelfAttention
 from attnlab.config import ConfigError
+from attnlab.hooks import ActivationCache, HookPoint, named_hook_points, resolve
 from attnlab.model import AttentionModel
 from attnlab.tasks import LOADER_FIELDS, Batch, Task
 
@@ -38,7 +39,7 @@ class Run:
     model: AttentionModel  # in eval mode, on the CPU
     step: int  # the optimiser step the checkpoint was saved at
     probe: Batch  # the example TensorBoard's attention images show (the first validation example)
-    validation: Batch = None  # the run's whole validation set: (inputs, targets, mask), each [example, pos]
+    validation: Batch | None = None  # the run's whole validation set: (inputs, targets, mask), each [example, pos]
     steps: list[int] = field(default_factory=list)  # the steps kept in checkpoints/step=N.ckpt (checkpoint=log|every)
 
     @property
