@@ -19,8 +19,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from attnlab import checkpoints
 from attnlab.config import ConfigError
-from attnlab.inspection import describe, load_run, parse_example, run_example
+from attnlab.resume import check_run_dir
 
 
 def file_stem(text: str | None) -> str:
@@ -45,12 +46,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="colour heatmaps in the terminal (auto: when stdout is a terminal and NO_COLOR is unset)")
     args = parser.parse_args(argv)
 
+    # Bad input fails at once: the path before torch's import (seconds), the tokens before Lightning's (seconds more).
     try:
+        check_run_dir(args.run_dir)
+        checkpoints.path(args.run_dir, args.step, checkpoints.kept_steps(args.run_dir))  # a step it kept, or why not
+        from attnlab.inspection import describe, load_run, parse_example, run_example, run_task
+
+        batch = None if args.input is None else parse_example(run_task(args.run_dir), args.input)
         run = load_run(args.run_dir, step=args.step)
-        batch = run.probe if args.input is None else parse_example(run.task, args.input)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if batch is None:
+        batch = run.probe
 
     # Imported after the checks: matplotlib is only needed once there is something to draw.
     from attnlab import figures, terminal

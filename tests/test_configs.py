@@ -14,10 +14,10 @@ from attnlab.train import build
 CONF = Path(__file__).resolve().parents[1] / "conf"
 IN_DEFAULTS = {"data", "model", "optim", "trainer", "loss", "logging", "checkpoint", "device", "debug"}
 OPTIONS = [
-    (group.name, option.stem)
+    (group.name, option.relative_to(group).with_suffix("").as_posix())  # experiment=lengths/copy: its folder's
     for group in sorted(CONF.iterdir())
     if group.is_dir() and group.name != "hydra"
-    for option in sorted(group.glob("*.yaml"))
+    for option in sorted(group.rglob("*.yaml"))
 ]
 
 

@@ -55,10 +55,16 @@ def flat(d, prefix: str = "") -> dict:
 
 
 @pytest.mark.parametrize("model", [[], ["model.layers=2", "model.heads=2", "model.mlp=true", "model.norm=true",
-                                         "++trainer.gradient_clip_val=0.1"]],
-                         ids=["1-layer", "2-layer-mlp-norm-clipped"])
+                                         "++trainer.gradient_clip_val=0.1"],
+                                    # lengths of their own (padding masked), scored at two more lengths, rotary positions
+                                    ["++data.min_len=3", "++data.val_lengths=[8,12]", "model.layers=2",
+                                     "model.positions=rope"]],
+                         ids=["1-layer", "2-layer-mlp-norm-clipped", "variable-length-rope"])
 def test_members_train_as_their_solo_runs(tmp_path, model):
     cfgs = [compose_cfg(SHORT + model + member) for member in MEMBERS]
+    # With padding the fused kernel takes a mask, and its sums run in another order when the members are folded
+    # into one batch: the members' losses stay within 3e-6 of their solo runs', the weights within a few 1e-6.
+    atol = 1e-5 if cfgs[0].data.get("min_len") else 1e-6
     members = stacked.train_group(cfgs, [tmp_path / f"member{k}" for k in range(len(cfgs))])
     for k, (cfg, member) in enumerate(zip(cfgs, members)):
         solo_dir = tmp_path / f"solo{k}"
@@ -82,7 +88,7 @@ def test_members_train_as_their_solo_runs(tmp_path, model):
             if "dirpath" in key or "best_model_path" in key:
                 assert value.replace(str(solo_dir), str(member.run_dir)) == ours[key]
             elif torch.is_tensor(value):
-                torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-6, msg=key)
+                torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=atol, msg=key)
             elif isinstance(value, float):
                 assert ours[key] == pytest.approx(value), key  # an lr: computed on the host, per member
             else:
@@ -190,8 +196,9 @@ def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert log.count("2 members (") == 2  # two stacked groups of two
-    # a group's Lightning notices as a solo run's console shows them: each once, no advertisement
-    assert log.count("GPU available:") == 2 and "Tip:" not in log
+    # a group's Lightning notices as a solo run's console shows them: each once, no advertisement; the devices are
+    # said by the sweep's first job only (the group it is in)
+    assert log.count("GPU available:") == 1 and "Tip:" not in log
     with (sweep / "summary.csv").open() as f:
         import csv
 

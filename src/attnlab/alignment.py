@@ -7,8 +7,9 @@ baseline: the mean over target rows of (target cells / keys the row may attend t
 zero in the task's pattern) do not count: they are positions whose attention the mechanism does not use.
 
 Entropy is each head's mean attention entropy (nats) over all query rows: low for sharp heads, log(keys) for
-uniform ones. Beside them, each head's score as a previous-token, duplicate-token, induction, first-token and self
-head (attnlab.heads), by the same share over the detectors' patterns.
+uniform ones. Rows of padded positions (variable-length examples) count in neither: a task's target has no row
+there, and entropy leaves them out. Beside them, each head's score as a previous-token, duplicate-token, induction,
+first-token and self head (attnlab.heads), by the same share over the detectors' patterns.
 """
 
 from dataclasses import dataclass, field
@@ -47,10 +48,15 @@ def supervision_loss(attention: Tensor, target: Tensor) -> Tensor:
     return (error * has_target).sum() / has_target.sum().clamp(min=1)
 
 
-def entropy(attention: Tensor) -> Tensor:
-    """Mean attention entropy in nats per head [head], over all batch and query rows."""
+def entropy(attention: Tensor, keep: Tensor | None = None) -> Tensor:
+    """Mean attention entropy in nats per head [head], over all batch and query rows, or only the rows where
+    keep [batch, query] is True (padded queries left out)."""
     plogp = torch.where(attention > 0, attention * attention.clamp(min=1e-30).log(), 0.0)
-    return -plogp.sum(-1).mean(dim=(0, 2))
+    per_row = -plogp.sum(-1)  # [batch, head, query]
+    if keep is None:
+        return per_row.mean(dim=(0, 2))
+    rows = keep.unsqueeze(1).float()  # [batch, 1, query]
+    return (per_row * rows).sum(dim=(0, 2)) / rows.sum().clamp(min=1)
 
 
 @dataclass
@@ -68,21 +74,23 @@ class Report:
         per_layer = [a.max().item() for a in self.align if a is not None]
         return min(per_layer) if per_layer else None
 
-    def scalars(self) -> dict[str, float]:
-        """Flat {tag: value}: align/layer{L}/head{H}, align/best, entropy/layer{L}/head{H}."""
+    def scalars(self, length: int | None = None) -> dict[str, float]:
+        """Flat {tag: value}: align/layer{L}/head{H}, align/best, entropy/layer{L}/head{H}; for the validation set
+        at one of data.val_lengths, align/len{N}/layer{L}/head{H} and align/len{N}/best only."""
         out = {}
         for layer, (align, ent) in enumerate(zip(self.align, self.entropy)):
             for head in range(len(ent)):
                 if align is not None:
-                    out[tags.align(layer, head)] = align[head].item()
-                out[tags.entropy(layer, head)] = ent[head].item()
-        for layer, per_kind in enumerate(self.kinds):
+                    out[tags.align(layer, head, length)] = align[head].item()
+                if length is None:
+                    out[tags.entropy(layer, head)] = ent[head].item()
+        for layer, per_kind in enumerate(self.kinds if length is None else ()):
             for kind, score in per_kind.items():
                 for head, value in enumerate(score.tolist()):
                     if value == value:  # NaN: no validation row has the kind's pattern (say no repeated token)
                         out[tags.head_kind(layer, head, kind)] = value
         if (best := self.best()) is not None:
-            out[tags.ALIGN_BEST] = best
+            out[tags.align_best(length)] = best
         return out
 
 
@@ -90,18 +98,22 @@ class Tally:
     """Alignment and entropy summed over the chunks of a set of inputs, then made a Report."""
 
     def __init__(self):
-        self.sums, self.rows, self.entropies, self.examples = None, None, None, 0
+        self.sums, self.rows, self.entropies, self.queries = None, None, None, 0
         self.kind_sums, self.kind_rows = None, None  # per layer [head, kind], [kind] (attnlab.heads)
 
-    def add(self, attention: list[Tensor], targets: list[Tensor | None], kinds: Tensor | None = None) -> None:
+    def add(self, attention: list[Tensor], targets: list[Tensor | None], keep: Tensor | None = None,
+            kinds: Tensor | None = None) -> None:
         """One chunk: per layer its weights [batch, head, query, key] and its target [batch, query, key] or None;
-        and the head detectors' patterns [batch, kind, query, key] (heads.stacked), the same for every layer."""
+        keep [batch, query]: False at padded positions, whose rows no mean counts (None: every row counts); kinds:
+        the head detectors' patterns [batch, kind, query, key] (heads.stacked), the same for every layer."""
         if self.sums is None:
             self.sums = [None if t is None else 0.0 for t in targets]
             self.rows, self.entropies = [0.0] * len(attention), [0.0] * len(attention)
             self.kind_sums, self.kind_rows = [0.0] * len(attention), [0.0] * len(attention)
+        batch, _, queries, _ = attention[0].shape
+        counted = queries * batch if keep is None else keep.sum().item()  # query rows that count, over the chunk
         for layer, (weights, target) in enumerate(zip(attention, targets)):
-            self.entropies[layer] = self.entropies[layer] + entropy(weights).cpu() * len(weights)
+            self.entropies[layer] = self.entropies[layer] + entropy(weights, keep).cpu() * counted
             if target is not None:
                 total, count = row_shares(weights, target.to(weights.device))
                 self.sums[layer], self.rows[layer] = self.sums[layer] + total.cpu(), self.rows[layer] + count.item()
@@ -109,7 +121,7 @@ class Tally:
                 total, count = heads.shares(weights, kinds.to(weights.device))
                 self.kind_sums[layer] = self.kind_sums[layer] + total.cpu()
                 self.kind_rows[layer] = self.kind_rows[layer] + count.cpu()
-        self.examples += len(attention[0])
+        self.queries += counted
 
     def report(self) -> Report:
         align = [None if total is None or n == 0 else total / n for total, n in zip(self.sums, self.rows)]
@@ -118,14 +130,14 @@ class Tally:
             if torch.is_tensor(total):  # measured: [head, kind] over [kind] rows; NaN for a kind no row has
                 score = torch.where(rows > 0, total / rows.clamp(min=1), float("nan"))
                 kinds.append(dict(zip(heads.KINDS, score.unbind(1))))
-        return Report(align, [e / self.examples for e in self.entropies], kinds)
+        return Report(align, [e / max(self.queries, 1) for e in self.entropies], kinds)
 
 
 @torch.no_grad()
 def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Tensor | None] | None = None,
             kinds: list[Tensor] | None = None) -> Report:
     """One explicit-path forward over `inputs` [batch, pos] in chunks, scoring every head of every layer.
-    `targets` (per chunk, then per layer: task.target_attention) and `kinds` (per chunk: heads.stacked) can be
+    `targets` (per chunk, then per layer: task.target_attention) and `kinds` (per chunk: chunk_kinds) can be
     passed in to avoid recomputing them."""
     was_training = model.training
     model.eval()
@@ -138,10 +150,17 @@ def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Te
             layer_targets = targets[c]
         else:
             layer_targets = [task.target_attention(chunk, layer) for layer in range(len(attention))]
-        chunk_kinds = kinds[c] if kinds is not None else heads.stacked(chunk, model.blocks[0].attention.causal)
-        tally.add(attention, layer_targets, chunk_kinds.to(device))
+        keep = real_positions(task, chunk.to(device))
+        patterns = kinds[c] if kinds is not None else heads.stacked(chunk.to(device), model.blocks[0].attention.causal, keep)
+        tally.add(attention, layer_targets, keep, patterns.to(device))
     model.train(was_training)
     return tally.report()
+
+
+def real_positions(task: Task, inputs: Tensor) -> Tensor | None:
+    """[batch, pos]: False where the input is padding (the model's keep mask), or None where the task never pads."""
+    padding = getattr(task, "padding", None)
+    return None if padding is None else inputs != padding
 
 
 def chunk_targets(task: Task, inputs: Tensor, layers: int) -> list[list[Tensor | None]]:
@@ -150,6 +169,7 @@ def chunk_targets(task: Task, inputs: Tensor, layers: int) -> list[list[Tensor |
     return [[task.target_attention(inputs[s : s + CHUNK], layer) for layer in range(layers)] for s in starts]
 
 
-def chunk_kinds(inputs: Tensor, causal: bool) -> list[Tensor]:
+def chunk_kinds(task: Task, inputs: Tensor, causal: bool) -> list[Tensor]:
     """The head detectors' patterns (heads.stacked) for every chunk `measure` makes of `inputs`: once per run."""
-    return [heads.stacked(inputs[s : s + CHUNK], causal) for s in range(0, len(inputs), CHUNK)]
+    chunks = (inputs[s : s + CHUNK] for s in range(0, len(inputs), CHUNK))
+    return [heads.stacked(chunk, causal, real_positions(task, chunk)) for chunk in chunks]

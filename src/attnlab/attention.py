@@ -1,8 +1,11 @@
-"""Self-attention, step by step as in the seed article.
+"""Self-attention, step by step as in the article this project grew from (README: "注意力机制").
 
 1. Embedding    - done by the model: every token is already a vector of size `dim` when it reaches this layer.
 2. Query/key/value - three learned projections: what a token looks for, what it offers, what it passes on.
+                   With rotary positions (model.positions=rope) query and key are turned by their position here.
 3. Scores       - dot products of queries with keys, scaled by sqrt(d_head) so that softmax does not saturate.
+                   ALiBi (model.positions=alibi) adds its distance penalty here; future keys (causal tasks) and
+                   padded keys (variable-length examples) are set to -inf, so that softmax gives them weight 0.
 4. Softmax      - each query's scores become weights over the keys that sum to 1.
 5. Weighted sum - each token's output is the weight-averaged values, then mixed across heads by W_O.
 
@@ -17,10 +20,36 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.hooks import HookPoint
+from attnlab.positions import ALiBi, Rotary
+
+
+def allowed_keys(pos: int, causal: bool, keep: Tensor | None, device: torch.device) -> Tensor | None:
+    """Which keys each query may attend to: [batch or 1, 1, query, key], True where allowed; None where all are.
+    A causal model's queries may not see later keys; no query sees a padded key (keep [batch, key] False there).
+    Padding is on the right and position 0 is always a token, so no row is left without a key."""
+    allowed = torch.ones(pos, pos, dtype=torch.bool, device=device).tril() if causal else None
+    if keep is not None:
+        real = keep[:, None, None, :]  # [batch, 1, 1, key]
+        allowed = real if allowed is None else allowed & real
+    return allowed
+
+
+def fused_attention(query: Tensor, key: Tensor, value: Tensor, causal: bool, keep: Tensor | None,
+                    bias: Tensor | None) -> Tensor:
+    """Steps 3-5 in one fused kernel (scaled_dot_product_attention), without materialising the weights: the same
+    as the explicit steps. Where only the future is masked, is_causal picks the kernel's fastest path; padding and
+    ALiBi's bias go in as the attention mask (boolean, or additive with -inf where a key is not allowed)."""
+    if keep is None and bias is None:
+        return F.scaled_dot_product_attention(query, key, value, is_causal=causal)
+    mask = allowed_keys(query.shape[-2], causal, keep, query.device)
+    if bias is not None:  # [head, query, key] -> additive, -inf on the keys not allowed
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, causal: bool):
+    def __init__(self, dim: int, heads: int, causal: bool, positions: str = "learned", length: int = 0):
+        """positions: model.positions; `rope` and `alibi` act inside this layer, for up to `length` positions."""
         super().__init__()
         if dim % heads:
             raise ValueError(f"model.heads ({heads}) must divide model.dim ({dim})")
@@ -30,12 +59,15 @@ class SelfAttention(nn.Module):
         self.W_Q, self.W_K, self.W_V, self.W_O = (
             nn.Parameter(torch.empty(dim, dim).uniform_(-bound, bound)) for _ in range(4)
         )
+        self.rotary = Rotary(self.d_head, length) if positions == "rope" else None
+        self.alibi = ALiBi(heads, length) if positions == "alibi" else None
         # Where a notebook reads or patches activations (attnlab.hooks): identities that cost nothing unhooked.
         self.hook_q, self.hook_k, self.hook_v, self.hook_z = (HookPoint(swap=(1, 2)) for _ in range(4))
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
 
-    def forward(self, x: Tensor, need_weights: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, need_weights: bool = True, keep: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """x: [batch, pos, dim] -> (output [batch, pos, dim], weights [batch, head, query, key] or None).
+        keep: [batch, pos], False at padded positions (variable-length examples), or None where there are none.
 
         With need_weights=False the fused kernel computes the same thing without materialising the weights;
         training steps use it, logging and inspection ask for the weights.
@@ -45,18 +77,21 @@ class SelfAttention(nn.Module):
         key = self._split_heads(x @ self.W_K)
         value = self._split_heads(x @ self.W_V)
         query, key, value = self.hook_q(query), self.hook_k(key), self.hook_v(value)
+        if self.rotary is not None:  # rope: a query and a key score by their content and their distance
+            query, key = self.rotary(query), self.rotary(key)
+        bias = self.alibi(x.shape[1]) if self.alibi is not None else None  # [head, query, key]
 
         if not need_weights:
-            output = F.scaled_dot_product_attention(query, key, value, is_causal=self.causal)
+            output = fused_attention(query, key, value, self.causal, keep, bias)
             return self._merge_heads(output) @ self.W_O, None
 
         # Step 3: scaled dot-product scores.  [batch, head, query, key]
         scores = query @ key.transpose(-2, -1) / math.sqrt(self.d_head)
-        if self.causal:
-            # A query may not look at keys after it: -inf becomes weight 0 after softmax.
-            n = scores.shape[-1]
-            future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
-            scores = scores.masked_fill(future, float("-inf"))
+        if bias is not None:
+            scores = scores + bias  # ALiBi: the farther the key, the lower its score
+        if (allowed := allowed_keys(scores.shape[-1], self.causal, keep, scores.device)) is not None:
+            # Keys after the query (causal) and padded keys: -inf becomes weight 0 after softmax.
+            scores = scores.masked_fill(~allowed, float("-inf"))
         scores = self.hook_attn_scores(scores)
 
         # Step 4: softmax over keys turns each query's scores into weights that sum to 1.

@@ -10,7 +10,7 @@ from numbers import Integral, Real
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -193,10 +193,12 @@ def checked_arguments(arguments: list[str]) -> list[str]:
         if not repository.group_exists(group):
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        options = repository.get_group_options(group, ObjectType.CONFIG)
+        options = group_options(repository, group)
         for value in values:
             if value not in options and value is not None:
-                raise ConfigError(f"{group}={value}: no such option; allowed: {', '.join(options)}")
+                suite = str(value).rpartition("/")[0]  # +experiment=lengths/...: that folder's options
+                listed = [o for o in options if suite and o.startswith(f"{suite}/")] or options
+                raise ConfigError(f"{group}={value}: no such option; allowed: {', '.join(listed)}")
         if (CONF_DIR / group).is_dir() and all(is_global(CONF_DIR / group / f"{v}.yaml") for v in values):
             extras += [(group, v) for v in values]
         else:
@@ -225,6 +227,16 @@ def checked_arguments(arguments: list[str]) -> list[str]:
                 argument = "++" + argument
         out.append(argument)
     return out
+
+
+def group_options(repository, group: str) -> list[str]:
+    """The options of a config group, those in its folders too (`experiment` has `lengths/copy`)."""
+    from hydra.core.object_type import ObjectType
+
+    options = list(repository.get_group_options(group, ObjectType.CONFIG))
+    for folder in repository.get_group_options(group, ObjectType.GROUP):
+        options += [f"{folder}/{o}" for o in group_options(repository, f"{group}/{folder}")]
+    return options
 
 
 def check_extras(arguments: list[str]) -> None:
@@ -271,7 +283,9 @@ def check(cfg: DictConfig) -> None:
         divisors = [h for h in range(1, m.dim + 1) if m.dim % h == 0]
         raise ConfigError(f"model.heads must divide model.dim={m.dim} (allowed: {divisors}), got {m.heads}")
     integer(m.layers, "model.layers")
-    choice(m.positions, "model.positions", ("learned", "sinusoidal", "none"))
+    from attnlab.positions import SCHEMES  # here: torch, which the task check just after imports anyway
+
+    choice(m.positions, "model.positions", SCHEMES)
     choice(m.causal, "model.causal", (None, True, False))
     choice(m.mlp, "model.mlp", (True, False))
     choice(m.norm, "model.norm", (True, False))
@@ -311,6 +325,42 @@ def attention_loss(cfg: DictConfig, task) -> float:
             raise ConfigError(f"loss.attention must be 0 for {task.name} with model.layers={cfg.model.layers}: no "
                               f"target pattern to supervise, got {weight:g}")
     return weight
+
+
+def val_lengths(data: DictConfig, task) -> list[int]:
+    """data.val_lengths: null (one validation set, from the training distribution) or a non-empty list of distinct
+    lengths, each in [the task's shortest, 1024], for a task whose examples have a length."""
+    lengths = data.get("val_lengths")
+    if lengths is None:
+        return []
+    if not task.has_length:
+        raise ConfigError(f"data.val_lengths must be null for {task.name}: its examples have no length, got {lengths}")
+    allowed = f"null or a non-empty list of distinct integers in [{task.shortest}, {task.longest}]"
+    if not isinstance(lengths, (list, ListConfig)) or not lengths or len(set(map(str, lengths))) < len(lengths):
+        raise ConfigError(f"data.val_lengths must be {allowed}, got {lengths}")
+    for n in lengths:
+        if isinstance(n, bool) or not isinstance(n, Integral) or not task.shortest <= n <= task.longest:
+            raise ConfigError(f"data.val_lengths must be {allowed}, got {n!r} in {list(lengths)}")
+    return [int(n) for n in lengths]
+
+
+def check_memory(cfg: DictConfig, task) -> None:
+    """The run fits in the memory this machine has left: the floor of what training and validation need
+    (attnlab.memory.estimate) against MemAvailable or the memory cgroup's room. Refused with the key that sizes the
+    largest part; nothing refused where the machine's memory cannot be read."""
+    from attnlab import memory
+
+    have = memory.available()
+    need = memory.estimate(cfg, task)
+    if have is not None and need.total > have[0]:
+        key = need.largest()
+        value = OmegaConf.select(cfg, key)
+        raise ConfigError(
+            f"{key}={value}: this run needs at least {memory.size(need.total)} of memory (training batch "
+            f"{memory.size(need.batch)}, validation {memory.size(need.validation)}, model and optimiser "
+            f"{memory.size(need.model)}), this machine has {memory.size(have[0])} available ({have[1]}); allowed: "
+            f"a smaller {key}"
+        )
 
 
 def check_device(device: DictConfig) -> None:

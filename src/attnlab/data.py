@@ -63,19 +63,28 @@ class Chunks:
 
 
 class TaskDataModule(L.LightningDataModule):
+    """Validation: the set drawn from the training distribution, then with data.val_lengths one set per length,
+    every example of it exactly that long (Lightning's dataloader index i >= 1 is val_lengths[i - 1])."""
+
     def __init__(self, task: Task, batch_size: int, val_size: int, seed: int, batches_per_step: int = 1,
-                 overfit_batches: int = 0):
+                 overfit_batches: int = 0, val_lengths: list[int] | None = None):
         super().__init__()
         self.task, self.batch_size, self.val_size = task, batch_size, val_size
+        self.val_lengths = list(val_lengths or [])
         # trainer.accumulate_grad_batches (batches per optimiser step) and trainer.overfit_batches.
         self.batches_per_step, self.overfit_batches = batches_per_step, overfit_batches
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.validation: Batch | None = None
+        self.validation_at: dict[int, Batch] = {}  # data.val_lengths: length -> its set
 
     def setup(self, stage: str) -> None:
         if self.validation is None:  # made once, however often fit/validate call setup
             self.validation = self.task.validation_set(self.val_size, torch.Generator().manual_seed(VALIDATION_SEED))
+            self.validation_at = {
+                n: self.task.validation_set(self.val_size, torch.Generator().manual_seed(VALIDATION_SEED), length=n)
+                for n in self.val_lengths
+            }
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Multi-process training: each rank draws its own batches (rank 0 the single-process stream), else
             # every rank would compute the same gradient. The CPU generator keeps 32 bits of a seed; the stride
@@ -88,8 +97,10 @@ class TaskDataModule(L.LightningDataModule):
         steps = self.trainer.max_steps * self.batches_per_step
         return Batches(self.task, self.batch_size, self.generator, steps, self.overfit_batches)
 
-    def val_dataloader(self) -> "Chunks":
-        return Chunks(self.validation, VALIDATION_BATCH)
+    def val_dataloader(self) -> "Chunks | list[Chunks]":
+        if not self.val_lengths:
+            return Chunks(self.validation, VALIDATION_BATCH)
+        return [Chunks(s, VALIDATION_BATCH) for s in (self.validation, *self.validation_at.values())]
 
     # ddp_spawn pickles the datamodule to each rank, and torch.multiprocessing fails to send a torch.Generator
     # (its state is a temporary tensor, freed before the rank reads it): send the state as plain bytes.

@@ -24,13 +24,14 @@ from attnlab import tags
 KINDS = tags.HEAD_KINDS  # the order of stacked()'s kinds
 
 
-def patterns(tokens: Tensor, causal: bool) -> dict[str, Tensor]:
+def patterns(tokens: Tensor, causal: bool, keep: Tensor | None = None) -> dict[str, Tensor]:
     """tokens [batch, pos] -> {kind: 0/1 pattern [batch, query, key] (float)}."""
-    return dict(zip(KINDS, stacked(tokens, causal).unbind(1)))
+    return dict(zip(KINDS, stacked(tokens, causal, keep).unbind(1)))
 
 
-def stacked(tokens: Tensor, causal: bool) -> Tensor:
-    """tokens [batch, pos] -> every kind's 0/1 pattern, [batch, kind, query, key] in the order of KINDS."""
+def stacked(tokens: Tensor, causal: bool, keep: Tensor | None = None) -> Tensor:
+    """tokens [batch, pos] -> every kind's 0/1 pattern, [batch, kind, query, key] in the order of KINDS. keep
+    [batch, pos]: False at padded positions (variable-length examples), which are neither a row nor a cell."""
     batch, n = tokens.shape
     q = torch.arange(n, device=tokens.device).unsqueeze(1)  # [query, 1]
     k = torch.arange(n, device=tokens.device).unsqueeze(0)  # [1, key]
@@ -47,6 +48,8 @@ def stacked(tokens: Tensor, causal: bool) -> Tensor:
     ], dim=1)  # [batch, kind, query, key]
     if causal:
         cells = cells & (k <= q)
+    if keep is not None:
+        cells = cells & keep[:, None, :, None] & keep[:, None, None, :]
     return cells.float()
 
 
@@ -59,10 +62,10 @@ def shares(attention: Tensor, patterns: Tensor) -> tuple[Tensor, Tensor]:
     return (share * has_cell.unsqueeze(1)).sum(dim=(0, 3)), has_cell.sum(dim=(0, 2))
 
 
-def scores(attention: Tensor, tokens: Tensor, causal: bool) -> dict[str, Tensor]:
+def scores(attention: Tensor, tokens: Tensor, causal: bool, keep: Tensor | None = None) -> dict[str, Tensor]:
     """attention [batch, head, query, key] on tokens [batch, pos] -> {kind: score per head [head]}: the mean share
     of attention on the kind's cells over the rows that have any (NaN for a kind no row has)."""
-    total, rows = shares(attention, stacked(tokens, causal))
+    total, rows = shares(attention, stacked(tokens, causal, keep))
     return {kind: total[:, i] / rows[i] if rows[i] > 0 else torch.full_like(total[:, i], float("nan"))
             for i, kind in enumerate(KINDS)}
 

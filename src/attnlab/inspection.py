@@ -25,10 +25,11 @@ from attnlab.attention import SelfAttention
 from attnlab.config import ConfigError
 from attnlab.hooks import ActivationCache, HookPoint, named_hook_points, resolve
 from attnlab.model import AttentionModel
-from attnlab.tasks import LOADER_FIELDS, Batch, Task
+from attnlab.resume import CHECKPOINT, CONFIG, check_run_dir
+from attnlab.tasks import LOADER_FIELDS, Batch, Task, make_task
 
-CONFIG_FILE = Path(".hydra") / "config.yaml"
-CHECKPOINT_FILE = checkpoints.LAST
+CONFIG_FILE = CONFIG  # in a run directory, as attnlab.resume spells them
+CHECKPOINT_FILE = CHECKPOINT
 
 
 @dataclass
@@ -133,31 +134,48 @@ class Run:
         return to_transformer_lens(self)
 
 
+def run_config(run_dir: Path) -> DictConfig:
+    """A run directory's composed config, set to the CPU: inspection runs there wherever the run trained (a run from
+    a GPU machine opens on a laptop)."""
+    try:
+        cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+        cfg.device.accelerator = "cpu"
+    except (OmegaConfBaseException, yaml.YAMLError) as error:  # an edited or damaged config.yaml
+        raise damaged(run_dir, error) from None
+    return cfg
+
+
+def damaged(run_dir: Path, error: Exception) -> ConfigError:
+    first_line = str(error).strip().splitlines()[0]
+    return ConfigError(f"{run_dir / CONFIG_FILE}: not a config this version of attnlab can build: {first_line}")
+
+
+def run_task(run_dir: str | Path) -> Task:
+    """The task of a run directory, from its config alone (torch, no Lightning): what a user's tokens are checked
+    against before the model is built. Raises ConfigError as load_run does."""
+    run_dir = check_run_dir(run_dir)
+    try:
+        return make_task(run_config(run_dir).data)
+    except OmegaConfBaseException as error:
+        raise damaged(run_dir, error) from None
+
+
 def load_run(run_dir: str | Path, step: int | None = None) -> Run:
     """The model of a run directory (outputs/<date>/<time>/, or one job of a sweep) as it was at its last checkpoint,
-    or at `step`, one of the steps its checkpoint schedule kept (run.steps). Raises ConfigError naming what is wrong."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"RUN_DIR: {run_dir} is not a directory")
-    if not (run_dir / CONFIG_FILE).is_file():
-        hint = ""
-        if any(run_dir.glob(f"*/{CONFIG_FILE}")) or any(run_dir.glob(f"*/*/{CONFIG_FILE}")):
-            hint = " (it holds runs: pass one of them, e.g. a sweep's outputs/multirun/<date>/<time>/<overrides>; attnlab.load_sweep reads them all)"
-        raise ConfigError(f"RUN_DIR: {run_dir} is not a run directory: it has no {CONFIG_FILE}{hint}")
+    or at `step`, one of the steps its checkpoint schedule kept (run.steps). Raises ConfigError naming what is wrong
+    (a sweep's directory: attnlab.load_sweep reads its jobs)."""
+    run_dir = check_run_dir(run_dir)
     steps = checkpoints.kept_steps(run_dir)
     path = checkpoints.path(run_dir, step, steps)
+    cfg = run_config(run_dir)
 
     # Imported here, after the cheap checks above: attnlab.train imports Lightning (seconds).
     from attnlab.train import build
 
     try:
-        cfg = OmegaConf.load(run_dir / CONFIG_FILE)
-        # Inspection runs on the CPU wherever the run trained: a run from a GPU machine opens on a laptop.
-        cfg.device.accelerator = "cpu"
         task, module, data = build(cfg)
-    except (OmegaConfBaseException, yaml.YAMLError) as error:  # an edited or damaged config.yaml
-        first_line = str(error).strip().splitlines()[0]
-        raise ConfigError(f"{run_dir / CONFIG_FILE}: not a config this version of attnlab can build: {first_line}") from None
+    except OmegaConfBaseException as error:  # keys missing from an edited config.yaml
+        raise damaged(run_dir, error) from None
     saved_step = load_weights(module.model, path)
     probe = data.probe()
     return Run(run_dir, cfg, task, module.model.eval(), saved_step, probe, data.validation, steps)

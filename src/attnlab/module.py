@@ -152,9 +152,18 @@ class AttentionLM(L.LightningModule):
             and not listeners
         )
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         result = self._scores(batch)
-        self.log_dict({tags.metric("val", k): v for k, v in result.items()}, batch_size=len(batch[0]), prog_bar=True)
+        self.log_dict(self.validation_names(result, dataloader_idx), batch_size=len(batch[0]), prog_bar=not dataloader_idx,
+                      add_dataloader_idx=False)
+
+    def validation_names(self, result: dict, dataloader_idx: int) -> dict:
+        """val/{metric} for the training distribution's set (dataloader 0); val/len{N}/{metric} for the set of
+        data.val_lengths[i - 1] (TaskDataModule.val_dataloader's order)."""
+        if not dataloader_idx:
+            return {tags.metric("val", k): v for k, v in result.items()}
+        stage = tags.length_stage(self.trainer.datamodule.val_lengths[dataloader_idx - 1])
+        return {tags.metric(stage, k): v for k, v in result.items()}
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

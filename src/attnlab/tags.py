@@ -12,6 +12,11 @@ def metric(stage: str, name: str) -> str:
     return f"{stage}/{name}"
 
 
+# data.val_lengths: the validation set of examples exactly `length` long, beside the training distribution's.
+def length_stage(length: int) -> str:  # val/len{N}: its val/len{N}/loss, val/len{N}/acc, val/len{N}/seq_acc
+    return f"val/len{length}"
+
+
 # Scalar: the attention-supervision term (attnlab.alignment.supervision_loss, before loss.attention weighs it), at
 # the logged training steps of runs with loss.attention > 0.
 ATTENTION_LOSS = metric("train", "attention_loss")
@@ -35,8 +40,17 @@ def weight_histogram(layer: int, name: str) -> str:
 ALIGN_BEST = "align/best"  # the weakest layer's best head: every step of the mechanism has a head that does it
 
 
-def align(layer: int, head: int) -> str:  # scalar in [0, 1]: share of attention mass on target cells
-    return f"align/layer{layer}/head{head}"
+def align(layer: int, head: int, length: int | None = None) -> str:
+    """Scalar in [0, 1]: share of attention mass on target cells; at one of data.val_lengths, align/len{N}/..."""
+    return f"{align_prefix(length)}/layer{layer}/head{head}"
+
+
+def align_best(length: int | None = None) -> str:  # ALIGN_BEST, or align/len{N}/best at one of data.val_lengths
+    return f"{align_prefix(length)}/best"
+
+
+def align_prefix(length: int | None) -> str:
+    return "align" if length is None else f"align/len{length}"
 
 
 def entropy(layer: int, head: int) -> str:  # scalar: mean attention entropy in nats

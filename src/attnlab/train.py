@@ -1,6 +1,7 @@
 """run(cfg, run_dir): build everything from the composed config, train, and leave a complete run directory."""
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from attnlab.ranks import FinalCheckpoint, RankRecord
 from attnlab.tasks import make_task
 
 METRICS_FILE = "metrics.json"
+log = logging.getLogger(__name__)
 
 # Lightning's CombinedLoader (around every dataloader) builds torch's LeafSpec, which torch 2.13 deprecates: a
 # FutureWarning on every run that a user can do nothing about. Only that warning, only from there.
@@ -35,9 +37,17 @@ def build(cfg: DictConfig):
     config.check(cfg)
     config.check_device(cfg.device)
     task = make_task(cfg.data)
+    val_lengths = config.val_lengths(cfg.data, task)
+    config.check_memory(cfg, task)  # before the model's weights, the first allocation
     m = cfg.model
     causal = task.causal if m.causal is None else m.causal
-    model = AttentionModel(task.vocab, task.length, m.dim, m.heads, m.layers, m.positions, causal, m.mlp, m.norm)
+    # Positions for the longest input the run sees: the training length, or a longer validation length.
+    length = task.positions(max([task.seq_len, *val_lengths])) if val_lengths else task.length
+    if m.positions == "learned" and length > task.length:
+        log.info(f"model.positions=learned: positions {task.length}-{length - 1} (data.val_lengths past data.seq_len="
+                 f"{task.seq_len}) never train; their rows keep their initial values, as a length study measures")
+    model = AttentionModel(task.vocab, length, m.dim, m.heads, m.layers, m.positions, causal, m.mlp, m.norm,
+                           padding=getattr(task, "padding", None))
     extra = config.trainer_arguments(cfg.trainer)
     clipping = {k: extra[k] for k in ("gradient_clip_val", "gradient_clip_algorithm") if k in extra}
     accumulate = extra.get("accumulate_grad_batches", 1)
@@ -46,7 +56,8 @@ def build(cfg: DictConfig):
         accumulate_grad_batches=accumulate,
     )
     data = TaskDataModule(
-        task, cfg.data.batch_size, cfg.data.val_size, cfg.seed, accumulate, extra.get("overfit_batches") or 0
+        task, cfg.data.batch_size, cfg.data.val_size, cfg.seed, accumulate, extra.get("overfit_batches") or 0,
+        val_lengths,
     )
     return task, module, data
 
@@ -172,7 +183,8 @@ def diverged(error: Diverged, run_dir: Path) -> Diverged:
 def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) -> dict[str, float]:
     """Train as cfg says, writing event files, checkpoints/last.ckpt and metrics.json into run_dir.
     Returns the final validation metrics. `extra_callbacks` are added to the trainer's (scripts/bench.py times
-    steps with one). With cfg.ckpt_path, training goes on from that checkpoint's step. Raises guards.Interrupted
+    steps with one). With cfg.ckpt_path, training goes on from that checkpoint's step; with cfg.init_from, it starts
+    at step 0 from that run's weights. Raises guards.Interrupted
     (on SIGINT/SIGTERM, after saving a checkpoint) and guards.Diverged (NaN/inf loss)."""
     if (trained := sweep.trained_outcome(run_dir)) is not None:  # a stacked launcher trained it, with its group
         return trained()
@@ -192,6 +204,8 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         resume.check_matches(checkpoint, module, ckpt_path)
         start_step = checkpoint["global_step"]
         del checkpoint
+    elif cfg.get("init_from"):  # another run's weights alone: step 0, a fresh optimiser, schedule and data stream
+        resume.load_weights(module, cfg.init_from)
 
     # purge_step: on resume TensorBoard hides what the stopped process logged after its checkpoint (Lightning logs
     # step s's scalars at s-1, so those are steps >= the checkpoint's), and the curves go on without a fold.
@@ -206,7 +220,12 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         log_config(logger, cfg, start_step)
         try:
             # weights_only: the checkpoint is loaded as tensors and plain values, never as arbitrary pickled objects.
-            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path or None, weights_only=True)
+            with warnings.catch_warnings():
+                if ckpt_path:  # going on from a checkpoint: its directory is expected to hold one (in place), or
+                    # to be another run's, whose callback state (best/last paths) is of no use here
+                    warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
+                    warnings.filterwarnings("ignore", r"The dirpath has changed from")
+                trainer.fit(module, datamodule=data, ckpt_path=ckpt_path or None, weights_only=True)
         except Diverged as error:
             raise diverged(error, run_dir) from None
         except SystemExit:  # Lightning's answer to a second Ctrl+C: stopped at once, without saving
@@ -241,8 +260,10 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
                 default_root_dir=run_dir,
             )
             scorer.fit_loop.load_state_dict(loops["fit_loop"])
-        (final,) = scorer.validate(module, datamodule=data, verbose=False)
-        return finish(logger, cfg, {name: float(value) for name, value in final.items()}, trainer.global_step, run_dir)
+        # One dict per validation set (data.val_lengths adds sets), each metric under its own name.
+        final = {name: float(value) for scores in scorer.validate(module, datamodule=data, verbose=False)
+                 for name, value in scores.items()}
+        return finish(logger, cfg, final, trainer.global_step, run_dir)
     finally:
         logger.close()  # the run's one event file, whichever way the run ended
 

@@ -17,6 +17,7 @@ interleaved runs):
 6. solve      the default config (a user's `python scripts/train.py`) until val/seq_acc >= 0.99
 7. stacked    hydra/launcher=stacked: 8 seeds (and 32 small ones) as whole sweep commands against the basic and
               joblib launchers; one group's steps against the same model at the group's whole batch; peak memory
+8. lengths    variable-length examples (data.min_len = seq_len / 2, pads masked) vs fixed length: examples/s
 
     python scripts/bench.py                    # everything (~15 min on 2 CPU cores); docs/bench.md, performance.md
     python scripts/bench.py --sections loop,startup
@@ -30,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from attnlab.bench import attention, logging_cost, loop, solve, stacked, startup, sweep, threads
+from attnlab.bench import attention, lengths, logging_cost, loop, solve, stacked, startup, sweep, threads
 from attnlab.bench.harness import QUICK, ROOT, Report, Sizes, config, render, update_page, write_report
 
 # In the order they run and report.
 SECTIONS = {"loop": loop, "threads": threads, "logging": logging_cost, "startup": startup, "attention": attention,
-            "sweep": sweep, "solve": solve, "stacked": stacked}  # fmt: skip
+            "sweep": sweep, "solve": solve, "stacked": stacked, "lengths": lengths}  # fmt: skip
 PAGE = ROOT / "docs" / "performance.md"
 
 

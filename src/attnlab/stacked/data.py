@@ -45,11 +45,19 @@ class StackedData(L.LightningDataModule):
         first = self.members[0]
         first.setup(stage)
         for m in self.members[1:]:
-            m.validation = first.validation  # one copy, not K
+            m.validation, m.validation_at = first.validation, first.validation_at  # one copy, not K
 
     @property
     def validation(self):
         return self.members[0].validation
+
+    @property
+    def validation_at(self):
+        return self.members[0].validation_at
+
+    @property
+    def val_lengths(self):
+        return self.members[0].val_lengths
 
     def keep(self, members: list[TaskDataModule]) -> None:
         """Batches for these members only from now on (StackedLM drops the members that stopped)."""
@@ -58,5 +66,5 @@ class StackedData(L.LightningDataModule):
     def train_dataloader(self) -> StackedBatches:
         return StackedBatches(self.members, self.trainer.max_steps)
 
-    def val_dataloader(self) -> Chunks:
-        return Chunks(self.validation, VALIDATION_BATCH)
+    def val_dataloader(self) -> Chunks | list[Chunks]:
+        return self.members[0].val_dataloader()

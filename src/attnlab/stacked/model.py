@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.attention import allowed_keys, fused_attention
 from attnlab.model import AttentionModel, Block
 
 # ---- the model: every weight with a leading member dimension -------------------------------------------------------
@@ -56,30 +57,38 @@ class StackedEmbedding(nn.Module):
 class StackedAttention(nn.Module):
     """attention.SelfAttention for each member: W_Q, W_K, W_V, W_O [member, dim, dim], applied as x @ W. The members
     are folded into the batch dimension, so one scaled_dot_product_attention call covers them all (the fused path
-    that training steps take); with need_weights, the article's steps 3-5 written out (for loss.attention)."""
+    that training steps take); with need_weights, the article's steps 3-5 written out (for loss.attention).
+    Rotary and ALiBi positions (no weights of their own) are the solo layer's modules, shared by every member."""
 
-    def __init__(self, members: int, dim: int, heads: int, causal: bool):
+    def __init__(self, members: int, solo: nn.Module):
         super().__init__()
-        self.dim, self.heads, self.d_head, self.causal = dim, heads, dim // heads, causal
+        dim, heads = solo.dim, solo.heads
+        self.dim, self.heads, self.d_head, self.causal = dim, heads, dim // heads, solo.causal
         self.W_Q, self.W_K, self.W_V, self.W_O = (nn.Parameter(torch.zeros(members, dim, dim)) for _ in range(4))
+        self.rotary, self.alibi = solo.rotary, solo.alibi
 
-    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x [member, batch, pos, dim] -> (output [member, batch, pos, dim], weights [member, batch, head, query,
-        key] or None)."""
+    def forward(self, x: Tensor, need_weights: bool = False, keep: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x [member, batch, pos, dim], keep [member, batch, pos] or None -> (output [member, batch, pos, dim],
+        weights [member, batch, head, query, key] or None)."""
         members, batch, pos, dim = x.shape
         flat = x.reshape(members, batch * pos, dim)
         # Query, key and value in one batched matmul (one kernel instead of three), split into heads.
         # [member, batch * pos, 3 * dim] -> 3 x [member * batch, head, pos, d_head]
         projected = torch.bmm(flat, torch.cat((self.W_Q, self.W_K, self.W_V), dim=2))
         query, key, value = (self._split_heads(t, batch) for t in projected.split(dim, dim=2))
+        if self.rotary is not None:
+            query, key = self.rotary(query), self.rotary(key)
+        bias = self.alibi(pos) if self.alibi is not None else None  # [head, query, key]
+        keep = None if keep is None else keep.reshape(members * batch, pos)
         weights = None
         if not need_weights:
-            output = F.scaled_dot_product_attention(query, key, value, is_causal=self.causal)
+            output = fused_attention(query, key, value, self.causal, keep, bias)
         else:
             scores = query @ key.transpose(-2, -1) / math.sqrt(self.d_head)  # [member * batch, head, query, key]
-            if self.causal:
-                future = torch.ones(pos, pos, dtype=torch.bool, device=scores.device).triu(1)
-                scores = scores.masked_fill(future, float("-inf"))
+            if bias is not None:
+                scores = scores + bias
+            if (allowed := allowed_keys(pos, self.causal, keep, scores.device)) is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
             weights = scores.softmax(dim=-1)
             output = weights @ value
             weights = weights.view(members, batch, self.heads, pos, pos)
@@ -95,9 +104,10 @@ class StackedBlock(Block):
     """model.Block for each member, with the same submodule names (so member state_dicts map one to one) and the
     same forward: x + attention(norm(x)), then x + mlp(norm(x)), on [member, ...] tensors."""
 
-    def __init__(self, members: int, dim: int, heads: int, causal: bool, mlp: bool, norm: bool):
+    def __init__(self, members: int, solo: Block):
         nn.Module.__init__(self)  # not Block's: its submodules are the solo ones
-        self.attention = StackedAttention(members, dim, heads, causal)
+        dim, mlp, norm = solo.attention.dim, solo.mlp is not None, isinstance(solo.norm1, nn.LayerNorm)
+        self.attention = StackedAttention(members, solo.attention)
         self.norm1 = StackedNorm(members, dim) if norm else nn.Identity()
         self.norm2 = StackedNorm(members, dim) if norm and mlp else nn.Identity()
         self.mlp = None
@@ -115,17 +125,15 @@ class StackedModel(nn.Module):
     def __init__(self, solo_models: list[AttentionModel]):
         super().__init__()
         first, members = solo_models[0], len(solo_models)
-        attention = first.blocks[0].attention
         vocab, dim = first.embedding.weight.shape
-        mlp, norm = first.blocks[0].mlp is not None, isinstance(first.norm, nn.LayerNorm)
+        norm = isinstance(first.norm, nn.LayerNorm)
+        self.padding = first.padding
         self.embedding = StackedEmbedding(members, vocab, dim)
         if isinstance(first.positions, nn.Parameter):  # learned: one table per member
             self.positions = nn.Parameter(torch.zeros(members, *first.positions.shape))
         else:  # sinusoidal or none: a fixed table, the same for every member
             self.register_buffer("positions", first.positions.clone(), persistent=False)
-        self.blocks = nn.ModuleList(
-            StackedBlock(members, dim, attention.heads, attention.causal, mlp, norm) for _ in first.blocks
-        )
+        self.blocks = nn.ModuleList(StackedBlock(members, block) for block in first.blocks)
         self.norm = StackedNorm(members, dim) if norm else nn.Identity()
         self.readout = StackedLinear(members, dim, vocab)
         if self.state_dict().keys() != first.state_dict().keys():
@@ -140,9 +148,10 @@ class StackedModel(nn.Module):
         members, batch, pos = tokens.shape
         positions = self.positions[..., :pos, :]  # [member, pos, dim] learned, [pos, dim] fixed
         x = self.embedding(tokens) + (positions.unsqueeze(1) if positions.dim() == 3 else positions)
+        keep = None if self.padding is None else tokens != self.padding  # [member, batch, pos]
         attention = []
         for block in self.blocks:
-            x, weights = block(x, need_weights)  # [member, batch, pos, dim]
+            x, weights = block(x, need_weights, keep)  # [member, batch, pos, dim]
             if need_weights:
                 attention.append(weights)
         return self.readout(self.norm(x)), attention

@@ -44,8 +44,10 @@ class StackedLM(L.LightningModule):
         self.model = model
         self.members = list(members)  # a plain list: the views' parameters are the stacked ones, not more parameters
         self.automatic_optimization = False
-        self.val_sums: Tensor | float = 0.0  # [member, 3]: loss, acc, seq_acc summed over validation examples
-        self.val_count = 0
+        # Per validation set: [member, 3] loss, acc, seq_acc summed over its examples; the examples; the tally.
+        self.val_sums: dict[int, Tensor] = {}
+        self.val_count: dict[int, int] = {}
+        self.tally: dict[int, alignment.Tally] = {}
 
     def forward(self, tokens: Tensor, need_weights: bool = False):
         return self.model(tokens, need_weights)
@@ -213,54 +215,63 @@ class StackedLM(L.LightningModule):
     # -- validation
 
     def on_validation_epoch_start(self) -> None:
-        self.val_sums, self.val_count, self.tally = 0.0, 0, alignment.Tally()
+        # Keyed by Lightning's dataloader index: 0 the training distribution's set, i that of data.val_lengths[i - 1].
+        self.val_sums, self.val_count, self.tally = {}, {}, {}
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         """The members' val/* sums and their alignment and entropy, from one explicit-path pass (a solo run makes
         two: its validation step, then AlignmentScalars), in alignment.CHUNK examples at a time."""
-        inputs = self.trainer.datamodule.validation[0]
-        targets_per_chunk = self.members[0].callback(AlignmentScalars).chunk_targets(inputs, len(self.model.blocks))
-        kinds_per_chunk = self.members[0].callback(AlignmentScalars).chunk_kinds(inputs, self.model.blocks[0].attention.causal)
+        data, scorer = self.trainer.datamodule, self.members[0].callback(AlignmentScalars)
+        length = data.val_lengths[dataloader_idx - 1] if dataloader_idx else None
+        inputs = (data.validation if length is None else data.validation_at[length])[0]
+        targets_per_chunk = scorer.chunk_targets(inputs, len(self.model.blocks), length)
+        # the head detectors on the training distribution's set only, as a solo run scores them
+        kinds_per_chunk = scorer.chunk_kinds(inputs, self.model.blocks[0].attention.causal) if length is None else None
+        tally = self.tally.setdefault(dataloader_idx, alignment.Tally())
         members = MembersAsHeads(self.model)
         for start in range(0, len(batch[0]), alignment.CHUNK):
             chunk, targets, mask = (t[start : start + alignment.CHUNK] for t in batch)
             logits, attention = members(chunk, need_weights=True)  # [member, chunk, ...]; [chunk, member * head, ...]
             k = len(self.members)
             sums = self.member_scores(logits, targets.expand(k, *targets.shape), mask.expand(k, *mask.shape), True)
-            self.val_sums = self.val_sums + sums * len(chunk)
-            self.val_count += len(chunk)
+            self.val_sums[dataloader_idx] = self.val_sums.get(dataloader_idx, 0.0) + sums * len(chunk)
+            self.val_count[dataloader_idx] = self.val_count.get(dataloader_idx, 0) + len(chunk)
             # The chunk's targets, as alignment.chunk_targets cuts the validation inputs (VALIDATION_BATCH is a
             # multiple of CHUNK, so a batch's chunks are those).
             c = (batch_idx * VALIDATION_BATCH + start) // alignment.CHUNK
-            self.tally.add(attention, targets_per_chunk[c], kinds_per_chunk[c].to(chunk.device))
+            kinds = None if kinds_per_chunk is None else kinds_per_chunk[c].to(chunk.device)
+            tally.add(attention, targets_per_chunk[c], alignment.real_positions(scorer.task, chunk), kinds)
 
-    def alignment_scalars(self) -> list[dict[str, float]]:
-        """Every stacked member's align/* and entropy/*, as AlignmentScalars logs a solo run's: its heads' share of
-        the validation's tally."""
-        report = self.tally.report()
+    def validation_metrics(self) -> list[dict[str, float]]:
+        """Every stacked member's validation metrics, as its solo run logs them: val/*, align/* and entropy/* (its
+        heads' share of the tally), and with data.val_lengths val/len{N}/* and align/len{N}/*."""
+        lengths = [None, *self.trainer.datamodule.val_lengths]
+        metrics = [{} for _ in self.members]
 
         def member(k: int, per_layer: list[Tensor | None]) -> list[Tensor | None]:  # [member * head] -> [head]
             return [None if t is None else t.view(len(self.members), -1)[k] for t in per_layer]
 
-        def kinds(k: int) -> list[dict[str, Tensor]]:  # the head detectors' scores, split the same way
-            return [dict(zip(per_kind, member(k, list(per_kind.values())))) for per_kind in report.kinds]
-
-        return [alignment.Report(member(k, report.align), member(k, report.entropy), kinds(k)).scalars()
-                for k in range(len(self.members))]
+        for i, length in enumerate(lengths):
+            stage = "val" if length is None else tags.length_stage(length)
+            means = (self.val_sums[i] / self.val_count[i]).tolist()
+            report = self.tally[i].report()
+            for k in range(len(self.members)):
+                metrics[k].update({tags.metric(stage, name): v for name, v in zip(tags.METRICS, means[k])})
+                kinds = [dict(zip(per_kind, member(k, list(per_kind.values())))) for per_kind in report.kinds]
+                metrics[k].update(alignment.Report(member(k, report.align), member(k, report.entropy), kinds).scalars(length))
+        return metrics
 
     def on_validation_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         fitting = self.trainer.state.fn == "fit"
         step = self.trainer.global_step
-        means = (self.val_sums / self.val_count).tolist()
-        scalars = self.alignment_scalars()
+        scalars = self.validation_metrics()
         optimizer = self.optimizers(use_pl_optimizer=False) if fitting else None
         for k, member in enumerate(self.members):
             if not member.active:
                 continue
-            # A member's validation metrics, as its solo run's validation logs them: val/*, align/*, entropy/*.
-            metrics = {**{tags.metric("val", name): v for name, v in zip(tags.METRICS, means[k])}, **scalars[k]}
+            metrics = scalars[k]
             if not fitting:  # the final scoring of the weights training ended with
                 self.final[id(member)] = metrics
                 continue

@@ -20,7 +20,7 @@ TASKS: dict[str, type[Task]] = {
 }
 
 # data.* fields that configure the DataModule rather than the task.
-LOADER_FIELDS = ("task", "batch_size", "val_size")
+LOADER_FIELDS = ("task", "batch_size", "val_size", "val_lengths")
 
 
 def make_task(data: DictConfig) -> Task:

@@ -2,6 +2,14 @@
 
     [BOS 3 1 4 1]  ->  [· #1 #2 #1 #2]
 
+In a variable-length run (data.min_len) each sequence has its own length n, padded on the right:
+
+    [BOS 3 1 3 _ _]  ->  [· #2 #1 #2 · ·]       (n = 3 of seq_len = 5)
+
+No separator is needed: the model sees the whole sequence, and nothing attends to the pads, so the counts and the
+target (over the sequence's own positions) are those of the n tokens alone. Counts only go up to seq_len (the
+count tokens the vocabulary has), so examples longer than seq_len are not made.
+
 The model sees the whole sequence at once (not causal): token i must count the equal tokens after it too. RASP's
 `selector_width` solves it with one head: each token attends uniformly to the positions holding the same token and
 to BOS, so the weight left on BOS is 1/(count+1) and the count can be read off the attention output. That is the
@@ -43,36 +51,56 @@ class Histogram(Task):
     name = "histogram"
     causal = False
 
-    # Token ids: data 0 .. vocab_size-1, then BOS, then the counts 1 .. seq_len.
+    # Token ids: data 0 .. vocab_size-1, then BOS, then the counts 1 .. seq_len, then (variable length) the pad.
     @property
     def bos(self) -> int:
         return self.vocab_size
 
     @property
-    def length(self) -> int:
-        return self.seq_len + 1
+    def pad(self) -> int:
+        return self.vocab_size + 1 + self.seq_len
+
+    def positions(self, n: int) -> int:
+        return n + 1
+
+    @property
+    def longest(self) -> int:
+        return self.seq_len  # a longer sequence can hold a count that has no token
 
     @property
     def vocab(self) -> int:
-        return self.vocab_size + 1 + self.seq_len
+        return self.vocab_size + 1 + self.seq_len + int(self.variable)
 
     @property
     def example_length(self) -> int:
         return self.seq_len  # a user gives x; BOS and the counts are worked out
 
-    def sample(self, n: int, generator: torch.Generator) -> Batch:
-        return self.example(torch.randint(self.vocab_size, (n, self.seq_len), generator=generator))
+    def example_positions(self, k: int) -> int:
+        return self.positions(k)
+
+    def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
+        lengths, width = self.draw_lengths(n, generator, length)
+        return self.stream(torch.randint(self.vocab_size, (n, width), generator=generator), lengths)
 
     def example(self, x: Tensor) -> Batch:
-        """x [batch, n] -> ([BOS, x], count of each x_i as a token id, mask on every position but BOS)."""
-        batch = x.shape[0]
-        same = x.unsqueeze(2) == x.unsqueeze(1)  # [batch, i, j]
-        counts = same.sum(-1)  # [batch, n], each in 1 .. n
+        """x [batch, k] -> ([BOS, x], count of each x_i as a token id, mask on every position but BOS)."""
+        k = self.check_length(x.shape[1], "the example's length")
+        return self.stream(x, torch.full((x.shape[0], 1), k))
+
+    def stream(self, x: Tensor, lengths: Tensor) -> Batch:
+        """x [batch, width] of which each example keeps its first `lengths` [batch, 1] -> [BOS, x, pads]."""
+        batch, width = x.shape
         bos = torch.full((batch, 1), self.bos)
-        inputs = torch.cat([bos, x], dim=1)
-        targets = torch.cat([torch.zeros_like(bos), self.bos + counts], dim=1)
-        mask = torch.ones(batch, self.length, dtype=torch.bool)
-        mask[:, 0] = False
+        same = x.unsqueeze(2) == x.unsqueeze(1)  # [batch, i, j]
+        if not self.variable:  # every example `width` long
+            mask = torch.ones(batch, width + 1, dtype=torch.bool)
+            mask[:, 0] = False
+            return torch.cat([bos, x], dim=1), torch.cat([torch.zeros_like(bos), self.bos + same.sum(-1)], dim=1), mask
+        real = torch.arange(width) < lengths  # [batch, j]
+        counts = (same & real.unsqueeze(1)).sum(-1)  # [batch, i], each in 1 .. length
+        inputs = torch.cat([bos, torch.where(real, x, self.pad)], dim=1)
+        targets = torch.cat([torch.zeros_like(bos), torch.where(real, self.bos + counts, 0)], dim=1)
+        mask = torch.cat([torch.zeros_like(bos, dtype=torch.bool), real], dim=1)
         return inputs, targets, mask
 
     def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
@@ -80,8 +108,12 @@ class Histogram(Task):
             return None
         support = inputs.unsqueeze(2) == inputs.unsqueeze(1)  # [batch, query, key]: same token
         support[:, :, 0] = True  # every token also looks at BOS
+        if self.variable:  # pads neither look (no target) nor are looked at
+            real = inputs != self.pad  # [batch, pos]
+            support &= real.unsqueeze(2) & real.unsqueeze(1)
         support[:, 0] = False  # BOS itself is not scored: no target
         return support.float() / support.sum(-1, keepdim=True).clamp(min=1)
 
     def token_names(self) -> list[str]:
-        return [str(i) for i in range(self.vocab_size)] + ["BOS"] + [f"#{c}" for c in range(1, self.seq_len + 1)]
+        counts = [f"#{c}" for c in range(1, self.seq_len + 1)]
+        return [str(i) for i in range(self.vocab_size)] + ["BOS"] + counts + (["_"] if self.variable else [])

@@ -25,8 +25,15 @@ def is_prime(n: int) -> bool:
 class ModularAddition(Task):
     name = "modular_addition"
     causal = True
+    has_length = False  # a b = is always three tokens
 
-    def __init__(self, p: int, train_fraction: float, split_seed: int):
+    shortest = 2  # `a b`, the only length there is
+
+    def __init__(self, p: int, train_fraction: float, split_seed: int, min_len: int | None = None):
+        if min_len is not None:
+            raise ConfigError(f"data.min_len must be null for modular_addition (every example is `a b =`: no length "
+                              f"to vary), got {min_len!r}")
+        self.min_len = None
         self.p = integer(p, "data.p", minimum=2, maximum=1000)
         if not is_prime(self.p):
             raise ConfigError(f"data.p must be a prime number, got {self.p}")
@@ -48,9 +55,12 @@ class ModularAddition(Task):
     def equals(self) -> int:
         return self.p
 
+    def positions(self, n: int) -> int:
+        return n + 1
+
     @property
-    def length(self) -> int:
-        return 3
+    def longest(self) -> int:
+        return 2
 
     @property
     def vocab(self) -> int:
@@ -60,12 +70,19 @@ class ModularAddition(Task):
     def example_length(self) -> int:
         return 2
 
-    def sample(self, n: int, generator: torch.Generator) -> Batch:
+    def example_positions(self, k: int) -> int:
+        return self.positions(k)
+
+    def sample(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
         """n training pairs, drawn with replacement from the training share."""
+        if length is not None:
+            self.check_length(length, "length")
         return self.example(self.train_pairs[torch.randint(len(self.train_pairs), (n,), generator=generator)])
 
-    def validation_set(self, n: int, generator: torch.Generator) -> Batch:
+    def validation_set(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
         """The held-out pairs (the first n of them, in the split's random order)."""
+        if length is not None:
+            self.check_length(length, "length")
         return self.example(self.held_out[:n])
 
     def example(self, pairs: Tensor) -> Batch:

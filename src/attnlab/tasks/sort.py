@@ -16,6 +16,12 @@ the pull two layers solve it too, but layer 1 stays soft (0.53-0.71: -m +experim
 trainer.stop_at=null trainer.max_steps=1500 'seed=range(4)'). A one-layer model solves the task with attention
 spread over the tokens that may come next (graded by value, some of it on the answers already written), a code its
 readout decodes; it has no target here.
+
+In a variable-length run each x has its own length n and a separator before y (base.SequenceMap's stream):
+
+    3 1 3 | 1 3 3 _ _ _        (n = 3 of seq_len = 5: position 3+i writes the i-th smallest)
+
+and the target is spread over the positions of x, within the example's own n, that hold y_i.
 """
 
 import torch
@@ -27,16 +33,18 @@ from attnlab.tasks.base import SequenceMap
 class Sort(SequenceMap):
     name = "sort"
 
-    def source(self, x: Tensor) -> Tensor:
-        return torch.sort(x, dim=1, stable=True).indices  # one copy of each: what y is made from
+    def source(self, x: Tensor, lengths: Tensor) -> Tensor:
+        # One copy of each: what y is made from. Positions at and after the length sort last.
+        beyond = torch.arange(x.shape[1]) >= lengths  # [batch, width]
+        return torch.sort(x.masked_fill(beyond, torch.iinfo(x.dtype).max), dim=1, stable=True).indices
 
     def target_attention(self, inputs: Tensor, layer: int) -> Tensor | None:
         if layer != 1:
             return None
-        n = self.seq_len
-        x = inputs[:, :n]
-        y = x.gather(1, self.source(x))  # [batch, n]
-        holds = (y.unsqueeze(2) == x.unsqueeze(1)).float()  # [batch, output i, input j]
-        target = torch.zeros(inputs.shape[0], self.length, self.length)  # [batch, query, key]
-        target[:, n - 1 :, :n] = holds / holds.sum(-1, keepdim=True)
-        return target
+        i, writes, n = self.answer_index(inputs)  # [batch, query]
+        width = inputs.shape[1]
+        y = inputs.gather(1, self.source(inputs, n))  # [batch, width], y_i for i < n
+        holds = (y.unsqueeze(2) == inputs.unsqueeze(1)) & (torch.arange(width) < n).unsqueeze(1)  # [batch, i, key]
+        holds = holds.float() / holds.sum(-1, keepdim=True).clamp(min=1)
+        # [batch, query, key]: the query that writes y_i takes row i
+        return holds.gather(1, i.unsqueeze(2).expand(-1, -1, width)) * writes.unsqueeze(2)

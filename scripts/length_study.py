@@ -1,0 +1,150 @@
+"""The length study: does a head's pattern hold at lengths it never trained on, under each position scheme?
+
+    python scripts/length_study.py                   # both recipes, every scheme, seeds 0-4; table into docs/lengths.md
+    python scripts/length_study.py --only copy       # one recipe (docs/lengths.md is left alone)
+    python scripts/length_study.py --out outputs/lengths/2026-12-06_22-00-00              # go on with a stopped study
+    python scripts/length_study.py --out outputs/lengths/2026-12-06_22-00-00 --read-only  # its table, writing nothing
+
+Each recipe of conf/experiment/lengths/ (trained at lengths up to data.seq_len, scored on data.val_lengths) is one
+sweep over model.positions=learned,sinusoidal,none,rope,alibi and seeds 0-4:
+
+    python scripts/train.py -m +experiment=lengths/copy model.positions=learned,sinusoidal,none,rope,alibi \\
+        'seed=range(5)' hydra/launcher=stacked
+
+(the stacked launcher trains each scheme's five seeds as one model). The table has, per recipe, scheme and length,
+the per-token accuracy (val/len{N}/acc), the whole-sequence accuracy (val/len{N}/seq_acc) and the alignment of the
+best head with the target pattern (align/len{N}/best), each as mean ± standard deviation over the seeds, from the
+runs' metrics.json. With --out, a recipe whose directory there holds every job's metrics.json is read, not trained
+again; --read-only trains nothing and writes nothing but the table it prints.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from attnlab import tags
+from attnlab.positions import SCHEMES
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "conf" / "experiment" / "lengths"
+PAGE = ROOT / "docs" / "lengths.md"
+START, END = "<!-- lengths:start -->", "<!-- lengths:end -->"
+SEEDS = 5
+
+
+def sweep(name: str, out: Path) -> dict | None:
+    """Every scheme and seed of one recipe into out/name; its wall and CPU seconds (None where it was finished
+    before)."""
+    jobs = len(SCHEMES) * SEEDS
+    if len(list((out / name).rglob("metrics.json"))) == jobs:
+        print(f"== {name}: finished in {out / name}, read as it is", flush=True)
+        return None
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", f"+experiment=lengths/{name}",
+               f"model.positions={','.join(SCHEMES)}", f"seed=range({SEEDS})", "hydra/launcher=stacked",
+               f"hydra.sweep.dir={out / name}", "logging.progress_bar=false"]  # fmt: skip
+    print(f"== {name}: {' '.join(command[1:])}", flush=True)
+    start, used = time.perf_counter(), cpu_of_children()
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if finished.returncode != 0:
+        print(finished.stderr[-3000:], file=sys.stderr)
+    times = {"wall_s": time.perf_counter() - start, "cpu_s": cpu_of_children() - used}
+    (out / name / "wall.json").write_text(json.dumps(times) + "\n")
+    return times
+
+
+def cpu_of_children() -> float:
+    """User + system CPU seconds of the finished child processes: about the same on a busy machine as on an idle
+    one, unlike wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def runs(sweep_dir: Path) -> list[tuple[str, list[int], dict]]:
+    """(model.positions, data.val_lengths, final metrics) of every finished job of a sweep."""
+    found = []
+    for metrics in sorted(sweep_dir.rglob("metrics.json")):  # jobs under +experiment=lengths/...
+        cfg = OmegaConf.load(metrics.parent / ".hydra" / "config.yaml")
+        found.append((cfg.model.positions, list(cfg.data.val_lengths), json.loads(metrics.read_text())))
+    return found
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    deviation = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {deviation:.2f}"
+
+
+def table(name: str, found: list[tuple[str, list[int], dict]]) -> str:
+    """One recipe's rows: a scheme per row, per length its acc, seq_acc and align/best over the seeds."""
+    lengths = found[0][1] if found else []
+    head = ["positions", "seeds"] + [f"{what} @ {n}" for n in lengths for what in ("acc", "seq_acc", "align")]
+    lines = [f"**{name}** (`+experiment=lengths/{name}`)", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]  # fmt: skip
+    for scheme in SCHEMES:
+        mine = [m for positions, _, m in found if positions == scheme]
+        cells = [f"`{scheme}`", str(len(mine))]
+        for n in lengths:
+            stage = tags.length_stage(n)
+            cells += [spread([m[tags.metric(stage, "acc")] for m in mine]),
+                      spread([m[tags.metric(stage, "seq_acc")] for m in mine]),
+                      spread([m[tags.align_best(n)] for m in mine if tags.align_best(n) in m])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated recipes of conf/experiment/lengths/ (default: all)")
+    parser.add_argument("--out", type=Path, help="the directory to run in (default: a new one under outputs/lengths)")
+    parser.add_argument("--read-only", action="store_true", help="train and write nothing: the table of what --out holds")
+    args = parser.parse_args()
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    if args.only:
+        unknown = sorted(set(args.only.split(",")) - set(names))
+        if unknown:
+            print(f"error: --only: no recipe {', '.join(unknown)} in {RECIPES.relative_to(ROOT)} (have: {', '.join(names)})",
+                  file=sys.stderr)
+            sys.exit(2)
+        names = [n for n in names if n in args.only.split(",")]
+    if args.read_only and (args.out is None or not args.out.is_dir()):
+        print("error: --read-only needs --out, a study's directory to table", file=sys.stderr)
+        sys.exit(2)
+    out = (args.out or ROOT / "outputs" / "lengths" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    times = []
+    for name in names:
+        if not args.read_only:
+            (out / name).mkdir(parents=True, exist_ok=True)
+            sweep(name, out)
+        if (out / name / "wall.json").is_file():
+            times.append(json.loads((out / name / "wall.json").read_text()))
+    wall, cpu = (sum(t.get(k, 0) for t in times) / 60 for k in ("wall_s", "cpu_s"))
+    text = (f"Measured {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores, seeds 0-{SEEDS - 1}, by "
+            f"`python scripts/length_study.py` ({wall:.1f} min wall, {cpu:.1f} min CPU; load average "
+            f"{os.getloadavg()[0]:.1f} at the end):\n\n"
+            + "\n\n".join(table(name, runs(out / name)) for name in names) + "\n")  # fmt: skip
+    print("\n" + text)
+    if args.read_only:
+        return
+    (out / "results.md").write_text(text)
+    if not args.only:
+        page = PAGE.read_text()
+        if START not in page or END not in page:
+            print(f"error: {PAGE} has no {START} ... {END} markers to write the table between", file=sys.stderr)
+            sys.exit(2)
+        head, rest = page.split(START, 1)
+        PAGE.write_text(f"{head}{START}\n{text}{END}{rest.split(END, 1)[1]}")
+        print(f"table written into {PAGE}")
+
+
+if __name__ == "__main__":
+    main()
