@@ -99,5 +99,5 @@ def test_refused(run):
     other = copy.copy(run)
     other.cfg = copy.deepcopy(run.cfg)
     other.cfg.model.positions = "alibi"
-    with pytest.raises(ConfigError, match="model.positions=alibi: TransformerLens's native models have no such positions"):
+    with pytest.raises(ConfigError, match=r"model.positions=alibi: run.to_transformer_lens\(\) takes learned, sinusoidal or none"):
         other.to_transformer_lens()

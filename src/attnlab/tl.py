@@ -41,7 +41,10 @@ def tl_config(run):
     m = run.cfg.model
     positions = m.get("positions", "learned")
     if positions not in ("learned", "sinusoidal", "none"):
-        raise ConfigError(f"model.positions={positions}: TransformerLens's native models have no such positions")
+        # alibi: TransformerLens's native models have no such bias. rope: they have rotary positions, but whether
+        # their pairing of dimensions is attnlab.positions.Rotary's is not checked yet, so it is not claimed.
+        raise ConfigError(f"model.positions={positions}: run.to_transformer_lens() takes learned, sinusoidal or none "
+                          "positions (TransformerLens's W_pos)")
     attention = model.blocks[0].attention
     return TransformerBridgeConfig(
         d_model=attention.dim, d_head=attention.d_head, n_heads=attention.heads, n_layers=len(model.blocks),
