@@ -101,3 +101,8 @@ def test_refused(run):
     other.cfg.model.positions = "alibi"
     with pytest.raises(ConfigError, match=r"model.positions=alibi: run.to_transformer_lens\(\) takes learned, sinusoidal or none"):
         other.to_transformer_lens()
+    padded = copy.copy(run)
+    padded.model = copy.copy(run.model)
+    padded.model.padding = 0  # as a variable-length run's model has it (data.min_len)
+    with pytest.raises(ConfigError, match="takes fixed-length runs only"):
+        padded.to_transformer_lens()

@@ -45,6 +45,11 @@ def tl_config(run):
         # their pairing of dimensions is attnlab.positions.Rotary's is not checked yet, so it is not claimed.
         raise ConfigError(f"model.positions={positions}: run.to_transformer_lens() takes learned, sinusoidal or none "
                           "positions (TransformerLens's W_pos)")
+    if getattr(model, "padding", None) is not None:
+        # attnlab masks padded keys inside attention; TransformerLens's model would attend to them unless every call
+        # passed an attention_mask, and logits that differ silently are worse than a refusal.
+        raise ConfigError("data.min_len: a variable-length run pads its examples, and run.to_transformer_lens() "
+                          "takes fixed-length runs only (TransformerLens's model does not mask the padding)")
     attention = model.blocks[0].attention
     return TransformerBridgeConfig(
         d_model=attention.dim, d_head=attention.d_head, n_heads=attention.heads, n_layers=len(model.blocks),
