@@ -48,7 +48,8 @@ def test_ablate_checks_every_run_before_any(tiny_run, tmp_path):
 
 
 def test_a_token_the_task_has_not_is_refused_before_lightning(tiny_run, tmp_path):
-    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    # Without the pictures tests/test_inspect_run.py may have drawn into the shared run before.
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("inspect"))
     error, imported = refuse("inspect_run.py", run_dir, "--input", "3 1 0 X", cwd=tmp_path)
     assert error == "error: --input: 'X' is not a token of task reverse (tokens: 0 1 2 3 4 5 6 7 8 9)"
     assert imported == "imported: torch"  # the task's tokens need torch's task classes, not Lightning

@@ -73,7 +73,7 @@ class Run:
     def example(self, text: str) -> Batch:
         """A user's example by token names -> (inputs, targets, mask), each [1, pos], as the task makes it (for copy,
         reverse and sort give x: the task builds the stream x y the model reads)."""
-        return parse_example(self.task, text)
+        return parse_example(self.task, text, list(self.cfg.data.get("val_lengths") or []))
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks=()):
@@ -194,19 +194,37 @@ def load_weights(model: AttentionModel, path: Path) -> int:
     return int(checkpoint.get("global_step", -1))
 
 
-def parse_example(task: Task, text: str) -> Batch:
+def parse_example(task: Task, text: str, val_lengths: list[int] = ()) -> Batch:
     """A user's tokens, by name, separated by spaces or commas -> the task's example for them (Task.example).
-    For the x -> y tasks (copy, reverse, sort) the user gives x only; the task builds the stream [x, y]."""
+    For the x -> y tasks (copy, reverse, sort) the user gives x only; the task builds the stream [x, y] (with the
+    separator of a variable-length run). A run whose examples have lengths of their own (data.min_len) or that is
+    validated at other lengths (`val_lengths`, its data.val_lengths) takes any example from the task's shortest to
+    the longest the model has positions for (Task.example_positions); any other run exactly its one length."""
+    names = task.token_names()
+    index = {name: i for i, name in enumerate(names)}
+    words = text.replace(",", " ").split()
+    unknown = [word for word in words if word not in index]
+    if unknown:
+        raise ConfigError(f"--input: {unknown[0]!r} is not a token of task {task.name} (tokens: {_listing(names)})")
+    if not words:
+        raise ConfigError(f"--input: no tokens given (tokens of task {task.name}: {_listing(names)})")
+    if task.has_length and (task.variable or val_lengths):
+        # Any example the model has positions for (the least length is Task.example's to check).
+        positions = task.positions(max([task.seq_len, *val_lengths]))
+        most = max(k for k in range(1, positions + 1) if task.example_positions(k) <= positions)
+        if len(words) > most:
+            raise ConfigError(f"--input: task {task.name} takes at most {most} tokens here (the model's longest input, "
+                              f"for the longest of data.seq_len and data.val_lengths), got {len(words)}")
+    elif len(words) != task.example_length:
+        raise ConfigError(f"--input: task {task.name} takes {task.example_length} tokens, got {len(words)}")
     try:
-        tokens = task.encode(text)
-    except ConfigError as error:
-        raise ConfigError(f"--input: {error}") from None
-    if len(tokens) != task.example_length:
-        raise ConfigError(f"--input: task {task.name} takes {task.example_length} tokens, got {len(tokens)}")
-    try:
-        return task.example(tokens.unsqueeze(0))
+        return task.example(torch.tensor([[index[word] for word in words]]))
     except ConfigError as error:  # tokens the task does not take there (say a tied majority)
         raise ConfigError(f"--input: {error}") from None
+
+
+def _listing(names: list[str], most: int = 20) -> str:
+    return " ".join(names) if len(names) <= most else " ".join(names[:10] + ["…"] + names[-3:])
 
 
 @dataclass

@@ -84,8 +84,24 @@ FRAME_WEIGHTS = "attnlab/weights"  # float16 [layer, 4, dim, dim]: W_Q, W_K, W_V
 FRAME_EMBEDDING = "attnlab/embedding"  # float16 [vocab, dim]: token embedding
 FRAME_POSITIONS = "attnlab/positions"  # float16 [query, dim]: position embedding at the probe's positions
 FRAME_UNEMBEDDING = "attnlab/unembedding"  # float16 [vocab, dim]: the readout's weight (logits = x·Uᵀ + b)
-# float32 [layer, head, kind]: the probe's head-detector scores (attnlab.heads.KINDS order), NaN for a kind the probe
-# has no row of; the tab names each head by its best kind. Runs from before it have none (the tab shows none).
+# float32 [layer, head, kind]: the probe's head-detector scores (the order of HEAD_KINDS), NaN for a kind the probe has
+# no row of; the tab names each head by its best kind. Runs from before it have none (the tab shows none).
 FRAME_KINDS = "attnlab/head_kinds"
 FRAME = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_WEIGHTS, FRAME_EMBEDDING, FRAME_POSITIONS,
          FRAME_UNEMBEDDING, FRAME_KINDS)
+# With data.val_lengths, at every frame also a probe per length (the first example of that length's validation set):
+# the tags above that depend on the probe, each as attnlab/len{N}/...; the weights are the frame's own.
+FRAME_PER_PROBE = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_POSITIONS, FRAME_KINDS)
+
+
+def frame_at(tag: str, length: int | None) -> str:
+    """A tag of FRAME_PER_PROBE for the probe of data length `length` (attnlab/len{N}/attention, ...); the tag itself
+    for the training distribution's probe (None)."""
+    return tag if length is None else tag.replace(f"{PLUGIN}/", f"{PLUGIN}/len{length}/", 1)
+
+
+def frame_length(tag: str) -> int | None:
+    """The length of a frame_at tag (attnlab/len12/alignment -> 12); None for a tag of the training probe's frame."""
+    prefix, _, rest = tag.partition("/len")
+    length = rest.split("/", 1)[0]
+    return int(length) if prefix == PLUGIN and length.isdigit() and "/" in rest else None

@@ -152,11 +152,15 @@ def run_callbacks(cfg: DictConfig, task, data, run_dir: Path) -> list[L.Callback
         callbacks.append(steps)
     if cfg.logging.images_every_n_steps:
         scale = cfg.logging.weight_scale or viz.default_weight_scale(cfg.model.dim)
-        probe = data.probe()
-        targets = [task.target_attention(probe[0], layer) for layer in range(cfg.model.layers)]
+        # The training distribution's probe, and with data.val_lengths one per length (the Attention tab's selector).
+        probes = {n: data.probe(n) for n in [None, *data.val_lengths]}
+        targets = {n: [task.target_attention(probe[0], layer) for layer in range(cfg.model.layers)]
+                   for n, probe in probes.items()}
+        at_lengths = {n: (probes[n], targets[n]) for n in data.val_lengths}
         callbacks.append(
             AttentionImages(
-                probe, task.token_names(), cfg.logging.images_every_n_steps, cfg.logging.histograms, scale, targets
+                probes[None], task.token_names(), cfg.logging.images_every_n_steps, cfg.logging.histograms, scale,
+                targets[None], at_lengths,
             )
         )
     if cfg.device.get("strategy", "auto") != "auto":  # several processes: each writes what it trains with
