@@ -4,6 +4,7 @@ in the terminal, and draw them as a PNG (with --weights also the weights and QK/
     python scripts/inspect_run.py outputs/2026-11-24/06-25-07                          # the probe example
     python scripts/inspect_run.py outputs/2026-11-24/06-25-07 --input "3 1 4 1 5 9 2 6"
     python scripts/inspect_run.py outputs/2026-11-24/06-25-07 --weights
+    python scripts/inspect_run.py outputs/2026-11-24/06-25-07 --step 200    # a step checkpoint=log|every kept
 
 --input takes the task's tokens by name, separated by spaces or commas. For copy, reverse and sort give x (data.seq_len
 tokens; in a run with data.min_len or data.val_lengths any length n from the task's shortest to the longest of
@@ -20,6 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from attnlab import checkpoints
 from attnlab.config import ConfigError
 from attnlab.resume import check_run_dir
 
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory: outputs/<date>/<time>")
     parser.add_argument("--input", help='the example, e.g. "3 1 4 1 5 9 2 6" (default: the probe example)')
+    parser.add_argument("--step", type=int, help="the weights of this kept step (checkpoint=log|every) instead of the last")
     parser.add_argument("--weights", action="store_true", help="also draw W_Q, W_K, W_V, W_O and the QK/OV circuits")
     parser.add_argument("--out", type=Path, help="where the PNGs go (default: RUN_DIR/inspect)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -48,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     # Bad input fails at once: the path before torch's import (seconds), the tokens before Lightning's (seconds more).
     try:
         check_run_dir(args.run_dir)
+        checkpoints.path(args.run_dir, args.step, checkpoints.kept_steps(args.run_dir))  # a step it kept, or why not
         from attnlab.inspection import describe, load_run, parse_example, run_config, run_example, run_task
 
         batch = None
         if args.input is not None:  # data.val_lengths: the longest input the model has positions for
             val_lengths = list(run_config(args.run_dir).data.get("val_lengths") or [])
             batch = parse_example(run_task(args.run_dir), args.input, val_lengths)
-        run = load_run(args.run_dir)
+        run = load_run(args.run_dir, step=args.step)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     print(terminal.example_table(names, example) + "\n")
     print(terminal.attention_maps(names, example, style, shutil.get_terminal_size((120, 24)).columns))
 
-    out = args.out or run.dir / "inspect"
+    out = args.out or run.dir / "inspect" / ("" if args.step is None else f"step={args.step}")
     tokens = " ".join(names[t] for t in example.inputs.tolist())
     title = f"{Path(*run.dir.resolve().parts[-2:])} · {describe(run)}\ninput: {tokens}"  # the run's last two names
     written = [figures.save(figures.attention_figure(names, example, title), out / f"{file_stem(args.input)}.png")]

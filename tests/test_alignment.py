@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from attnlab import alignment, tags
+from attnlab import alignment, heads, tags
 from attnlab.model import AttentionModel
 from attnlab.tasks import make_task
 
@@ -89,7 +89,12 @@ def test_measure_over_a_model_in_chunks():
         {tags.align(layer, head) for layer in (0, 1) for head in (0, 1)}
         | {tags.entropy(layer, head) for layer in range(3) for head in (0, 1)}
         | {tags.ALIGN_BEST}
+        | {tags.head_kind(layer, head, kind) for layer in range(3) for head in (0, 1) for kind in heads.KINDS}
     )
+    for layer in range(3):  # the head detectors summed over the chunks are the detectors on the whole set
+        whole = heads.scores(attention[layer].detach(), inputs, causal=True)
+        for kind in heads.KINDS:
+            torch.testing.assert_close(report.kinds[layer][kind], whole[kind])
     # align/best: the best head of each layer with a target, then the weaker of the two layers.
     assert scalars[tags.ALIGN_BEST] == pytest.approx(min(report.align[0].max().item(), report.align[1].max().item()))
     assert all(0 <= scalars[tags.align(layer, head)] <= 1 for layer in (0, 1) for head in (0, 1))
@@ -102,4 +107,5 @@ def test_no_target_no_alignment():
                            norm=False)
     report = alignment.measure(model, t, t.validation_set(100, torch.Generator())[0])
     assert report.align == [None] and report.best() is None
-    assert set(report.scalars()) == {tags.entropy(0, 0), tags.entropy(0, 1)}
+    # no align/*: only entropy and the head detectors, which need no target
+    assert {t for t in report.scalars() if not t.startswith("heads/")} == {tags.entropy(0, 0), tags.entropy(0, 1)}

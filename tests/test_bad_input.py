@@ -55,6 +55,9 @@ CASES = [
     ("stop-at-above-one", ["trainer.stop_at=2"], 2, ["trainer.stop_at must be null or a number in (0, 1]"]),
     ("log-every-zero", ["logging.every_n_steps=0"], 2, ["logging.every_n_steps must be >= 1"]),
     ("seed-negative", ["seed=-1"], 2, ["seed must be >= 0"]),
+    ("checkpoint-unknown", ["checkpoint=weekly"], 2, ["checkpoint=weekly", "allowed: every, last, log"]),
+    ("checkpoint-every-zero", ["checkpoint=every", "checkpoint.every_n_steps=0"], 2, ["checkpoint.every_n_steps must be >= 1, got 0"]),
+    ("checkpoint-every-unread", ["checkpoint.every_n_steps=5"], 2, ["checkpoint.every_n_steps is read by checkpoint=every only (this run: checkpoint=last)"]),
     # Checkpoints to resume from: loaded as tensors and plain values only, before anything is built.
     ("ckpt-missing", ["ckpt_path={tmp}/nowhere.ckpt"], 2, ["ckpt_path: no checkpoint file at {tmp}/nowhere.ckpt", "allowed:"]),
     ("ckpt-truncated", ["ckpt_path={tmp}/truncated.ckpt"], 2, ["ckpt_path: {tmp}/truncated.ckpt is not a readable checkpoint"]),

@@ -12,7 +12,7 @@ from attnlab.config import ConfigError
 from attnlab.train import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-IN_DEFAULTS = {"data", "model", "optim", "trainer", "loss", "logging", "device", "debug"}
+IN_DEFAULTS = {"data", "model", "optim", "trainer", "loss", "logging", "checkpoint", "device", "debug"}
 OPTIONS = [
     (group.name, option.relative_to(group).with_suffix("").as_posix())  # experiment=lengths/copy: its folder's
     for group in sorted(CONF.iterdir())

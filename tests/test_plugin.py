@@ -22,7 +22,7 @@ import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 
-from attnlab import hparams, tags
+from attnlab import heads, hparams, tags
 from attnlab.alignment import alignment
 from attnlab.tensorboard_plugin import plugin
 from attnlab.tensorboard_server import TensorBoardServer
@@ -79,6 +79,12 @@ def server(servers):
 
 def route(name: str, **args) -> str:
     return f"/data/plugin/{tags.PLUGIN}/{name}?" + "&".join(f"{k}={v}" for k, v in args.items())
+
+
+def caption(frame: dict, layer: int, head: int) -> str:
+    """A head's title in the tab: its alignment with the target and its best kind on the example, from the frame."""
+    kind, score = frame["kind"][layer][head]
+    return f"layer {layer} · head {head} · alignment {frame['alignment'][layer][head]:.2f} · {kind} {score:.2f}"
 
 
 def frame(server, step: int, run: str = RUN) -> dict:
@@ -186,6 +192,13 @@ def test_frame(server):
     expected = alignment(torch.tensor(attention[0]).unsqueeze(0).float(), target.unsqueeze(0))
     assert np.allclose(last["alignment"][0], expected.numpy(), atol=2e-3)
     assert last["alignment"][1] == [None, None]
+    # Each head's best kind (attnlab.heads) on the frame's own attention of the probe, and its score.
+    for layer in range(LAYERS):
+        scores = heads.scores(torch.tensor(attention[layer]).unsqueeze(0).float(), torch.tensor([tokens]), causal=True)
+        for head in range(HEADS):
+            kind, score = last["kind"][layer][head]
+            assert score == pytest.approx(max(s[head].item() for s in scores.values() if s[head] == s[head]), abs=2e-3)
+            assert scores[kind][head].item() == pytest.approx(score, abs=2e-3)
 
 
 def test_circuits_are_the_final_weights(server, tiny_run):
@@ -337,7 +350,7 @@ def test_tab_in_a_browser(server, browser):
     assert each(f"{selected} th.row .token", "e.textContent") == names
     notes = each(f"{selected} th.row", "e.querySelector('.note')?.textContent ?? null")
     assert notes == [None if p is None else f"→ {p}" for p in predicted]
-    assert css(head, "figcaption")[0].text == f"layer 0 · head 1 · alignment {last['alignment'][0][1]:.2f}"
+    assert css(head, "figcaption")[0].text == caption(last, 0, 1)
     targets = each(f"{selected} td.cell", "e.classList.contains('target')")
     outlined = [(i // POSITIONS, i % POSITIONS) for i, target in enumerate(targets) if target]
     assert outlined == sorted((q, k) for q, k, _ in last["targets"][0])
@@ -357,7 +370,7 @@ def test_tab_in_a_browser(server, browser):
     css(browser, "#step")[0].send_keys(Keys.HOME)
     wait.until(lambda b: b.execute_script("return document.body.dataset.step") == str(FRAMES[0]))
     assert css(browser, ".step-value")[0].text == str(FRAMES[0])
-    assert css(head, "figcaption")[0].text == f"layer 0 · head 1 · alignment {first['alignment'][0][1]:.2f}"
+    assert css(head, "figcaption")[0].text == caption(first, 0, 1)
     assert colours() != before
     css(browser, "#step")[0].send_keys(Keys.ARROW_RIGHT)  # one stop on: the next logged step, not step 1
     wait.until(lambda b: b.execute_script("return document.body.dataset.step") == str(FRAMES[1]))

@@ -264,8 +264,9 @@ def test_length_selector_in_a_browser(server, browser):  # noqa: F811 (the fixtu
             answer = frame(server, step, length, run)
             assert len(visible(f"{section} td.cell", "1")) == LAYERS * HEADS * len(answer["tokens"]) ** 2
             assert visible(f"{head(run)} th.col .token", "e.textContent") == names(answer)
+            kind, score = answer["kind"][POINTER][1]  # the head's best kind on this length's probe
             assert visible(f"{head(run)} figcaption", "e.textContent") == [
-                f"layer {POINTER} · head 1 · alignment {answer['alignment'][POINTER][1]:.2f}"]
+                f"layer {POINTER} · head 1 · alignment {answer['alignment'][POINTER][1]:.2f} · {kind} {score:.2f}"]
             note = f"step {step}" + ("" if length is None else f" · length {length}")
             assert visible(f"{section} h2 .step-note", "e.textContent") == [note]
 

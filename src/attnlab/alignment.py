@@ -8,15 +8,16 @@ zero in the task's pattern) do not count: they are positions whose attention the
 
 Entropy is each head's mean attention entropy (nats) over all query rows: low for sharp heads, log(keys) for
 uniform ones. Rows of padded positions (variable-length examples) count in neither: a task's target has no row
-there, and entropy leaves them out.
+there, and entropy leaves them out. Beside them, each head's score as a previous-token, duplicate-token, induction,
+first-token and self head (attnlab.heads), by the same share over the detectors' patterns.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from attnlab import tags
+from attnlab import heads, tags
 from attnlab.tasks import Task
 
 CHUNK = 256  # validation examples per forward: bounds the [chunk, head, query, key] weights held at once
@@ -60,10 +61,12 @@ def entropy(attention: Tensor, keep: Tensor | None = None) -> Tensor:
 
 @dataclass
 class Report:
-    """Per layer: alignment per head [head] (None where the task has no target at that layer), entropy [head]."""
+    """Per layer: alignment per head [head] (None where the task has no target at that layer), entropy [head], and
+    the head detectors' scores {kind: [head]} (empty where they were not measured)."""
 
     align: list[Tensor | None]
     entropy: list[Tensor]
+    kinds: list[dict[str, Tensor]] = field(default_factory=list)
 
     def best(self) -> float | None:
         """The weakest step of the mechanism: per layer with a target the best head, then the worst such layer
@@ -81,6 +84,11 @@ class Report:
                     out[tags.align(layer, head, length)] = align[head].item()
                 if length is None:
                     out[tags.entropy(layer, head)] = ent[head].item()
+        for layer, per_kind in enumerate(self.kinds if length is None else ()):
+            for kind, score in per_kind.items():
+                for head, value in enumerate(score.tolist()):
+                    if value == value:  # NaN: no validation row has the kind's pattern (say no repeated token)
+                        out[tags.head_kind(layer, head, kind)] = value
         if (best := self.best()) is not None:
             out[tags.align_best(length)] = best
         return out
@@ -91,13 +99,17 @@ class Tally:
 
     def __init__(self):
         self.sums, self.rows, self.entropies, self.queries = None, None, None, 0
+        self.kind_sums, self.kind_rows = None, None  # per layer [head, kind], [kind] (attnlab.heads)
 
-    def add(self, attention: list[Tensor], targets: list[Tensor | None], keep: Tensor | None = None) -> None:
+    def add(self, attention: list[Tensor], targets: list[Tensor | None], keep: Tensor | None = None,
+            kinds: Tensor | None = None) -> None:
         """One chunk: per layer its weights [batch, head, query, key] and its target [batch, query, key] or None;
-        keep [batch, query]: False at padded positions, whose rows no mean counts (None: every row counts)."""
+        keep [batch, query]: False at padded positions, whose rows no mean counts (None: every row counts); kinds:
+        the head detectors' patterns [batch, kind, query, key] (heads.stacked), the same for every layer."""
         if self.sums is None:
             self.sums = [None if t is None else 0.0 for t in targets]
             self.rows, self.entropies = [0.0] * len(attention), [0.0] * len(attention)
+            self.kind_sums, self.kind_rows = [0.0] * len(attention), [0.0] * len(attention)
         batch, _, queries, _ = attention[0].shape
         counted = queries * batch if keep is None else keep.sum().item()  # query rows that count, over the chunk
         for layer, (weights, target) in enumerate(zip(attention, targets)):
@@ -105,17 +117,28 @@ class Tally:
             if target is not None:
                 total, count = row_shares(weights, target.to(weights.device))
                 self.sums[layer], self.rows[layer] = self.sums[layer] + total.cpu(), self.rows[layer] + count.item()
+            if kinds is not None:
+                total, count = heads.shares(weights, kinds.to(weights.device))
+                self.kind_sums[layer] = self.kind_sums[layer] + total.cpu()
+                self.kind_rows[layer] = self.kind_rows[layer] + count.cpu()
         self.queries += counted
 
     def report(self) -> Report:
         align = [None if total is None or n == 0 else total / n for total, n in zip(self.sums, self.rows)]
-        return Report(align, [e / max(self.queries, 1) for e in self.entropies])
+        kinds = []
+        for total, rows in zip(self.kind_sums, self.kind_rows):
+            if torch.is_tensor(total):  # measured: [head, kind] over [kind] rows; NaN for a kind no row has
+                score = torch.where(rows > 0, total / rows.clamp(min=1), float("nan"))
+                kinds.append(dict(zip(heads.KINDS, score.unbind(1))))
+        return Report(align, [e / max(self.queries, 1) for e in self.entropies], kinds)
 
 
 @torch.no_grad()
-def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Tensor | None] | None = None) -> Report:
+def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Tensor | None] | None = None,
+            kinds: list[Tensor] | None = None) -> Report:
     """One explicit-path forward over `inputs` [batch, pos] in chunks, scoring every head of every layer.
-    `targets` (per chunk, then per layer: task.target_attention) can be passed in to avoid recomputing them."""
+    `targets` (per chunk, then per layer: task.target_attention) and `kinds` (per chunk: chunk_kinds) can be
+    passed in to avoid recomputing them."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -127,7 +150,9 @@ def measure(model: torch.nn.Module, task: Task, inputs: Tensor, targets: list[Te
             layer_targets = targets[c]
         else:
             layer_targets = [task.target_attention(chunk, layer) for layer in range(len(attention))]
-        tally.add(attention, layer_targets, real_positions(task, chunk.to(device)))
+        keep = real_positions(task, chunk.to(device))
+        patterns = kinds[c] if kinds is not None else heads.stacked(chunk.to(device), model.blocks[0].attention.causal, keep)
+        tally.add(attention, layer_targets, keep, patterns.to(device))
     model.train(was_training)
     return tally.report()
 
@@ -142,3 +167,9 @@ def chunk_targets(task: Task, inputs: Tensor, layers: int) -> list[list[Tensor |
     """task.target_attention for every chunk `measure` makes of `inputs`, every layer: computed once per run."""
     starts = range(0, len(inputs), CHUNK)
     return [[task.target_attention(inputs[s : s + CHUNK], layer) for layer in range(layers)] for s in starts]
+
+
+def chunk_kinds(task: Task, inputs: Tensor, causal: bool) -> list[Tensor]:
+    """The head detectors' patterns (heads.stacked) for every chunk `measure` makes of `inputs`: once per run."""
+    chunks = (inputs[s : s + CHUNK] for s in range(0, len(inputs), CHUNK))
+    return [heads.stacked(chunk, causal, real_positions(task, chunk)) for chunk in chunks]

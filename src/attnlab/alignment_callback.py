@@ -17,6 +17,7 @@ class AlignmentScalars(L.Callback):
         self.task = task
         # Per validation set (None: the training distribution's, else its length), per chunk, per layer: made once.
         self.targets: dict[int | None, list[list[torch.Tensor | None]]] = {}
+        self.kinds: list[torch.Tensor] | None = None  # the head detectors' patterns, per chunk of the main set
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -32,7 +33,8 @@ class AlignmentScalars(L.Callback):
         """The model's alignment and entropy scalars over a validation set's inputs (`length`: one of
         data.val_lengths, None for the training distribution's set)."""
         targets = self.chunk_targets(inputs, len(model.blocks), length)
-        return alignment.measure(model, self.task, inputs, targets).scalars(length)
+        kinds = self.chunk_kinds(inputs, model.blocks[0].attention.causal) if length is None else None
+        return alignment.measure(model, self.task, inputs, targets, kinds).scalars(length)
 
     def chunk_targets(self, inputs: torch.Tensor, layers: int, length: int | None = None) -> list[list[torch.Tensor | None]]:
         """The task's targets for a validation set's inputs, chunk by chunk (alignment.chunk_targets): made once (a
@@ -40,3 +42,10 @@ class AlignmentScalars(L.Callback):
         if length not in self.targets:
             self.targets[length] = alignment.chunk_targets(self.task, inputs, layers)
         return self.targets[length]
+
+    def chunk_kinds(self, inputs: torch.Tensor, causal: bool) -> list[torch.Tensor]:
+        """The head detectors' patterns for the validation inputs, chunk by chunk (alignment.chunk_kinds): made
+        once."""
+        if self.kinds is None:
+            self.kinds = alignment.chunk_kinds(self.task, inputs, causal)
+        return self.kinds

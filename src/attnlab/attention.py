@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.hooks import HookPoint
 from attnlab.positions import ALiBi, Rotary
 
 
@@ -60,6 +61,9 @@ class SelfAttention(nn.Module):
         )
         self.rotary = Rotary(self.d_head, length) if positions == "rope" else None
         self.alibi = ALiBi(heads, length) if positions == "alibi" else None
+        # Where a notebook reads or patches activations (attnlab.hooks): identities that cost nothing unhooked.
+        self.hook_q, self.hook_k, self.hook_v, self.hook_z = (HookPoint(swap=(1, 2)) for _ in range(4))
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
 
     def forward(self, x: Tensor, need_weights: bool = True, keep: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """x: [batch, pos, dim] -> (output [batch, pos, dim], weights [batch, head, query, key] or None).
@@ -72,6 +76,7 @@ class SelfAttention(nn.Module):
         query = self._split_heads(x @ self.W_Q)
         key = self._split_heads(x @ self.W_K)
         value = self._split_heads(x @ self.W_V)
+        query, key, value = self.hook_q(query), self.hook_k(key), self.hook_v(value)
         if self.rotary is not None:  # rope: a query and a key score by their content and their distance
             query, key = self.rotary(query), self.rotary(key)
         bias = self.alibi(x.shape[1]) if self.alibi is not None else None  # [head, query, key]
@@ -87,12 +92,13 @@ class SelfAttention(nn.Module):
         if (allowed := allowed_keys(scores.shape[-1], self.causal, keep, scores.device)) is not None:
             # Keys after the query (causal) and padded keys: -inf becomes weight 0 after softmax.
             scores = scores.masked_fill(~allowed, float("-inf"))
+        scores = self.hook_attn_scores(scores)
 
         # Step 4: softmax over keys turns each query's scores into weights that sum to 1.
-        weights = scores.softmax(dim=-1)
+        weights = self.hook_pattern(scores.softmax(dim=-1))
 
         # Step 5: weighted sum of values, then heads are concatenated and mixed by W_O.
-        output = weights @ value  # [batch, head, query, d_head]
+        output = self.hook_z(weights @ value)  # [batch, head, query, d_head]
         return self._merge_heads(output) @ self.W_O, weights
 
     def _split_heads(self, t: Tensor) -> Tensor:

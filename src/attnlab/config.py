@@ -305,6 +305,12 @@ def check(cfg: DictConfig) -> None:
     integer(cfg.logging.every_n_steps, "logging.every_n_steps")
     integer(cfg.logging.images_every_n_steps, "logging.images_every_n_steps", minimum=0)
     integer(cfg.seed, "seed", minimum=0)
+    if (checkpoint := cfg.get("checkpoint")) is not None:  # a config from before the group keeps last.ckpt only
+        choice(checkpoint.get("schedule"), "checkpoint.schedule", ("last", "log", "every"))
+        if checkpoint.schedule == "every":
+            integer(checkpoint.get("every_n_steps"), "checkpoint.every_n_steps")
+        elif checkpoint.get("every_n_steps") is not None:  # set on the command line, but no schedule reads it
+            raise ConfigError(f"checkpoint.every_n_steps is read by checkpoint=every only (this run: checkpoint={checkpoint.schedule})")
 
 
 def attention_loss(cfg: DictConfig, task) -> float:

@@ -1,13 +1,17 @@
-"""Ask a trained run a question: load its config and last checkpoint, and run one example through the model with
-its attention returned (what scripts/inspect_run.py prints and draws).
+"""A trained run as an object, for notebooks and scripts: its config, task, model at a kept checkpoint, and its
+activations by TransformerLens's hook names (docs/notebook.md lists the API).
 
-    run = load_run("outputs/2026-11-24/06-25-07")
-    example = run_example(run, parse_example(run.task, "3 1 4 1 5 9 2 6"))   # or run.probe
-    example.attention[0][1]                                                   # layer 0, head 1: [query, key]
+    run = attnlab.load_run("outputs/2026-11-24/06-25-07")             # its last checkpoint; step=N for a kept one
+    inputs, targets, mask = run.example("3 1 4 1 5 9 2 6")              # the task's example for these tokens
+    logits, cache = run.run_with_cache(inputs)
+    cache["blocks.0.attn.hook_pattern"]                                  # [batch, head, query, key]
+    example = run_example(run, parse_example(run.task, "3 1 4 1 5 9 2 6"))   # what scripts/inspect_run.py prints
 """
 
+import contextlib
+import copy
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
-from attnlab import alignment
+from attnlab import alignment, checkpoints
 from attnlab.attention import SelfAttention
 from attnlab.config import ConfigError
+from attnlab.hooks import ActivationCache, HookPoint, named_hook_points, resolve
 from attnlab.model import AttentionModel
 from attnlab.resume import CHECKPOINT, CONFIG, check_run_dir
 from attnlab.tasks import LOADER_FIELDS, Batch, Task, make_task
@@ -35,6 +40,98 @@ class Run:
     model: AttentionModel  # in eval mode, on the CPU
     step: int  # the optimiser step the checkpoint was saved at
     probe: Batch  # the example TensorBoard's attention images show (the first validation example)
+    validation: Batch | None = None  # the run's whole validation set: (inputs, targets, mask), each [example, pos]
+    steps: list[int] = field(default_factory=list)  # the steps kept in checkpoints/step=N.ckpt (checkpoint=log|every)
+
+    @property
+    def hook_names(self) -> list[str]:
+        """Every hook point of the model by its TransformerLens name (attnlab.hooks), block by block."""
+        return list(named_hook_points(self.model))
+
+    def tokens(self, tokens) -> Tensor:
+        """A batch of token ids [batch, pos] from ids ([pos] or [batch, pos], a tensor or list) or the task's
+        token names ("3 1 4"), checked against the model's vocabulary and length."""
+        if isinstance(tokens, str):
+            tokens = self.task.encode(tokens)
+        tokens = torch.as_tensor(tokens)
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise ConfigError(f"tokens: token ids must be integers, got a {tokens.dtype} tensor")
+        tokens = tokens.long()
+        if tokens.dim() == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise ConfigError(f"tokens: [pos] or [batch, pos] ids, got shape {list(tokens.shape)}")
+        vocab, length = self.task.vocab, self.model.positions.shape[0]
+        if (bad := (tokens < 0) | (tokens >= vocab)).any():
+            raise ConfigError(
+                f"tokens: {tokens[bad][0].item()} is outside the vocabulary of task {self.task.name} (ids 0-{vocab - 1})"
+            )
+        if tokens.shape[1] > length:
+            raise ConfigError(f"tokens: {tokens.shape[1]} positions, the model has {length} (data.seq_len and the task's layout)")
+        return tokens
+
+    def example(self, text: str) -> Batch:
+        """A user's example by token names -> (inputs, targets, mask), each [1, pos], as the task makes it (for copy,
+        reverse and sort give x: the task builds the stream x y the model reads)."""
+        return parse_example(self.task, text, list(self.cfg.data.get("val_lengths") or []))
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks=()):
+        """Within the block, each (name, fn) of fwd_hooks is on its hook point: fn(activation, hook) -> a
+        replacement or None. Names as in hook_names, or TransformerLens's short form ("pattern", 0)."""
+        points = named_hook_points(self.model)
+        added = []
+        try:
+            for name, fn in fwd_hooks:
+                point = points[resolve(name, points)]
+                point.hooks.append(fn)
+                added.append((point, fn))
+            yield
+        finally:
+            for point, fn in added:
+                point.hooks.remove(fn)
+
+    @torch.no_grad()
+    def run_with_hooks(self, tokens, fwd_hooks=()) -> Tensor:
+        """logits [batch, pos, vocab] with fwd_hooks on: ablate or patch a head. Runs the explicit attention path
+        (need_weights=True), where every hook point, hook_pattern and hook_z among them, is reached."""
+        tokens = self.tokens(tokens)
+        with self.hooks(fwd_hooks):
+            logits, _ = self.model(tokens, need_weights=True)
+        return logits
+
+    @torch.no_grad()
+    def run_with_cache(self, tokens, names=None) -> tuple[Tensor, ActivationCache]:
+        """(logits [batch, pos, vocab], cache): every hook point's activation (or those in `names`), by
+        TransformerLens's hook names: docs/notebook.md lists them with their shapes."""
+        points = named_hook_points(self.model)
+        wanted = list(points) if names is None else [resolve(n, points) for n in names]
+        cache = ActivationCache()
+
+        def keep(activation: Tensor, point: HookPoint) -> None:
+            cache[point.name] = activation.detach().clone()
+
+        logits = self.run_with_hooks(tokens, [(name, keep) for name in wanted])
+        return logits, cache
+
+    def head_scores(self, tokens=None) -> list[dict[str, Tensor]]:
+        """Per layer {kind: score per head [head]}: each head as a previous-token, duplicate-token, induction,
+        first-token and self head (attnlab.heads) on `tokens` (default: the validation set, as logged)."""
+        tokens = self.validation[0] if tokens is None else self.tokens(tokens)
+        return alignment.measure(self.model, self.task, tokens).kinds
+
+    def at(self, step: int | None) -> "Run":
+        """The same run with the weights of another kept step (None: the last checkpoint); config and task shared."""
+        path = checkpoints.path(self.dir, step, self.steps)
+        model = copy.deepcopy(self.model)
+        step = load_weights(model, path)
+        return Run(self.dir, self.cfg, self.task, model.eval(), step, self.probe, self.validation, self.steps)
+
+    def to_transformer_lens(self):
+        """TransformerLens's own model with this run's weights (the `tl` extra: pip install -e '.[tl]')."""
+        from attnlab.tl import to_transformer_lens
+
+        return to_transformer_lens(self)
 
 
 def run_config(run_dir: Path) -> DictConfig:
@@ -63,10 +160,13 @@ def run_task(run_dir: str | Path) -> Task:
         raise damaged(run_dir, error) from None
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """The model of a run directory (outputs/<date>/<time>/, or one job of a sweep) as it was at its last checkpoint.
-    Raises ConfigError naming what is missing."""
+def load_run(run_dir: str | Path, step: int | None = None) -> Run:
+    """The model of a run directory (outputs/<date>/<time>/, or one job of a sweep) as it was at its last checkpoint,
+    or at `step`, one of the steps its checkpoint schedule kept (run.steps). Raises ConfigError naming what is wrong
+    (a sweep's directory: attnlab.load_sweep reads its jobs)."""
     run_dir = check_run_dir(run_dir)
+    steps = checkpoints.kept_steps(run_dir)
+    path = checkpoints.path(run_dir, step, steps)
     cfg = run_config(run_dir)
 
     # Imported here, after the cheap checks above: attnlab.train imports Lightning (seconds).
@@ -76,14 +176,22 @@ def load_run(run_dir: str | Path) -> Run:
         task, module, data = build(cfg)
     except OmegaConfBaseException as error:  # keys missing from an edited config.yaml
         raise damaged(run_dir, error) from None
+    saved_step = load_weights(module.model, path)
+    probe = data.probe()
+    return Run(run_dir, cfg, task, module.model.eval(), saved_step, probe, data.validation, steps)
+
+
+def load_weights(model: AttentionModel, path: Path) -> int:
+    """The checkpoint's model weights into `model`; returns the step it was saved at."""
     try:
-        checkpoint = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        module.load_state_dict(checkpoint["state_dict"])
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        prefix = "model."
+        model.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
     except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
         # A truncated file, or weights that do not fit the model the config describes.
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{run_dir / CHECKPOINT_FILE}: cannot load it into the model of {CONFIG_FILE}: {first_line}") from None
-    return Run(run_dir, cfg, task, module.model.eval(), int(checkpoint.get("global_step", -1)), data.probe())
+        raise ConfigError(f"{path}: cannot load it into the model of {CONFIG_FILE}: {first_line}") from None
+    return int(checkpoint.get("global_step", -1))
 
 
 def parse_example(task: Task, text: str, val_lengths: list[int] = ()) -> Batch:
@@ -203,3 +311,40 @@ def describe(run: Run) -> str:
     data = ", ".join(f"{k}={v}" for k, v in run.cfg.data.items() if k not in LOADER_FIELDS)  # the task's own fields
     m = run.cfg.model
     return f"task {run.task.name} ({data}) · {m.layers} layer(s) × {m.heads} head(s), dim {m.dim} · step {run.step}"
+
+
+class Sweep(list):
+    """One record per job of a sweep: {"run_dir", "status", the swept keys' values, the final metrics}. `.frame()`
+    is the same as a pandas DataFrame (where pandas is installed)."""
+
+    def frame(self):
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Sweep.frame() needs pandas (pip install pandas); the records are the list itself") from None
+        return pandas.DataFrame(list(self))
+
+    def runs(self, **where) -> list[Run]:
+        """load_run of each finished job whose swept keys have the given values (keys with '.' as '__':
+        sweep.runs(model__heads=2))."""
+        wanted = {k.replace("__", "."): v for k, v in where.items()}
+        return [load_run(r["run_dir"]) for r in self if r["status"] == "ok" and all(r.get(k) == v for k, v in wanted.items())]
+
+
+def load_sweep(sweep_dir: str | Path) -> Sweep:
+    """A sweep's jobs (outputs/multirun/<date>/<time>), as summary.csv tabulates them: one record each with the config
+    keys that differ between jobs, the final metrics (metrics.json) and the run directory."""
+    from attnlab import summary
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"SWEEP_DIR: {sweep_dir} is not a directory")
+    jobs = summary.read_jobs(sweep_dir)
+    if not jobs:
+        hint = " (it is one run: attnlab.load_run reads it)" if (sweep_dir / CONFIG_FILE).is_file() else ""
+        raise ConfigError(f"SWEEP_DIR: {sweep_dir} holds no jobs of a sweep (no <job>/{CONFIG_FILE}){hint}")
+    axes = summary.swept_keys(jobs)
+    return Sweep(
+        {"run_dir": job["run_dir"], "status": job["status"], **{k: job["params"].get(k) for k in axes}, **job["metrics"]}
+        for job in jobs
+    )

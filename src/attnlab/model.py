@@ -4,6 +4,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.attention import SelfAttention
+from attnlab.hooks import HookPoint
 from attnlab.positions import SCHEMES, sinusoidal_positions
 
 
@@ -18,12 +19,22 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim) if norm else nn.Identity()
         self.norm2 = nn.LayerNorm(dim) if norm and mlp else nn.Identity()
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)) if mlp else None
+        self.add_hook_points(mlp)
+
+    def add_hook_points(self, mlp: bool) -> None:
+        """Named activations for notebooks (attnlab.hooks), each [batch, pos, dim]; identities when unhooked."""
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid, self.hook_resid_post = (HookPoint() for _ in range(4))
+        self.hook_mlp_out = HookPoint() if mlp else None
 
     def forward(self, x: Tensor, need_weights: bool, keep: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = self.hook_resid_pre(x)
         attended, weights = self.attention(self.norm1(x), need_weights, keep)
+        attended = self.hook_attn_out(attended)
         x = x + attended
+        x = self.hook_resid_mid(x)
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
+            x = x + self.hook_mlp_out(self.mlp(self.norm2(x)))
+        x = self.hook_resid_post(x)
         return x, weights
 
 
@@ -58,10 +69,11 @@ class AttentionModel(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, causal, mlp, norm, positions, seq_len) for _ in range(layers))
         self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
         self.readout = nn.Linear(dim, vocab_size)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()  # [batch, pos, dim] and [pos, dim]
 
     def forward(self, tokens: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
         """tokens: [batch, pos] -> (logits [batch, pos, vocab], per layer weights [batch, head, query, key])."""
-        x = self.embedding(tokens) + self.positions[: tokens.shape[1]]  # [batch, pos, dim]
+        x = self.hook_embed(self.embedding(tokens)) + self.hook_pos_embed(self.positions[: tokens.shape[1]])  # [batch, pos, dim]
         keep = None if self.padding is None else tokens != self.padding  # [batch, pos]: False where padded
         attention = []
         for block in self.blocks:

@@ -57,6 +57,15 @@ def entropy(layer: int, head: int) -> str:  # scalar: mean attention entropy in 
     return f"entropy/layer{layer}/head{head}"
 
 
+# Each head's score as a previous-token, duplicate-token, induction, first-token and self head (attnlab.heads), at
+# every validation; final values in metrics.json and the sweep summary.
+HEAD_KINDS = ("previous", "duplicate", "induction", "first", "self")
+
+
+def head_kind(layer: int, head: int, kind: str) -> str:  # scalar in [0, 1]: share of attention on the kind's cells
+    return f"heads/layer{layer}/head{head}/{kind}"
+
+
 def target(layer: int) -> str:  # image: the probe example's target pattern, beside attention/layer{L}/head{H}
     return f"attention/layer{layer}/target"
 
@@ -75,11 +84,14 @@ FRAME_WEIGHTS = "attnlab/weights"  # float16 [layer, 4, dim, dim]: W_Q, W_K, W_V
 FRAME_EMBEDDING = "attnlab/embedding"  # float16 [vocab, dim]: token embedding
 FRAME_POSITIONS = "attnlab/positions"  # float16 [query, dim]: position embedding at the probe's positions
 FRAME_UNEMBEDDING = "attnlab/unembedding"  # float16 [vocab, dim]: the readout's weight (logits = x·Uᵀ + b)
+# float32 [layer, head, kind]: the probe's head-detector scores (the order of HEAD_KINDS), NaN for a kind the probe has
+# no row of; the tab names each head by its best kind. Runs from before it have none (the tab shows none).
+FRAME_KINDS = "attnlab/head_kinds"
 FRAME = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_WEIGHTS, FRAME_EMBEDDING, FRAME_POSITIONS,
-         FRAME_UNEMBEDDING)
+         FRAME_UNEMBEDDING, FRAME_KINDS)
 # With data.val_lengths, at every frame also a probe per length (the first example of that length's validation set):
 # the tags above that depend on the probe, each as attnlab/len{N}/...; the weights are the frame's own.
-FRAME_PER_PROBE = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_POSITIONS)
+FRAME_PER_PROBE = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_POSITIONS, FRAME_KINDS)
 
 
 def frame_at(tag: str, length: int | None) -> str:

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import config, hparams, resume, sweep, tags, viz
+from attnlab import checkpoints, config, hparams, resume, sweep, tags, viz
 from attnlab.alignment_callback import AlignmentScalars
 from attnlab.callbacks import AttentionImages
 from attnlab.data import TaskDataModule
@@ -148,6 +148,8 @@ def run_callbacks(cfg: DictConfig, task, data, run_dir: Path) -> list[L.Callback
         stopper,
         StopOnDivergence(cfg.logging.every_n_steps, cfg.trainer.val_every_n_steps, hint),
     ]
+    if (steps := checkpoints.callback(cfg, run_dir)) is not None:  # checkpoint=log|every: step=N.ckpt beside last
+        callbacks.append(steps)
     if cfg.logging.images_every_n_steps:
         scale = cfg.logging.weight_scale or viz.default_weight_scale(cfg.model.dim)
         # The training distribution's probe, and with data.val_lengths one per length (the Attention tab's selector).

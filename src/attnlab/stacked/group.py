@@ -29,6 +29,8 @@ def refusal(cfg: DictConfig) -> str | None:
         return "it goes on from a checkpoint (ckpt_path)"
     if cfg.get("init_from"):
         return "it starts from a run's weights (init_from)"
+    if (cfg.get("checkpoint") or {}).get("schedule", "last") != "last":
+        return "it keeps checkpoints over training (checkpoint=log|every), which a group writes only as last.ckpt"
     stacked = ("max_steps", "val_every_n_steps", "stop_at", "gradient_clip_val", "gradient_clip_algorithm")
     extra = [k for k, v in cfg.trainer.items() if k not in stacked and v not in (None, False, 0)]
     if extra:

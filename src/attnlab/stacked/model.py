@@ -113,6 +113,7 @@ class StackedBlock(Block):
         self.mlp = None
         if mlp:
             self.mlp = nn.Sequential(StackedLinear(members, dim, 4 * dim), nn.GELU(), StackedLinear(members, 4 * dim, dim))
+        self.add_hook_points(mlp)  # Block.forward passes through them (never hooked here: a notebook loads solo runs)
 
 
 class StackedModel(nn.Module):

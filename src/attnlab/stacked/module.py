@@ -225,6 +225,8 @@ class StackedLM(L.LightningModule):
         length = data.val_lengths[dataloader_idx - 1] if dataloader_idx else None
         inputs = (data.validation if length is None else data.validation_at[length])[0]
         targets_per_chunk = scorer.chunk_targets(inputs, len(self.model.blocks), length)
+        # the head detectors on the training distribution's set only, as a solo run scores them
+        kinds_per_chunk = scorer.chunk_kinds(inputs, self.model.blocks[0].attention.causal) if length is None else None
         tally = self.tally.setdefault(dataloader_idx, alignment.Tally())
         members = MembersAsHeads(self.model)
         for start in range(0, len(batch[0]), alignment.CHUNK):
@@ -236,8 +238,9 @@ class StackedLM(L.LightningModule):
             self.val_count[dataloader_idx] = self.val_count.get(dataloader_idx, 0) + len(chunk)
             # The chunk's targets, as alignment.chunk_targets cuts the validation inputs (VALIDATION_BATCH is a
             # multiple of CHUNK, so a batch's chunks are those).
-            chunk_targets = targets_per_chunk[(batch_idx * VALIDATION_BATCH + start) // alignment.CHUNK]
-            tally.add(attention, chunk_targets, alignment.real_positions(scorer.task, chunk))
+            c = (batch_idx * VALIDATION_BATCH + start) // alignment.CHUNK
+            kinds = None if kinds_per_chunk is None else kinds_per_chunk[c].to(chunk.device)
+            tally.add(attention, targets_per_chunk[c], alignment.real_positions(scorer.task, chunk), kinds)
 
     def validation_metrics(self) -> list[dict[str, float]]:
         """Every stacked member's validation metrics, as its solo run logs them: val/*, align/* and entropy/* (its
@@ -254,7 +257,8 @@ class StackedLM(L.LightningModule):
             report = self.tally[i].report()
             for k in range(len(self.members)):
                 metrics[k].update({tags.metric(stage, name): v for name, v in zip(tags.METRICS, means[k])})
-                metrics[k].update(alignment.Report(member(k, report.align), member(k, report.entropy)).scalars(length))
+                kinds = [dict(zip(per_kind, member(k, list(per_kind.values())))) for per_kind in report.kinds]
+                metrics[k].update(alignment.Report(member(k, report.align), member(k, report.entropy), kinds).scalars(length))
         return metrics
 
     def on_validation_end(self) -> None:

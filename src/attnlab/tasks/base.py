@@ -142,6 +142,22 @@ class Task:
         """How each token id is shown in TensorBoard and the terminal."""
         return [str(i) for i in range(self.vocab)]
 
+    def encode(self, text: str) -> Tensor:
+        """Tokens by name, separated by spaces or commas ("3 1 4") -> their ids [pos]; a ConfigError names a word
+        that is not a token of the task."""
+        names = self.token_names()
+        index = {name: i for i, name in enumerate(names)}
+        words = text.replace(",", " ").split()
+        if unknown := [word for word in words if word not in index]:
+            shown = " ".join(names) if len(names) <= 20 else " ".join(names[:10] + ["…"] + names[-3:])  # a long vocabulary shortened
+            raise ConfigError(f"{unknown[0]!r} is not a token of task {self.name} (tokens: {shown})")
+        return torch.tensor([index[word] for word in words])
+
+    def decode(self, tokens: Tensor) -> str:
+        """Token ids [pos] -> their names, separated by spaces."""
+        names = self.token_names()
+        return " ".join(names[t] for t in torch.as_tensor(tokens).reshape(-1).tolist())
+
 
 def pointers(width: int, queries: Tensor, keys: Tensor, valid: Tensor) -> Tensor:
     """A target pattern in which query queries[b, i] puts all its weight on key keys[b, i], for the i where

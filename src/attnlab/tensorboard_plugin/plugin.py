@@ -5,7 +5,8 @@ Routes, under /data/plugin/attnlab/ (the page's fetch("./runs") reaches them):
     runs                     every run with frames: its label (the overrides that tell it apart), steps, shape,
                              the last frame's alignment [layer][head], the data lengths it has a probe at
                              (data.val_lengths; [] without)
-    frames?run=R&step=S...   those frames' attention [layer][head][query][key], alignment and labels (one pair
+    frames?run=R&step=S...   those frames' attention [layer][head][query][key], alignment, each head's best kind
+                             [kind, score] (None in frames from before it), and labels (one pair
                              per run shown: a move of the step slider is one request); &length=N: of the probe
                              of data length N instead of the training distribution's
     circuits?run=R&step=S... each head's QK and OV circuits through the embeddings, computed here from the weights
@@ -41,6 +42,21 @@ OVERRIDES = Path(".hydra") / "overrides.yaml"  # Hydra writes a run's command-li
 # (run, tag) series kept decoded; one is read again once its run has newer frames. 16 runs of 100 frames of the
 # six tags a view reads stay below 100 series.
 CACHED_SERIES = 512
+
+
+def best_kinds(kinds: np.ndarray | None) -> list[list[list]] | None:
+    """[layer, head, kind] scores -> per layer, per head [the best kind, its score], or None where the probe scores
+    no kind; None for a frame from before the scores were logged."""
+    if kinds is None:
+        return None
+    out = []
+    for per_head in kinds:
+        row = []
+        for scores in per_head:
+            known = [(float(s), k) for s, k in zip(scores, tags.HEAD_KINDS) if not math.isnan(s)]
+            row.append(None if not known else [max(known)[1], round(max(known)[0], 3)])
+        out.append(row)
+    return out
 
 
 def rounded(values: np.ndarray, digits: int = 4):
@@ -196,15 +212,15 @@ class AttentionPlugin(base_plugin.TBPlugin):
             raise errors.InvalidArgumentError(f"length must be a data length (an integer), got {length!r}")
         return int(length) if length else None
 
-    def frames_at(self, request, wanted: list[str], length: int | None = None
+    def frames_at(self, request, wanted: list[str], length: int | None = None, optional: tuple[str, ...] = ()
                   ) -> list[tuple[str, int, dict[str, np.ndarray]]]:
         """(run, step, {tag: array}) for each run=R&step=S pair asked, in one read of the data provider (a step of
         the slider asks for every run shown at once). The tags of tags.FRAME_PER_PROBE among `wanted` are read at
-        `length` (tags.frame_at) and keyed by their own name."""
+        `length` (tags.frame_at) and keyed by their own name; `optional` tags are read too, where a frame has them."""
         runs, steps = request.args.getlist("run"), request.args.getlist("step")
         if not runs or len(runs) != len(steps) or not all(s.lstrip("-").isdigit() for s in steps):
             raise errors.InvalidArgumentError("give run=<name>&step=<integer> pairs")
-        read = {tag: tags.frame_at(tag, length) if tag in tags.FRAME_PER_PROBE else tag for tag in wanted}
+        read = {tag: tags.frame_at(tag, length) if tag in tags.FRAME_PER_PROBE else tag for tag in [*wanted, *optional]}
         found = self.series(request, sorted(set(runs)), sorted(set(read.values())))
         frames = []
         for run, step in zip(runs, map(int, steps)):
@@ -215,6 +231,8 @@ class AttentionPlugin(base_plugin.TBPlugin):
                 raise errors.NotFoundError(f"run {run!r} has no Attention frames (logging.images_every_n_steps=0?)")
             arrays = {}
             for tag, name in read.items():
+                if tag in optional and step not in data.get(name, {}):
+                    continue
                 if step not in data.get(name, {}):
                     raise errors.NotFoundError(f"run {run!r} has no {name} at step {step}")
                 arrays[tag] = data[name][step]
@@ -226,11 +244,12 @@ class AttentionPlugin(base_plugin.TBPlugin):
         answer = []
         length = self.length(request)
         wanted = [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE]
-        for run, step, frame in self.frames_at(request, wanted, length):
+        for run, step, frame in self.frames_at(request, wanted, length, optional=(tags.FRAME_KINDS,)):
             labels = json.loads(frame[tags.FRAME_PROBE].item())
             answer.append({"run": run, "step": step, "length": length,
                            "attention": rounded(frame[tags.FRAME_ATTENTION]),
-                           "alignment": rounded(frame[tags.FRAME_ALIGNMENT]), **labels})
+                           "alignment": rounded(frame[tags.FRAME_ALIGNMENT]), "kind": best_kinds(frame.get(tags.FRAME_KINDS)),
+                           **labels})
         return http_util.Respond(request, {"frames": answer}, "application/json")
 
     @wrappers.Request.application

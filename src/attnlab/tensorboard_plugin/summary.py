@@ -26,6 +26,7 @@ from tensorboard.compat.proto.types_pb2 import DT_FLOAT, DT_HALF
 from tensorboard.util.tensor_util import make_tensor_proto
 
 from attnlab import tags
+from attnlab import heads
 from attnlab.alignment import alignment
 
 # Plugin data content: the frame layout's version, for a reader to refuse frames it does not know.
@@ -85,11 +86,17 @@ def probe_tensors(attention: torch.Tensor, labels: dict, positions: torch.Tensor
             for query, key, weight in cells:
                 target[query, key] = weight
             align[layer] = alignment(attention[layer].float().unsqueeze(0), target.unsqueeze(0)).numpy()
+    tokens = torch.tensor([labels["tokens"]])  # [1, pos]
+    kinds = np.stack([  # [layer, head, kind]
+        np.stack([score.numpy() for score in heads.scores(a.float().unsqueeze(0), tokens, labels["causal"]).values()], -1)
+        for a in attention
+    ]).astype(np.float32)
     return {
         tags.FRAME_ATTENTION: tensor_proto(attention.numpy()),
         tags.FRAME_ALIGNMENT: tensor_proto(align),
         tags.FRAME_PROBE: make_tensor_proto(json.dumps(labels, separators=(",", ":"))),
         tags.FRAME_POSITIONS: tensor_proto(positions.numpy()),
+        tags.FRAME_KINDS: tensor_proto(kinds),
     }
 
 

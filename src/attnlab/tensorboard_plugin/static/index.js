@@ -266,7 +266,9 @@ function drawRun(r, frame, circuits, length) {
   const colour = (v) => colourOf(scale, v, 0, 1);
   frame.attention.forEach((heads, layer) => heads.forEach((values, head) => {
     const align = frame.alignment[layer][head];
-    const caption = `layer ${layer} · head ${head}` + (align === null ? '' : ` · alignment ${align.toFixed(2)}`);
+    const kind = frame.kind ? frame.kind[layer][head] : null;  // [its best kind, the score], on this example
+    const caption = `layer ${layer} · head ${head}` + (align === null ? '' : ` · alignment ${align.toFixed(2)}`)
+      + (kind === null ? '' : ` · ${kind[0]} ${kind[1].toFixed(2)}`);
     part.heads[layer][head].update(values, colour, part.targets[layer], caption);
   }));
   part.circuits.hidden = !circuits;
