@@ -12,7 +12,7 @@ def measure(sizes: Sizes, report: Report) -> None:
     base = ["logging=off", "device=cpu", "trainer.stop_at=null", f"trainer.max_steps={steps}",
             f"trainer.val_every_n_steps={steps}", "data.val_size=64"]  # fmt: skip
     fixed = config(base)
-    variable = config([*base, f"data.min_len={fixed.data.seq_len // 2}"])
+    variable = config([*base, f"++data.min_len={fixed.data.seq_len // 2}"])  # a key conf/data does not list
     say(f"lengths: {sizes.rounds} rounds of {steps} steps, fixed and variable length interleaved")
     framework_window(variable, skip)  # once untimed: what the sides' processes inherit is imported
     fixed_runs, variable_runs = rounds_of(
