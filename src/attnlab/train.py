@@ -52,7 +52,7 @@ def build(cfg: DictConfig):
     accumulate = extra.get("accumulate_grad_batches", 1)
     module = AttentionLM(
         model, **cfg.optim, attention_loss=config.attention_loss(cfg, task), task=task, **clipping,
-        accumulate_grad_batches=accumulate,
+        accumulate_grad_batches=accumulate, attention_form=cfg.get("loss", {}).get("attention_form", "rows"),
     )
     data = TaskDataModule(
         task, cfg.data.batch_size, cfg.data.val_size, cfg.seed, accumulate, extra.get("overfit_batches") or 0,
@@ -150,7 +150,7 @@ def run_callbacks(cfg: DictConfig, task, data, run_dir: Path) -> list[L.Callback
     if cfg.logging.images_every_n_steps:
         scale = cfg.logging.weight_scale or viz.default_weight_scale(cfg.model.dim)
         probe = data.probe()
-        targets = [task.target_attention(probe[0], layer) for layer in range(cfg.model.layers)]
+        targets = [task.layer_targets(probe[0], layer) for layer in range(cfg.model.layers)]
         callbacks.append(
             AttentionImages(
                 probe, task.token_names(), cfg.logging.images_every_n_steps, cfg.logging.histograms, scale, targets

@@ -229,7 +229,8 @@ function drawRun(r, frame, circuits) {
   frame.attention.forEach((heads, layer) => heads.forEach((values, head) => {
     const align = frame.alignment[layer][head];
     const caption = `layer ${layer} · head ${head}` + (align === null ? '' : ` · alignment ${align.toFixed(2)}`);
-    view.heads[layer][head].update(values, colour, view.targets[layer], caption);
+    const target = view.targets[layer];  // one set of cells for any head, or (per-head targets) one per head
+    view.heads[layer][head].update(values, colour, Array.isArray(target) ? (target[head] || null) : target, caption);
   }));
   view.circuits.hidden = !circuits;
   if (circuits) drawCircuits(view, circuits);
@@ -256,7 +257,9 @@ function buildRun(r, frame) {
     grid.append(map.element);
     return map;
   }));
-  const targets = frame.targets.map((cells) => (cells === null ? null : new Set(cells.map(([q, k]) => `${q},${k}`))));
+  const cellSet = (cells) => new Set(cells.map(([q, k]) => `${q},${k}`));
+  const targets = frame.targets.map((cells) => (cells === null ? null
+      : Array.isArray(cells) ? cellSet(cells) : cells.heads.map(cellSet)));
   const stepNote = el('span', 'step-note');
   const circuits = el('div', 'circuits');
   circuits.hidden = true;
