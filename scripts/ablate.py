@@ -22,25 +22,33 @@ tokens and another pattern for others shows it there: its accuracy holds where t
 uses the target for, and falls where it replaces the others.
 """
 
+from __future__ import annotations  # torch's Tensor in annotations, not imported at the top
+
 import argparse
 import contextlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
-from attnlab.attention import SelfAttention
 from attnlab.config import ConfigError
-from attnlab.data import TaskDataModule
-from attnlab.inspection import load_run
-from attnlab.module import scores
+from attnlab.resume import check_run_dir
+
+# torch and the model are imported in the functions that use them: main() refuses a path that is not a run
+# directory first, without their import (seconds).
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from attnlab.attention import SelfAttention
 
 
 @contextlib.contextmanager
 def replaced(attention: SelfAttention, patterns: dict[int, Tensor]):
     """Each head h of `patterns` attends as patterns[h] [batch, query, key] says on the rows where it has mass (the
     rows without keep the learned weights); the other heads and the output projection are left as they are."""
+    import torch
+
+    from attnlab.attention import SelfAttention
+
     masses = {head: pattern.sum(-1, keepdim=True) for head, pattern in patterns.items()}  # [batch, query, 1]
 
     def forward(x: Tensor, need_weights: bool = True):
@@ -61,6 +69,8 @@ def replaced(attention: SelfAttention, patterns: dict[int, Tensor]):
 
 def uniform_like(target: Tensor, causal: bool) -> Tensor:
     """Even weight over the keys each target row may see (all keys, or those up to the query when causal)."""
+    import torch
+
     n = target.shape[-1]
     allowed = torch.ones(n, n).tril() if causal else torch.ones(n, n)  # [query, key]
     return allowed.expand_as(target) * (target.sum(-1, keepdim=True) > 0)
@@ -71,6 +81,12 @@ def ablate(run_dir: Path, by_token: bool = False) -> tuple[int, dict[str, tuple[
     uniform" | "L{layer} all support": (val/seq_acc, val/acc)}) over the run's validation set; with by_token
     also, per query token t on the target's rows, "L{layer}H{head} token {name}": (alignment on those rows,
     val/seq_acc with the target there only, val/seq_acc with the even spread there only)."""
+    import torch
+
+    from attnlab.data import TaskDataModule
+    from attnlab.inspection import load_run
+    from attnlab.module import scores
+
     run = load_run(run_dir)
     data = TaskDataModule(run.task, run.cfg.data.batch_size, run.cfg.data.val_size, run.cfg.seed)
     data.setup("validate")
@@ -120,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--by-token", action="store_true",
                         help="also per query token: alignment, and the target / even spread on its rows only")
     args = parser.parse_args(argv)
+    try:
+        for run_dir in args.run_dirs:
+            check_run_dir(run_dir)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import torch
+
     torch.set_num_threads(1)
     try:
         for run_dir in args.run_dirs:

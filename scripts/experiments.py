@@ -1,4 +1,4 @@
-"""Run every recipe in conf/experiment/ over seeds 0-9 (one `scripts/train.py -m +experiment=NAME seed=range(10)`
+"""Run every recipe in conf/experiment/ over seeds 0-9 (one `scripts/train.py -m +experiment=NAME 'seed=range(10)'`
 sweep each) and write the table into README.md between the `experiments` marker comments.
 
     python scripts/experiments.py                    # all recipes, table into README.md
@@ -12,7 +12,9 @@ The seeds of a recipe run as one stacked model (hydra/launcher=stacked) where th
 nice 10 so that a shared machine stays usable. Sweeps go to outputs/experiments/<date>_<time>/<recipe>/, with the
 table as results.md and every job's figures as results.json beside them. With --out, a recipe whose directory there
 already holds all its seeds' metrics.json is read rather than trained again (delete the directory to retrain it);
-the others are run. --read-only trains nothing and tables what --out holds.
+the others are run. --read-only trains and writes nothing: it prints the table of what --out holds. README.md's table
+is replaced only by one in which every recipe has all its seeds' runs (a failed seed counts: it ran); else it is
+left as it is and the script exits 1.
 
 Per recipe: seeds solved (final val/seq_acc >= 0.99 in metrics.json: the model the run ends with, not a passing
 moment), seeds aligned (final align/best >= 0.9; 0.95 for the <task>_supervised recipes), the first validation
@@ -35,9 +37,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from attnlab import tags
 
@@ -109,6 +109,8 @@ def job(job_dir: Path) -> dict:
     record = json.loads((job_dir / "job.json").read_text()) if (job_dir / "job.json").is_file() else {}
     if not (job_dir / "metrics.json").is_file():
         return {"seed": None, "error": record.get("error") or "no metrics.json", "wall_s": record.get("wall_s")}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
     metrics = json.loads((job_dir / "metrics.json").read_text())
     val = EventAccumulator(str(job_dir), size_guidance={"scalars": 0}).Reload().Scalars(tags.metric("val", "seq_acc"))
@@ -192,11 +194,24 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines + [row(r) for r in results]) + f"\n\nWhole table: {total / 60:.1f} min."
 
 
-def machine(read_only: bool) -> str:
+def machine(results: list[dict], read_only: bool) -> str:
+    """The line above the table: where and how its figures were measured, and how the seeds ran (said per row,
+    in the wall-per-seed column, only where the rows differ)."""
+    import torch
+
     load = "tabled from the runs --out holds" if read_only else f"load average {os.getloadavg()[0]:.1f}"
+    stacked = {r["stacked"] for r in results if not r.get("not_run")}
+    how = ("as one `hydra/launcher=stacked` model" if stacked == {True} else f"as `{' '.join(JOBLIB)}` jobs"
+           if stacked <= {False} else f"as one `hydra/launcher=stacked` model where the wall per seed says "
+           f"(stacked), else as `{' '.join(JOBLIB)}` jobs")
     return (f"{datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores "
             f"({platform.processor() or platform.machine()}), torch {torch.__version__}, seeds 0-{SEEDS - 1} "
-            f"as one `hydra/launcher=stacked` model where a row says so, else as `{' '.join(JOBLIB)}` jobs, {load}")
+            f"{how}, {load}")
+
+
+def incomplete(results: list[dict]) -> list[str]:
+    """The recipes of the table without a run for each of their seeds (a failed run counts: it is there)."""
+    return [r["recipe"] for r in results if r.get("not_run") or len(r["jobs"]) < SEEDS]
 
 
 def main() -> None:
@@ -206,7 +221,7 @@ def main() -> None:
     parser.add_argument("--launcher", choices=("auto", "stacked", "joblib"), default="auto",
                         help="auto (default): stacked where it composes, else joblib")
     parser.add_argument("--read-only", action="store_true",
-                        help="train nothing: the table of what --out holds (recipes not finished there: 'not run')")
+                        help="train and write nothing: print the table of what --out holds (recipes not run there: 'not run')")
     parser.add_argument("--out", type=Path,
                         help="the directory to run in (default: a new one under outputs/experiments)")
     args = parser.parse_args()
@@ -218,10 +233,14 @@ def main() -> None:
                   f"(have: {', '.join(names)})", file=sys.stderr)
             sys.exit(2)
         names = [n for n in names if n in args.only.split(",")]
+    if args.read_only and (args.out is None or not args.out.is_dir()):
+        print("error: --read-only: needs --out DIR, the directory of an earlier run of this script (allowed: an "
+              f"existing directory such as outputs/experiments/<date>_<time>; got {args.out})", file=sys.stderr)
+        sys.exit(2)
     out = (args.out or ROOT / "outputs" / "experiments" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if not args.read_only:
+        out.mkdir(parents=True, exist_ok=True)
     how = {"auto": launcher, "stacked": lambda: ["hydra/launcher=stacked"], "joblib": lambda: JOBLIB}[args.launcher]()
-    where = machine(args.read_only)
     results = []
     for name in names:
         # The stacked launcher trains a supervised job alone (the attention loss needs the weights' explicit path),
@@ -237,19 +256,31 @@ def main() -> None:
             continue
         times = sweep(name, out, used)
         results.append(recipe(name, out / name, times, times.get("launcher", " ".join(used)) != " ".join(JOBLIB)))
+    where = machine(results, args.read_only)
     text = f"Measured {where}, by `python scripts/experiments.py`:\n\n{table(results)}\n"
     print("\n" + text)
+    if args.read_only:  # a table to read, nothing written
+        return
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps({"machine": where, "results": results}, indent=2) + "\n")
     if not args.no_docs and not args.only:
-        page = PAGE.read_text()
-        if START not in page or END not in page:
-            print(f"error: {PAGE} has no {START} ... {END} markers to write the table between", file=sys.stderr)
-            sys.exit(2)
-        head, rest = page.split(START, 1)
-        _, tail = rest.split(END, 1)
-        PAGE.write_text(f"{head}{START}\n{text}{END}{tail}")
-        print(f"table written into {PAGE}")
+        write_page(text, results)
+
+
+def write_page(text: str, results: list[dict]) -> None:
+    """The table into PAGE between its markers; never one with recipes whose runs are not all there."""
+    page = PAGE.read_text()
+    if START not in page or END not in page:
+        print(f"error: {PAGE} has no {START} ... {END} markers to write the table between", file=sys.stderr)
+        sys.exit(2)
+    if missing := incomplete(results):
+        print(f"{PAGE} left as it is: {', '.join(missing)} lack runs of some of seeds 0-{SEEDS - 1}",
+              file=sys.stderr)
+        sys.exit(1)
+    head, rest = page.split(START, 1)
+    _, tail = rest.split(END, 1)
+    PAGE.write_text(f"{head}{START}\n{text}{END}{tail}")
+    print(f"table written into {PAGE}")
 
 
 if __name__ == "__main__":

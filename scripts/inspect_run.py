@@ -6,9 +6,11 @@ in the terminal, and draw them as a PNG (with --weights also the weights and QK/
     python scripts/inspect_run.py outputs/2026-11-24/06-25-07 --weights
 
 --input takes the task's tokens by name, separated by spaces or commas. For copy, reverse and sort give x (data.seq_len
-tokens); the script builds the stream x_0 … x_{n-1} y_0 … y_{n-2} the model reads, with the true answer y, and the
-prediction is teacher-forced (each answer token predicted from the true tokens before it, as in training and in
-val/acc). Named inspect_run.py, not inspect.py: that would shadow Python's own inspect module.
+tokens; in a run with data.min_len or data.val_lengths any length n from the task's shortest to the longest of
+data.seq_len and data.val_lengths); the script builds the stream x_0 … x_{n-1} y_0 … y_{n-2} the model reads (with
+the separator after x in a variable-length run, as in training), with the true answer y, and the prediction is
+teacher-forced (each answer token predicted from the true tokens before it, as in training and in val/acc). Named
+inspect_run.py, not inspect.py: that would shadow Python's own inspect module.
 """
 
 import argparse
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 from attnlab.config import ConfigError
-from attnlab.inspection import describe, load_run, parse_example, run_example
+from attnlab.resume import check_run_dir
 
 
 def file_stem(text: str | None) -> str:
@@ -43,12 +45,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="colour heatmaps in the terminal (auto: when stdout is a terminal and NO_COLOR is unset)")
     args = parser.parse_args(argv)
 
+    # Bad input fails at once: the path before torch's import (seconds), the tokens before Lightning's (seconds more).
     try:
+        check_run_dir(args.run_dir)
+        from attnlab.inspection import describe, load_run, parse_example, run_config, run_example, run_task
+
+        batch = None
+        if args.input is not None:  # data.val_lengths: the longest input the model has positions for
+            val_lengths = list(run_config(args.run_dir).data.get("val_lengths") or [])
+            batch = parse_example(run_task(args.run_dir), args.input, val_lengths)
         run = load_run(args.run_dir)
-        batch = run.probe if args.input is None else parse_example(run.task, args.input)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if batch is None:
+        batch = run.probe
 
     # Imported after the checks: matplotlib is only needed once there is something to draw.
     from attnlab import figures, terminal

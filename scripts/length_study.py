@@ -21,6 +21,7 @@ again; --read-only trains nothing and writes nothing but the table it prints.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,8 +41,9 @@ START, END = "<!-- lengths:start -->", "<!-- lengths:end -->"
 SEEDS = 5
 
 
-def sweep(name: str, out: Path) -> float | None:
-    """Every scheme and seed of one recipe into out/name; its wall time (None where it was finished before)."""
+def sweep(name: str, out: Path) -> dict | None:
+    """Every scheme and seed of one recipe into out/name; its wall and CPU seconds (None where it was finished
+    before)."""
     jobs = len(SCHEMES) * SEEDS
     if len(list((out / name).rglob("metrics.json"))) == jobs:
         print(f"== {name}: finished in {out / name}, read as it is", flush=True)
@@ -50,13 +52,20 @@ def sweep(name: str, out: Path) -> float | None:
                f"model.positions={','.join(SCHEMES)}", f"seed=range({SEEDS})", "hydra/launcher=stacked",
                f"hydra.sweep.dir={out / name}", "logging.progress_bar=false"]  # fmt: skip
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
-    start = time.perf_counter()
+    start, used = time.perf_counter(), cpu_of_children()
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if finished.returncode != 0:
         print(finished.stderr[-3000:], file=sys.stderr)
-    wall = time.perf_counter() - start
-    (out / name / "wall.json").write_text(json.dumps({"wall_s": wall}) + "\n")
-    return wall
+    times = {"wall_s": time.perf_counter() - start, "cpu_s": cpu_of_children() - used}
+    (out / name / "wall.json").write_text(json.dumps(times) + "\n")
+    return times
+
+
+def cpu_of_children() -> float:
+    """User + system CPU seconds of the finished child processes: about the same on a busy machine as on an idle
+    one, unlike wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def runs(sweep_dir: Path) -> list[tuple[str, list[int], dict]]:
@@ -111,16 +120,16 @@ def main() -> None:
         print("error: --read-only needs --out, a study's directory to table", file=sys.stderr)
         sys.exit(2)
     out = (args.out or ROOT / "outputs" / "lengths" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
-    walls = {}
+    times = []
     for name in names:
         if not args.read_only:
             (out / name).mkdir(parents=True, exist_ok=True)
-            walls[name] = sweep(name, out)
+            sweep(name, out)
         if (out / name / "wall.json").is_file():
-            walls[name] = json.loads((out / name / "wall.json").read_text())["wall_s"]
-    total = sum(w for w in walls.values() if w)
+            times.append(json.loads((out / name / "wall.json").read_text()))
+    wall, cpu = (sum(t.get(k, 0) for t in times) / 60 for k in ("wall_s", "cpu_s"))
     text = (f"Measured {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores, seeds 0-{SEEDS - 1}, by "
-            f"`python scripts/length_study.py` (wall: {total / 60:.1f} min; load average "
+            f"`python scripts/length_study.py` ({wall:.1f} min wall, {cpu:.1f} min CPU; load average "
             f"{os.getloadavg()[0]:.1f} at the end):\n\n"
             + "\n\n".join(table(name, runs(out / name)) for name in names) + "\n")  # fmt: skip
     print("\n" + text)

@@ -5,8 +5,8 @@ and the attention PNG and terminal output of scripts/inspect_run.py, all from re
     python scripts/screenshots.py SWEEP_DIR [--induction RUN_DIR]   # runs you already have
 
 The sweep is reverse over model.heads=1,2 x model.positions=learned,none; the induction run is
-`+experiment=induction` (2 layers). Needs a Chromium and its driver (Debian: apt-get install -y chromium
-chromium-driver). Not part of the test suite: tests/test_tensorboard_server.py and tests/test_plugin.py check the
+`+experiment=induction` (2 layers). Needs selenium (the test extra: pip install -e '.[test]') and a Chromium with
+its driver (Debian: apt-get install -y chromium chromium-driver). Not part of the test suite: tests/test_tensorboard_server.py and tests/test_plugin.py check the
 same pages through TensorBoard's HTTP API and in a browser.
 """
 

@@ -4,6 +4,9 @@ figures or tensors), and does the event file grow linearly and modestly?
     python scripts/soak.py                       # 20,000 steps of the default config (CPU), about 15 min on 2 cores
     python scripts/soak.py --steps 2000 model.dim=64   # shorter, or any other train.py overrides
 
+Memory is expected to be flat after --warmup steps (default: the first tenth of the run), and the summary fits the
+samples taken after it, so the run must go on past it.
+
 Starts scripts/train.py as a subprocess, samples its resident set size (Linux /proc) and the size of its event
 files every few seconds, then reads the event files back to turn sample times into training steps. Prints a table
 and a summary (RSS growth after warm-up, event-file MB per 1,000 steps), and writes both to <run dir>/soak.json.
@@ -41,7 +44,7 @@ def step_at(times: list[tuple[float, int]], t: float) -> int:
 
 
 def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
-    """Least-squares slope, intercept and the largest distance of a point from the line."""
+    """Least-squares slope, intercept and the largest distance of a point from the line (xs: two values at least)."""
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
@@ -50,12 +53,17 @@ def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
-    parser.add_argument("--warmup", type=int, default=2_000, help="steps before memory is expected to be flat")
-    parser.add_argument("--run-dir", type=Path, default=ROOT / "outputs" / "soak" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20_000, help="training steps (default: 20000)")
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between samples (default: 5)")
+    parser.add_argument("--warmup", type=int, help="steps before memory is expected to be flat (default: steps / 10)")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "outputs" / "soak" / time.strftime("%Y-%m-%d_%H-%M-%S"),
+                        help="the run's directory (default: outputs/soak/<date>_<time>)")
     args, overrides = parser.parse_known_args()
+    if args.warmup is None:
+        args.warmup = args.steps // 10
+    if not 0 <= args.warmup < args.steps:
+        parser.exit(2, f"error: --warmup must be at least 0 and below --steps ({args.steps}), got {args.warmup}\n")
 
     command = [
         sys.executable, str(ROOT / "scripts" / "train.py"), "device=cpu", f"trainer.max_steps={args.steps}",
@@ -81,6 +89,9 @@ def main() -> None:
         print(f"{step:7d} {rss:8.1f} {mb:10.2f}")
 
     after = [(step, rss, mb) for step, rss, mb in rows if step >= args.warmup]
+    if len({step for step, _, _ in after}) < 2:  # no line to fit: the run ended too soon after the warm-up
+        sys.exit(f"error: {len(after)} sample(s) after the {args.warmup}-step warm-up, at fewer than two steps: "
+                 "nothing to fit (more --steps, a lower --warmup or a shorter --every)")
     rss_after = [rss for _, rss, _ in after]
     slope, _, off_line = line_fit([s for s, _, _ in after], [mb for _, _, mb in after])
     final_mb = events_mb(args.run_dir)

@@ -4,20 +4,26 @@ open it with every run drawn, to move the step slider, and to show the circuits.
 
     python scripts/tab_speed.py RUN_DIR [--runs 16]
 
-Needs Chromium and its driver (Debian: apt-get install -y chromium chromium-driver). Not part of the test suite.
+Needs selenium (installed by the test extra: pip install -e '.[test]') and Chromium with its driver (Debian:
+apt-get install -y chromium chromium-driver). Not part of the test suite.
 """
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:  # the plain install (pip install -e .) has no selenium
+    sys.exit("error: scripts/tab_speed.py drives Chromium through selenium, which is not installed: "
+             "pip install -e '.[test]'")
 
 from attnlab import tags
 from attnlab.tensorboard_server import TensorBoardServer

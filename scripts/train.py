@@ -31,6 +31,9 @@ def stop_before_training(error: ConfigError, run_dir: Path):
     sys.exit(2)
 
 
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     if sweep.in_sweep():  # -m: a failing job is recorded in its job.json, and the sweep goes on
@@ -68,10 +71,13 @@ def train(cfg: DictConfig) -> float:
             config.check(cfg)
             from attnlab.tasks import make_task
 
-            config.val_lengths(cfg.data, make_task(cfg.data))
+            task = make_task(cfg.data)
+            config.val_lengths(cfg.data, task)
+            config.check_memory(cfg, task)  # before the first allocation
             config.check_device(cfg.device)
-            if cfg.get("ckpt_path"):
-                resume.load_checkpoint(cfg.ckpt_path)
+            start_step = resume.load_checkpoint(cfg.ckpt_path)["global_step"] if cfg.get("ckpt_path") else 0
+            if cfg.get("init_from") and not cfg.get("ckpt_path"):  # (a resumed run goes on from its own checkpoint)
+                resume.load_checkpoint(resume.init_checkpoint(cfg.init_from), "init_from")
         except ConfigError as error:
             stop_before_training(error, run_dir)
         from attnlab.guards import Diverged, Interrupted
@@ -108,9 +114,12 @@ def train(cfg: DictConfig) -> float:
         print(f"\nProfile ({profile}), the top of it:\n" + "\n".join(profile.read_text().splitlines()[:14]))
     if not cfg.trainer.get("fast_dev_run"):  # a dry run learned nothing to report
         group = sweep.trained_wall(run_dir)  # a stacked member: its group's training time, not this moment's
-        print("\n" + console.learned(metrics, time.perf_counter() - start if group is None else group))
+        wall = time.perf_counter() - start if group is None else group
+        print("\n" + console.learned(metrics, wall, start_step, cfg.trainer.max_steps))
     # images=1000: TensorBoard keeps only 10 frames per image tag by default (and images=0 shows none in 2.21).
     print(f"\nRun saved in {run_dir}\nView it with:  tensorboard --logdir {run_dir} --samples_per_plugin images=1000")
+    if not sweep.in_sweep():  # resume=RUN_DIR of a sweep's job, to the end: its job.json says ok
+        sweep.resumed_alone(run_dir, time.perf_counter() - start)
     metric = cfg.get("optimized_metric", "val/seq_acc")  # runs made before the key existed can be resumed
     if metric not in metrics:
         print(f"error: optimized_metric must be one of {', '.join(metrics)}, got {metric!r} "
@@ -125,7 +134,11 @@ if __name__ == "__main__":
         sys.argv[1:] = config.checked_arguments(sys.argv[1:])  # Hydra's refusals as one line each
         if resume.finished(sys.argv[1:]):
             sys.exit(0)
-        sys.argv[1:] = resume.resume_arguments(sys.argv[1:])  # resume=RUN_DIR: that run's config and checkpoint
+        # resume=RUN_DIR: that run's config and checkpoint; -m resume=SWEEP_DIR: the sweep's jobs left to do
+        arguments = resume.resume_arguments(sys.argv[1:], CONF)
+        if arguments is None:  # a sweep with nothing left to do: said so
+            sys.exit(0)
+        sys.argv[1:] = arguments
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,4 @@
-"""The attention layer against the seed article, and its shapes and masking."""
+"""The attention layer against the article it follows (README: "注意力机制"), and its shapes and masking."""
 
 import math
 
@@ -11,7 +11,9 @@ from attnlab.model import AttentionModel
 
 
 def article(input_sequence, random_weights_key, random_weights_query, random_weights_value):
-    """The article's own code, step for step (../shared/seed/self-attention-article.md)."""
+    """The article's worked example, step for step, with its names: key, query and value are the input times a
+    random 3x3 matrix each, the scores query @ key.T / sqrt(3), their softmax the weights, the output weights @
+    value."""
     key = torch.matmul(input_sequence, random_weights_key)
     query = torch.matmul(input_sequence, random_weights_query)
     value = torch.matmul(input_sequence, random_weights_value)

@@ -192,3 +192,83 @@ def test_terminal_styles(tiny_run, monkeypatch):
     text.encode("ascii")  # raises if any character is not ASCII
     assert all(len(line) <= 80 for line in text.splitlines()[:-1])  # panels wrap to the width (not the legend)
     assert "layer 1 head 1" in text and "@" in text  # the first query attends only to itself: weight 1
+
+
+# A variable-length copy run (data lengths 2..6) validated up to 12: --input takes any length from copy's shortest (1)
+# to 12, in the training format (x, the separator, y).
+VARIABLE_RUN = ["device=cpu", "data=copy", "data.seq_len=6", "data.min_len=2", "data.val_lengths=[12]",
+                "data.batch_size=16", "data.val_size=16", "model.dim=16", "trainer.max_steps=4",
+                "trainer.val_every_n_steps=4", "trainer.stop_at=null", "logging=off"]
+
+
+@pytest.fixture(scope="module")
+def variable_run(tmp_path_factory) -> Path:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from attnlab.config import checked_arguments
+    from attnlab.train import run
+
+    run_dir = tmp_path_factory.mktemp("variable_run")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=checked_arguments(VARIABLE_RUN))  # as scripts/train.py
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    run(cfg, run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("x", ["3", "3 1 4", "3 1 4 1 5 9 2 6 5 3 5 8"], ids=["shortest", "shorter", "longest"])
+def test_variable_length_input(variable_run, tmp_path, capsys, x):
+    """Any length from the task's shortest to the model's longest (data.val_lengths past data.seq_len), built as
+    training builds it: x | y, scored on y, teacher-forced; the model's own attention on it."""
+    code, out, err = inspect(capsys, variable_run, "--input", x, "--color", "never", "--out", tmp_path)
+    assert code == 0, err
+    words, n = x.split(), len(x.split())
+    assert row(out, "input") == words + ["|"] + words[:-1]
+    assert row(out, "target") == ["·"] * n + words
+    run = load_run(variable_run)
+    tokens = torch.tensor([[int(w) for w in words] + [run.task.separator] + [int(w) for w in words[:-1]]])
+    logits, attention = run.model(tokens, need_weights=True)
+    assert row(out, "predicted") == ["·"] * n + [str(t) for t in logits[0, n:].argmax(-1).tolist()]
+    torch.testing.assert_close(run_example(run, run.task.example(tokens[:, :n])).attention[0], attention[0][0])
+    assert_png(tmp_path / f"attention-{x.replace(' ', '_')}.png", (300, 200))
+
+
+def test_variable_length_probe_has_no_pads(variable_run, capsys):
+    """The probe (the first validation example, padded to the longest in its set) is shown at its real length."""
+    code, out, err = inspect(capsys, variable_run, "--color", "never", "--out", variable_run / "pictures")
+    assert code == 0, err
+    run = load_run(variable_run)
+    assert "_" not in row(out, "input") and row(out, "input").count("|") == 1
+    assert run.probe[0].shape[1] == len(row(out, "input")) < run.task.length
+
+
+@pytest.mark.parametrize("x, message", [
+    ("3 1 4 1 5 9 2 6 5 3 5 8 9", "--input: task copy takes at most 12 tokens here (the model's longest input, for "
+                                  "the longest of data.seq_len and data.val_lengths), got 13"),
+    ("", "--input: no tokens given (tokens of task copy: 0 1 2 3 4 5 6 7 8 9 | _)"),
+    ("3 | 4", "--input: copy takes data tokens 0 to 9 as x (the separator and pads are the task's to place)"),
+])
+def test_variable_length_input_refused(variable_run, tmp_path, capsys, x, message):
+    """Longer than the model's longest length, or with the separator typed in: one line, exit 2, nothing written."""
+    before = sorted(variable_run.rglob("*"))
+    code, out, err = inspect(capsys, variable_run, "--input", x, "--out", tmp_path / "pictures")
+    assert code == 2 and err == f"error: {message}\n"
+    assert sorted(variable_run.rglob("*")) == before and not (tmp_path / "pictures").exists()
+
+
+def test_longest_input_is_the_models_positions():
+    """The bound is the model's positions, whatever a task's --input is: x for reverse (its stream 2n wide, with the
+    separator), the model's input as is for induction; a fixed-length run validated at other lengths takes them too."""
+    from attnlab.config import ConfigError
+    from attnlab.inspection import parse_example
+    from attnlab.tasks import TASKS
+
+    for task, most in [(TASKS["reverse"](8, 10, min_len=4), 16), (TASKS["induction"](8, 10, min_len=4), 31),
+                       (TASKS["reverse"](8, 10), 16)]:
+        longest = parse_example(task, " ".join(["1"] * most), [16])[0]  # [1, pos]
+        assert longest.shape[1] == task.positions(16)  # every position the model has, and no more
+        with pytest.raises(ConfigError, match=f"takes at most {most} tokens here .* got {most + 1}$"):
+            parse_example(task, " ".join(["1"] * (most + 1)), [16])
+    assert parse_example(TASKS["reverse"](8, 10), "3 1 4", [16])[0].tolist() == [[3, 1, 4, 4, 1]]  # fixed format

@@ -139,3 +139,19 @@ def test_validation_per_length_logged_and_in_metrics(tmp_path):
     scalars = events.Tags()["scalars"]
     assert {tags.metric(tags.length_stage(12), "acc"), tags.align_best(12), tags.metric("val", "seq_acc")} <= set(scalars)
     assert [e.step for e in events.Scalars(tags.align_best(12))][:2] == [19, 39]
+
+
+def test_a_run_that_goes_on_from_its_checkpoint_draws_the_same_lengths(tmp_path):
+    """ckpt_path (what resume= builds on) keeps the length stream: 10 steps, then 10 more from its checkpoint, end
+    with the weights of 20 steps in one go, lengths of their own and all."""
+    common = ["data=reverse", "data.min_len=2", "model.positions=alibi", "data.val_size=64", "logging=off",
+              "trainer.val_every_n_steps=10"]
+    whole = train_run(tmp_path / "whole", *common, "trainer.max_steps=20")
+    train_run(tmp_path / "first", *common, "trainer.max_steps=10")
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    went_on = train_run(tmp_path / "second", *common, "trainer.max_steps=20", f"++ckpt_path={ckpt}")
+    assert went_on == whole
+    ours, theirs = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+                    for d in ("second", "whole"))
+    for key, tensor in theirs.items():
+        assert torch.equal(ours[key], tensor), key

@@ -74,3 +74,38 @@ def test_inspect_page_shows_what_the_screenshot_script_printed():
     shown = (ROOT / "docs" / "inspect.md").read_text()
     printed = (ROOT / "docs" / "images" / "inspect_terminal.txt").read_text().strip("\n")
     assert printed in shown, "docs/inspect.md's terminal example is not docs/images/inspect_terminal.txt: copy it over"
+
+
+def layout() -> str:
+    """CONTRIBUTING's layout block: the indented lines under '## Layout'."""
+    section = (ROOT / "CONTRIBUTING.md").read_text().split("## Layout\n\n")[1].split("\n\n")[0]
+    return " ".join(section.split())
+
+
+def test_contributing_layout_names_every_script():
+    missing = [p.name for p in sorted((ROOT / "scripts").glob("*.py")) if p.name not in layout()]
+    assert not missing, f"CONTRIBUTING's layout does not name scripts/{missing}"
+
+
+def test_contributing_warns_that_ci_removes_the_environment():
+    """.ci/run starts from no .venv: whoever runs it as a check loses the one they work in, so the page says so."""
+    assert "rm -rf .venv" in (ROOT / ".ci" / "run").read_text()
+    line = next(line for line in (ROOT / "CONTRIBUTING.md").read_text().splitlines() if "bash .ci/run" in line)
+    assert "removes .venv" in line, line
+
+
+@pytest.mark.parametrize("script", ["tab_speed.py", "screenshots.py"])
+def test_scripts_that_drive_a_browser_say_they_need_selenium(script):
+    """The plain install (pip install -e .) has no selenium: the docstring says where it comes from."""
+    import ast
+
+    docstring = ast.get_docstring(ast.parse((ROOT / "scripts" / script).read_text()))
+    assert "selenium" in docstring and ".[test]" in docstring
+
+
+def test_sweeps_page_gives_the_joblib_launchers_own_default():
+    joblib = pytest.importorskip("hydra_plugins.hydra_joblib_launcher.config")
+    text = " ".join((ROOT / "docs" / "sweeps.md").read_text().split())
+    said = re.search(r"`hydra/launcher=joblib` runs `hydra.launcher.n_jobs` of them side by side \(default (-?\d+)", text)
+    assert said, "docs/sweeps.md no longer says joblib's default n_jobs where this test looks"
+    assert int(said[1]) == joblib.JobLibLauncherConf().n_jobs

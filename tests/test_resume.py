@@ -3,6 +3,7 @@ checkpoint and says how to resume; resuming goes on from the same step, in the s
 run, and ends with the metrics and weights of a run that was never stopped."""
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -96,6 +97,46 @@ def test_resumed_run_ends_as_if_never_stopped(runs):
     assert ours["state_dict"].keys() == theirs["state_dict"].keys()
     for key, tensor in theirs["state_dict"].items():
         assert torch.equal(ours["state_dict"][key], tensor), key
+
+
+def test_a_resumed_run_is_as_quiet_as_a_fresh_one_and_counts_the_steps_it_trained(runs):
+    step, resumed = runs["stopped"]["sigint"]["step"], runs["resumed"]
+    said = resumed.stdout + resumed.stderr
+    assert f"Trained {STEPS - step} steps (from step {step} to {STEPS}) in " in said
+    # The console of a fresh run (conf/hydra/job_logging/attnlab.yaml): Lightning's notices short, no timestamps,
+    # no advertisement, and no warning that the run's own checkpoint directory holds its checkpoint.
+    assert "INFO: GPU available" in said
+    assert not re.search(r"^\[\d{4}-\d\d-\d\d ", said, re.M), said
+    assert "litlogger" not in said and "Tip:" not in said
+    assert "exists and is not empty" not in said and "Warning" not in said, said
+
+
+def test_a_checkpoint_at_max_steps_trains_no_step_and_says_so(runs, script_runs, tmp_path):
+    """ckpt_path= a finished run's last checkpoint: the loop state says max_steps is reached, so nothing is trained;
+    the run says so, scores the weights, and Lightning's notice that the checkpoint's directory is another is not
+    shown (this run saves into its own)."""
+    whole = runs["dirs"]["whole"]
+    (done,) = script_runs.run(Path("scripts/train.py"), [[*RUN, f"ckpt_path={whole / 'checkpoints' / 'last.ckpt'}",
+                                                           f"hydra.run.dir={tmp_path / 'again'}"]], ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout + done.stderr
+    assert f"Trained 0 steps: the checkpoint is at step {STEPS}, where trainer.max_steps={STEPS} ends training" in said
+    assert f"Trained {STEPS} steps" not in said
+    assert "dirpath has changed" not in said and "exists and is not empty" not in said
+    ours = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert ours == json.loads((whole / "metrics.json").read_text())  # the same weights, scored again
+
+
+@pytest.mark.parametrize("start, step, said", [
+    (0, 100, "Trained 100 steps in 9.0 s: val/seq_acc 1.000"),
+    (455, 3000, "Trained 2545 steps (from step 455 to 3000) in 9.0 s: val/seq_acc 1.000"),
+    (3000, 3000, "Trained 0 steps: the checkpoint is at step 3000, where trainer.max_steps=3000 ends training"),
+    (200, 200, "Trained 0 steps: the checkpoint is at step 200. Its scores: val/seq_acc 1.000"),  # stop_at passed
+])
+def test_the_closing_line_counts_the_steps_this_process_trained(start, step, said):
+    from attnlab import console
+
+    assert console.learned({"val/seq_acc": 1.0, "step": step}, 9.0, start, 3000).startswith(said)
 
 
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:

@@ -108,6 +108,12 @@ def test_multirun_summary_failure_and_ddp(tmp_path, script_runs):
     assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "4 jobs, 2 failed" in result.stdout
     assert "model.heads must divide" in result.stdout  # the table names each failure
+    # The console of a sweep: the devices said by its first job only (each job's train.log keeps them), no progress
+    # line redrawn with \r into a pipe, and the TensorBoard command that shows every frame.
+    assert result.stdout.count("GPU available:") == 1
+    assert all("GPU available:" in (sweep / r["run_dir"] / "train.log").read_text() for r in table.values() if r["status"] == "ok")
+    assert "\r" not in result.stdout
+    assert f"tensorboard --logdir {sweep} --samples_per_plugin images=1000" in result.stdout
 
     # scripts/summarize_sweep.py makes the same summary again from the directory alone
     before = (sweep / "summary.csv").read_text()

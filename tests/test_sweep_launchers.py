@@ -203,6 +203,7 @@ def test_optuna_three_trials(tmp_path, script_runs):
             f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *TINY, f"hydra.sweep.dir={sweep}"]
     result = train_forked(script_runs, args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "setup plugin" not in result.stdout + result.stderr  # the study storage's alembic, at INFO
 
     table = rows(sweep / "summary.csv")
     assert len(table) == 4
@@ -225,3 +226,36 @@ def test_optuna_three_trials(tmp_path, script_runs):
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE" if r["status"] == "ok" else "FAIL" for r in table]
     assert sorted(t.value for t in trials if t.value is not None) == pytest.approx(sorted(losses.values()))
+
+
+def test_optuna_added_trials_are_seeded_by_the_trials_the_study_holds(tmp_path):
+    """The search space's sampler seed, as Hydra resolves it when it builds the sweeper: 0 for a new study (the
+    first trials as before), the number of trials a stored study already holds when the same command runs again,
+    so the trials it adds are not the ones it began with."""
+    optuna = pytest.importorskip("optuna")
+    from hydra import compose, initialize_config_dir
+
+    import attnlab.sweep  # noqa: F401  (registers the resolver, as scripts/train.py imports it)
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def seed(*overrides: str) -> int:
+        with initialize_config_dir(config_dir=str(Path(TRAIN).parents[1] / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=["+hparams_search=lr_dim_heads", *overrides], return_hydra_config=True)
+        return cfg.hydra.sweeper.sampler.seed
+
+    stored = [f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=added"]
+    assert seed() == 0 and seed(*stored) == 0
+    study = optuna.create_study(study_name="added", storage=storage)
+    for value in (0.1, 0.2, 0.3):
+        trial = study.ask()
+        study.tell(trial, value)
+    assert seed(*stored) == 3
+    assert seed(f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=another") == 0
+
+
+@pytest.mark.skipif(not (Path(TRAIN).parents[1] / ".git").exists(), reason="needs the git checkout")
+def test_a_study_stored_where_the_command_ran_is_not_left_for_git_to_track():
+    root = Path(TRAIN).parents[1]
+    for path in ("study.db", "outputs/study.db"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path

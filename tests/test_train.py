@@ -1,6 +1,7 @@
 """One real run of scripts/train.py: it solves reverse, and its run directory and TensorBoard events hold what the
 README promises, and its console what it should: each notice once, one progress line, what was learned."""
 
+import fnmatch
 import io
 import json
 import re
@@ -65,6 +66,21 @@ def test_run_directory(run_dir):
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] > 0
     assert "model.blocks.0.attention.W_Q" in checkpoint["state_dict"]
+
+
+def test_readme_lists_what_a_run_directory_holds(run_dir):
+    """README's listing of a run's directory: every file of a single run is in it, and every entry of it that is not
+    for sweeps or several processes only is in the run."""
+    readme = (ROOT / "README.md").read_text()
+    listing = readme.split("A run's directory:\n\n")[1].split("\n\n")[0].splitlines()[1:]  # after outputs/...
+    entries = {m[1]: line for line in listing if (m := re.match(r"      (\S+)  ", line))}  # not continuations
+    patterns = [name.rstrip("/").replace("{r}", "*") for name in entries]
+    made = [p.relative_to(run_dir).as_posix() for p in run_dir.iterdir()]
+    unlisted = [name for name in made if not any(fnmatch.fnmatch(name, pattern.split("/")[0]) for pattern in patterns)]
+    assert not unlisted, f"README's run directory does not list {unlisted}"
+    for name, line in entries.items():
+        if "in a sweep" not in line and "several processes" not in line:
+            assert list(run_dir.glob(name.rstrip("/"))), f"README lists {name}, which a run does not write"
 
 
 def test_scalars(events):
@@ -151,8 +167,11 @@ def test_console_prints_each_notice_once_and_one_progress_line(run, events):
     step = metrics["step"]
     reason = "max_steps reached" if step == 1500 else "stop_at 0.999 reached"  # trainer.stop_at: the default
     assert ("`Trainer.fit` stopped: `max_steps=1500` reached." in log) == (step == 1500)
-    progress = [line.rstrip() for line in re.split(r"[\r\n]", result.stdout) if line.startswith("step ")]
-    assert len(progress) >= step // 20  # redrawn every 20 steps, after each validation, and at the end
+    # stdout is a pipe here, not a terminal: no redraw in place, but a line of its own after each validation (every
+    # 50 steps) and at the end, each with the bar as tqdm draws it.
+    assert "\r" not in result.stdout
+    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(progress) == step // 50 + 1, progress
     # The last: the step training ended at, the train loss last logged, the last validation's seq_acc, and why.
     loss = events.Scalars(tags.metric("train", "loss"))[-1].value
     shown = rf"step {step}/1500 .{{20}} loss {loss:.4g} · val/seq_acc {metrics['val/seq_acc']:.3f} · {reason} "

@@ -1,4 +1,4 @@
-"""Self-attention, step by step as in the seed article.
+"""Self-attention, step by step as in the article this project grew from (README: "注意力机制").
 
 1. Embedding    - done by the model: every token is already a vector of size `dim` when it reaches this layer.
 2. Query/key/value - three learned projections: what a token looks for, what it offers, what it passes on.

@@ -112,7 +112,12 @@ class AttentionImages(L.Callback):
     W_Q/W_K/W_V/W_O images (and histograms). Weight images share one colour scale for the whole run so that
     frames compare across steps. With `targets` (the probe's target pattern per layer, [1, query, key] or None)
     the target is logged once beside the attention maps; layer 0's positional QK circuit is logged per head. Each
-    frame also goes to the Attention tab as tensors (attnlab.tensorboard_plugin.summary), on the same thread."""
+    frame also goes to the Attention tab as tensors (attnlab.tensorboard_plugin.summary), on the same thread.
+
+    `at_lengths` (data.val_lengths): per data length, its probe and that probe's targets. Each goes to the Attention
+    tab only, at every frame (one more forward pass of one example and a few KB each): no images per length, whose
+    drawing and encoding is most of what logging costs (python scripts/bench.py --sections logging), for pictures
+    the tab already shows."""
 
     def __init__(
         self,
@@ -122,8 +127,10 @@ class AttentionImages(L.Callback):
         histograms: bool,
         weight_scale: float,
         targets: list[torch.Tensor | None] = (),
+        at_lengths: dict[int, tuple[Batch, list[torch.Tensor | None]]] | None = None,
     ):
         self.probe, self.token_names, self.targets = probe, token_names, targets
+        self.at_lengths = at_lengths or {}
         self.every_n_steps, self.histograms, self.weight_scale = every_n_steps, histograms, weight_scale
         self.last_logged = -1
         self.writer: BackgroundWriter | None = None  # made at the first frame, in the process that trains
@@ -171,6 +178,8 @@ class AttentionImages(L.Callback):
         was_training = module.training
         module.eval()
         _, attention = module(self.probe[0].to(module.device), need_weights=True)
+        attention_at = {n: module(probe[0].to(module.device), need_weights=True)[1]
+                        for n, (probe, _) in self.at_lengths.items()}  # per length, per layer [1, head, query, key]
         module.train(was_training)
         for layer, weights in enumerate(attention):  # [batch, head, query, key]
             for head, pattern in enumerate(weights[0]):
@@ -191,6 +200,14 @@ class AttentionImages(L.Callback):
             embedding=model.embedding.weight, positions=model.positions[: inputs.shape[1]],
             unembedding=model.readout.weight,
         )
+        for length, ((inputs, targets, mask), patterns) in self.at_lengths.items():
+            attention = attention_at[length]
+            attention_tab.add_length_frame(
+                writer, step, length, attention=torch.stack([weights[0] for weights in attention]),
+                token_names=self.token_names, inputs=inputs[0], targets=targets[0], mask=mask[0],
+                patterns=[None if t is None else t[0] for t in patterns] or [None] * len(attention),
+                causal=model.blocks[0].attention.causal, positions=model.positions[: inputs.shape[1]],
+            )
         weight_image = partial(viz.weight_image, scale=self.weight_scale)
         for layer, block in enumerate(module.model.blocks):
             for name in tags.WEIGHTS:

@@ -10,7 +10,7 @@ from numbers import Integral, Real
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -342,6 +342,25 @@ def val_lengths(data: DictConfig, task) -> list[int]:
         if isinstance(n, bool) or not isinstance(n, Integral) or not task.shortest <= n <= task.longest:
             raise ConfigError(f"data.val_lengths must be {allowed}, got {n!r} in {list(lengths)}")
     return [int(n) for n in lengths]
+
+
+def check_memory(cfg: DictConfig, task) -> None:
+    """The run fits in the memory this machine has left: the floor of what training and validation need
+    (attnlab.memory.estimate) against MemAvailable or the memory cgroup's room. Refused with the key that sizes the
+    largest part; nothing refused where the machine's memory cannot be read."""
+    from attnlab import memory
+
+    have = memory.available()
+    need = memory.estimate(cfg, task)
+    if have is not None and need.total > have[0]:
+        key = need.largest()
+        value = OmegaConf.select(cfg, key)
+        raise ConfigError(
+            f"{key}={value}: this run needs at least {memory.size(need.total)} of memory (training batch "
+            f"{memory.size(need.batch)}, validation {memory.size(need.validation)}, model and optimiser "
+            f"{memory.size(need.model)}), this machine has {memory.size(have[0])} available ({have[1]}); allowed: "
+            f"a smaller {key}"
+        )
 
 
 def check_device(device: DictConfig) -> None:

@@ -111,8 +111,13 @@ class TaskDataModule(L.LightningDataModule):
         generator = torch.Generator().set_state(torch.frombuffer(bytearray(state["generator"]), dtype=torch.uint8))
         self.__dict__.update(state, generator=generator)
 
-    def probe(self) -> Batch:
-        """The one fixed example whose attention is drawn: the first of the validation set."""
+    def probe(self, length: int | None = None) -> Batch:
+        """The one fixed example whose attention is drawn: the first of the validation set (of the set at data length
+        `length`, one of data.val_lengths). Cut to its real length: a variable-length example's right-hand pads
+        (Task.padding) are no tokens, and the model computes the same without them."""
         self.setup("fit")
-        inputs, targets, mask = self.validation
-        return inputs[:1], targets[:1], mask[:1]
+        inputs, targets, mask = self.validation if length is None else self.validation_at[length]
+        width = inputs.shape[1]
+        if self.task.padding is not None:  # padding is on the right: the real tokens are the first ones
+            width = int((inputs[0] != self.task.padding).sum())
+        return inputs[:1, :width], targets[:1, :width], mask[:1, :width]

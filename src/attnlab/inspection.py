@@ -20,10 +20,11 @@ from attnlab import alignment
 from attnlab.attention import SelfAttention
 from attnlab.config import ConfigError
 from attnlab.model import AttentionModel
-from attnlab.tasks import LOADER_FIELDS, Batch, Task
+from attnlab.resume import CHECKPOINT, CONFIG, check_run_dir
+from attnlab.tasks import LOADER_FIELDS, Batch, Task, make_task
 
-CONFIG_FILE = Path(".hydra") / "config.yaml"
-CHECKPOINT_FILE = Path("checkpoints") / "last.ckpt"
+CONFIG_FILE = CONFIG  # in a run directory, as attnlab.resume spells them
+CHECKPOINT_FILE = CHECKPOINT
 
 
 @dataclass
@@ -36,31 +37,45 @@ class Run:
     probe: Batch  # the example TensorBoard's attention images show (the first validation example)
 
 
+def run_config(run_dir: Path) -> DictConfig:
+    """A run directory's composed config, set to the CPU: inspection runs there wherever the run trained (a run from
+    a GPU machine opens on a laptop)."""
+    try:
+        cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+        cfg.device.accelerator = "cpu"
+    except (OmegaConfBaseException, yaml.YAMLError) as error:  # an edited or damaged config.yaml
+        raise damaged(run_dir, error) from None
+    return cfg
+
+
+def damaged(run_dir: Path, error: Exception) -> ConfigError:
+    first_line = str(error).strip().splitlines()[0]
+    return ConfigError(f"{run_dir / CONFIG_FILE}: not a config this version of attnlab can build: {first_line}")
+
+
+def run_task(run_dir: str | Path) -> Task:
+    """The task of a run directory, from its config alone (torch, no Lightning): what a user's tokens are checked
+    against before the model is built. Raises ConfigError as load_run does."""
+    run_dir = check_run_dir(run_dir)
+    try:
+        return make_task(run_config(run_dir).data)
+    except OmegaConfBaseException as error:
+        raise damaged(run_dir, error) from None
+
+
 def load_run(run_dir: str | Path) -> Run:
     """The model of a run directory (outputs/<date>/<time>/, or one job of a sweep) as it was at its last checkpoint.
     Raises ConfigError naming what is missing."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"RUN_DIR: {run_dir} is not a directory")
-    if not (run_dir / CONFIG_FILE).is_file():
-        hint = ""
-        if any(run_dir.glob(f"*/{CONFIG_FILE}")) or any(run_dir.glob(f"*/*/{CONFIG_FILE}")):
-            hint = " (it holds runs: pass one of them, e.g. a sweep's outputs/multirun/<date>/<time>/<overrides>)"
-        raise ConfigError(f"RUN_DIR: {run_dir} is not a run directory: it has no {CONFIG_FILE}{hint}")
-    if not (run_dir / CHECKPOINT_FILE).is_file():
-        raise ConfigError(f"RUN_DIR: {run_dir} has no {CHECKPOINT_FILE} (did its training finish?)")
+    run_dir = check_run_dir(run_dir)
+    cfg = run_config(run_dir)
 
     # Imported here, after the cheap checks above: attnlab.train imports Lightning (seconds).
     from attnlab.train import build
 
     try:
-        cfg = OmegaConf.load(run_dir / CONFIG_FILE)
-        # Inspection runs on the CPU wherever the run trained: a run from a GPU machine opens on a laptop.
-        cfg.device.accelerator = "cpu"
         task, module, data = build(cfg)
-    except (OmegaConfBaseException, yaml.YAMLError) as error:  # an edited or damaged config.yaml
-        first_line = str(error).strip().splitlines()[0]
-        raise ConfigError(f"{run_dir / CONFIG_FILE}: not a config this version of attnlab can build: {first_line}") from None
+    except OmegaConfBaseException as error:  # keys missing from an edited config.yaml
+        raise damaged(run_dir, error) from None
     try:
         checkpoint = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint["state_dict"])
@@ -71,16 +86,28 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(run_dir, cfg, task, module.model.eval(), int(checkpoint.get("global_step", -1)), data.probe())
 
 
-def parse_example(task: Task, text: str) -> Batch:
+def parse_example(task: Task, text: str, val_lengths: list[int] = ()) -> Batch:
     """A user's tokens, by name, separated by spaces or commas -> the task's example for them (Task.example).
-    For the x -> y tasks (copy, reverse, sort) the user gives x only; the task builds the stream [x, y]."""
+    For the x -> y tasks (copy, reverse, sort) the user gives x only; the task builds the stream [x, y] (with the
+    separator of a variable-length run). A run whose examples have lengths of their own (data.min_len) or that is
+    validated at other lengths (`val_lengths`, its data.val_lengths) takes any example from the task's shortest to
+    the longest the model has positions for (Task.example_positions); any other run exactly its one length."""
     names = task.token_names()
     index = {name: i for i, name in enumerate(names)}
     words = text.replace(",", " ").split()
     unknown = [word for word in words if word not in index]
     if unknown:
         raise ConfigError(f"--input: {unknown[0]!r} is not a token of task {task.name} (tokens: {_listing(names)})")
-    if len(words) != task.example_length:
+    if not words:
+        raise ConfigError(f"--input: no tokens given (tokens of task {task.name}: {_listing(names)})")
+    if task.has_length and (task.variable or val_lengths):
+        # Any example the model has positions for (the least length is Task.example's to check).
+        positions = task.positions(max([task.seq_len, *val_lengths]))
+        most = max(k for k in range(1, positions + 1) if task.example_positions(k) <= positions)
+        if len(words) > most:
+            raise ConfigError(f"--input: task {task.name} takes at most {most} tokens here (the model's longest input, "
+                              f"for the longest of data.seq_len and data.val_lengths), got {len(words)}")
+    elif len(words) != task.example_length:
         raise ConfigError(f"--input: task {task.name} takes {task.example_length} tokens, got {len(words)}")
     try:
         return task.example(torch.tensor([[index[word] for word in words]]))

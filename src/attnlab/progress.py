@@ -3,10 +3,15 @@
     step 1400/3000 █████████▎           loss 0.0123 · val/seq_acc 0.984 [00:14, 98.10 steps/s]
     step 1460/3000 █████████▋           loss 0.0021 · val/seq_acc 1.000 · stop_at 0.999 reached [00:15, 97.40 steps/s]
 
+On a terminal the line is redrawn in place. Anywhere else (a log file, a pipe) it is written as a line of its own
+after each validation and at the end, so that a log holds lines to read rather than one line of every redraw
+joined by carriage returns.
+
 Lightning's own bar counts batches of an "epoch" (a run is one epoch of trainer.max_steps batches: "Epoch 0: 7%
 200/3000" for a run stopped at step 200) and draws a bar of its own for every validation, which interleaved with it.
 """
 
+import io
 import signal
 import sys
 
@@ -28,15 +33,17 @@ class RunProgress(TQDMProgressBar):
 
     BAR_FORMAT = "step {n_fmt}/{total_fmt} {bar:20} {desc} [{elapsed}, {rate_fmt}]"  # desc: self.line
 
-    def __init__(self, refresh_rate: int = 20):
+    def __init__(self, refresh_rate: int = 20, terminal: bool | None = None):
         super().__init__(refresh_rate=refresh_rate)
         self.drawn = -1  # the step last drawn
+        self.terminal = sys.stdout.isatty() if terminal is None else terminal
 
     def init_train_tqdm(self) -> Tqdm:
         trainer = self.trainer  # on resume the count starts at the checkpoint's step, and so does the rate
         return Tqdm(
             total=trainer.max_steps, initial=trainer.global_step, unit=" steps", position=2 * self.process_position,
-            disable=self.is_disabled, leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0,
+            disable=self.is_disabled, leave=True, dynamic_ncols=True, smoothing=0,
+            file=sys.stdout if self.terminal else io.StringIO(),  # elsewhere draw() prints the line itself
             bar_format=self.BAR_FORMAT,
         )
 
@@ -49,7 +56,9 @@ class RunProgress(TQDMProgressBar):
     def draw(self, trainer: L.Trainer, ended: str | None = None, refresh: bool = True) -> None:
         bar = self.train_progress_bar
         bar.n = self.drawn = trainer.global_step
-        bar.set_description_str(self.line(trainer, ended), refresh=refresh)
+        bar.set_description_str(self.line(trainer, ended), refresh=refresh and self.terminal)
+        if not self.terminal:
+            print(bar, flush=True)  # tqdm's own text of the line, as a terminal would show it
 
     @staticmethod
     def why_it_ended(trainer: L.Trainer) -> str:
@@ -71,7 +80,7 @@ class RunProgress(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         # Counted in optimiser steps: with gradient accumulation several batches end on the same step.
-        if trainer.global_step != self.drawn and self._should_update(trainer.global_step, trainer.max_steps):
+        if self.terminal and trainer.global_step != self.drawn and self._should_update(trainer.global_step, trainer.max_steps):
             self.draw(trainer)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:

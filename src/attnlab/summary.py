@@ -16,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from attnlab import seeds
+from attnlab import seeds, tags
 from attnlab.config import ConfigError
 from attnlab.sweep import JOB_FILE, METRICS_FILE
 
@@ -97,8 +97,9 @@ def write_csv(jobs: list[dict], sweep_dir: Path, path: Path) -> None:
 
 
 def shown_metrics(jobs: list[dict], metric: str) -> list[str]:
-    """The metrics the terminal's tables show: the val ones and the main one."""
-    shown = [m for m in metric_names(jobs) if m.startswith("val/")]
+    """The metrics the terminal's tables show: the val ones, align/best where the task has a target, the main one."""
+    names = metric_names(jobs)
+    shown = [m for m in names if m.startswith("val/")] + [m for m in [tags.ALIGN_BEST] if m in names]
     return shown + ([metric] if metric not in shown else [])
 
 
@@ -125,6 +126,9 @@ def _positions(ax, key: str, jobs: list[dict]) -> list[float]:
         x = [float(v) for v in values]
         if min(x) > 0 and max(x) / min(x) >= 10:
             ax.set_xscale("log")
+            # Limits of its own before anything is drawn: a log axis autoscaled to the first setting's seeds alone
+            # (one x value) is singular, and matplotlib warns.
+            ax.set_xlim(min(x) / 2, max(x) * 2)
         elif len(set(x)) <= 8:  # a grid's few values (dim 16, 32, 64): tick each
             ax.set_xticks(sorted(set(x)), [f"{v:g}" for v in sorted(set(x))])
         return x
@@ -226,7 +230,10 @@ def summarize(sweep_dir: Path, metric: str | None = None) -> list[dict]:
     else:  # an older summary's, from jobs since changed (summarize_sweep.py on a sweep dir with jobs added)
         (sweep_dir / SUMMARY_SEEDS).unlink(missing_ok=True)
     print(f"\n{table(jobs, metric)}{over_seeds}\n\n{len(jobs)} jobs, {counted}. Summary: "
-          f"{', '.join(map(str, written))}\nCompare them with:  tensorboard --logdir {sweep_dir}")
+          f"{', '.join(map(str, written))}\nCompare them with:  tensorboard --logdir {sweep_dir} "
+          "--samples_per_plugin images=1000")  # TensorBoard keeps 10 frames per image tag without it
+    if {"interrupted", "not started"} & set(outcomes):  # each job also printed how to resume it alone
+        print(f"Finish the sweep (every job left to do, in place):  python scripts/train.py -m resume={sweep_dir}")
     return jobs
 
 

@@ -20,13 +20,34 @@ from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from attnlab import signals
 from attnlab.config import integer
 
 JOB_FILE = "job.json"
 METRICS_FILE = "metrics.json"  # written by attnlab.train.run
+
+
+# ---- the sweep side ------------------------------------------------------------------------------------------------
+
+
+def trials_in_study(storage: str | None, study_name: str | None) -> int:
+    """How many trials the Optuna study `study_name` in `storage` holds already (0 where there is none yet): the
+    seed of its sampler in conf/hparams_search/ (the resolver attnlab.trials_in_study). A study run again to add
+    trials then draws new points, where a fixed seed drew the same ones again; and the same study history still
+    gives the same new points. Two sweeps adding to one study at the same moment would draw alike."""
+    if not storage or not study_name:  # a study of its own each time (in memory, or a generated name)
+        return 0
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet: this sweep creates it
+        return 0
+
+
+OmegaConf.register_new_resolver("attnlab.trials_in_study", trials_in_study, replace=True)
 
 
 # ---- the job side --------------------------------------------------------------------------------------------------
@@ -38,13 +59,17 @@ def in_sweep() -> bool:
 
 def write_job_record(run_dir: Path, status: str, wall_s: float, error: str | None = None, code: int | None = None):
     hydra = HydraConfig.get()
+    # The job's overrides as its .hydra/ has them: a job finished in place (-m resume=SWEEP_DIR) is launched with a
+    # ckpt_path= more, which is not what the job is.
+    own = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(own)) if own.is_file() else list(hydra.overrides.task)
     record = {
         "status": status,  # ok | failed | interrupted | not started
         "error": error,
         "exit_code": code,
         "wall_s": round(wall_s, 3),
         "job": hydra.job.num,
-        "overrides": list(hydra.overrides.task),
+        "overrides": overrides,
     }
     run_dir.mkdir(parents=True, exist_ok=True)  # a job stopped by bad input has had its directory removed
     (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -102,6 +127,17 @@ def isolated(train: Callable[[DictConfig], float], cfg: DictConfig, run_dir: Pat
         return None
     write_job_record(run_dir, "ok", time.perf_counter() - start)
     return value
+
+
+def resumed_alone(run_dir: Path, wall_s: float) -> None:
+    """A sweep's job that resume=RUN_DIR went on with to the end, on its own: its job.json says so (ok), so that
+    the sweep's summary and -m resume=SWEEP_DIR count it as finished."""
+    record_file = run_dir / JOB_FILE
+    if not record_file.is_file():
+        return
+    record = json.loads(record_file.read_text())
+    record.update(status="ok", error=None, exit_code=None, wall_s=round(record.get("wall_s", 0.0) + wall_s, 3))
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
 
 
 # Runs a stacked launcher (hydra_plugins/attnlab_stacked) has trained already, as members of a group: run_dir ->

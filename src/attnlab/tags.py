@@ -85,3 +85,19 @@ FRAME_POSITIONS = "attnlab/positions"  # float16 [query, dim]: position embeddin
 FRAME_UNEMBEDDING = "attnlab/unembedding"  # float16 [vocab, dim]: the readout's weight (logits = x·Uᵀ + b)
 FRAME = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_WEIGHTS, FRAME_EMBEDDING, FRAME_POSITIONS,
          FRAME_UNEMBEDDING)
+# With data.val_lengths, at every frame also a probe per length (the first example of that length's validation set):
+# the tags above that depend on the probe, each as attnlab/len{N}/...; the weights are the frame's own.
+FRAME_PER_PROBE = (FRAME_ATTENTION, FRAME_ALIGNMENT, FRAME_PROBE, FRAME_POSITIONS)
+
+
+def frame_at(tag: str, length: int | None) -> str:
+    """A tag of FRAME_PER_PROBE for the probe of data length `length` (attnlab/len{N}/attention, ...); the tag itself
+    for the training distribution's probe (None)."""
+    return tag if length is None else tag.replace(f"{PLUGIN}/", f"{PLUGIN}/len{length}/", 1)
+
+
+def frame_length(tag: str) -> int | None:
+    """The length of a frame_at tag (attnlab/len12/alignment -> 12); None for a tag of the training probe's frame."""
+    prefix, _, rest = tag.partition("/len")
+    length = rest.split("/", 1)[0]
+    return int(length) if prefix == PLUGIN and length.isdigit() and "/" in rest else None

@@ -38,6 +38,7 @@ def build(cfg: DictConfig):
     config.check_device(cfg.device)
     task = make_task(cfg.data)
     val_lengths = config.val_lengths(cfg.data, task)
+    config.check_memory(cfg, task)  # before the model's weights, the first allocation
     m = cfg.model
     causal = task.causal if m.causal is None else m.causal
     # Positions for the longest input the run sees: the training length, or a longer validation length.
@@ -149,11 +150,15 @@ def run_callbacks(cfg: DictConfig, task, data, run_dir: Path) -> list[L.Callback
     ]
     if cfg.logging.images_every_n_steps:
         scale = cfg.logging.weight_scale or viz.default_weight_scale(cfg.model.dim)
-        probe = data.probe()
-        targets = [task.layer_targets(probe[0], layer) for layer in range(cfg.model.layers)]
+        # The training distribution's probe, and with data.val_lengths one per length (the Attention tab's selector).
+        probes = {n: data.probe(n) for n in [None, *data.val_lengths]}
+        targets = {n: [task.layer_targets(probe[0], layer) for layer in range(cfg.model.layers)]
+                   for n, probe in probes.items()}
+        at_lengths = {n: (probes[n], targets[n]) for n in data.val_lengths}
         callbacks.append(
             AttentionImages(
-                probe, task.token_names(), cfg.logging.images_every_n_steps, cfg.logging.histograms, scale, targets
+                probes[None], task.token_names(), cfg.logging.images_every_n_steps, cfg.logging.histograms, scale,
+                targets[None], at_lengths,
             )
         )
     if cfg.device.get("strategy", "auto") != "auto":  # several processes: each writes what it trains with
@@ -180,7 +185,8 @@ def diverged(error: Diverged, run_dir: Path) -> Diverged:
 def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) -> dict[str, float]:
     """Train as cfg says, writing event files, checkpoints/last.ckpt and metrics.json into run_dir.
     Returns the final validation metrics. `extra_callbacks` are added to the trainer's (scripts/bench.py times
-    steps with one). With cfg.ckpt_path, training goes on from that checkpoint's step. Raises guards.Interrupted
+    steps with one). With cfg.ckpt_path, training goes on from that checkpoint's step; with cfg.init_from, it starts
+    at step 0 from that run's weights. Raises guards.Interrupted
     (on SIGINT/SIGTERM, after saving a checkpoint) and guards.Diverged (NaN/inf loss)."""
     if (trained := sweep.trained_outcome(run_dir)) is not None:  # a stacked launcher trained it, with its group
         return trained()
@@ -200,6 +206,8 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         resume.check_matches(checkpoint, module, ckpt_path)
         start_step = checkpoint["global_step"]
         del checkpoint
+    elif cfg.get("init_from"):  # another run's weights alone: step 0, a fresh optimiser, schedule and data stream
+        resume.load_weights(module, cfg.init_from)
 
     # purge_step: on resume TensorBoard hides what the stopped process logged after its checkpoint (Lightning logs
     # step s's scalars at s-1, so those are steps >= the checkpoint's), and the curves go on without a fold.
@@ -214,7 +222,12 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] = ()) 
         log_config(logger, cfg, start_step)
         try:
             # weights_only: the checkpoint is loaded as tensors and plain values, never as arbitrary pickled objects.
-            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path or None, weights_only=True)
+            with warnings.catch_warnings():
+                if ckpt_path:  # going on from a checkpoint: its directory is expected to hold one (in place), or
+                    # to be another run's, whose callback state (best/last paths) is of no use here
+                    warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
+                    warnings.filterwarnings("ignore", r"The dirpath has changed from")
+                trainer.fit(module, datamodule=data, ckpt_path=ckpt_path or None, weights_only=True)
         except Diverged as error:
             raise diverged(error, run_dir) from None
         except SystemExit:  # Lightning's answer to a second Ctrl+C: stopped at once, without saving

@@ -133,7 +133,7 @@ def measure(sizes: Sizes, report: Report) -> None:
 
     report.details.append(
         "### 7. Stacked sweeps\n\n"
-        "Whole commands, `python scripts/train.py -m seed=range(0,JOBS) trainer.stop_at=null "
+        "Whole commands, `python scripts/train.py -m 'seed=range(0,JOBS)' trainer.stop_at=null "
         "trainer.max_steps=STEPS [LAUNCHER]` with the default logging, launcher by launcher: the basic one, "
         f"`hydra/launcher=joblib hydra.launcher.n_jobs={SWEEP_WORKERS}`, `hydra/launcher=stacked` (all jobs one "
         f"group, at the jobs' one thread, and with `hydra.launcher.threads={CORES}`); {sizes.stacked_rounds} rounds "

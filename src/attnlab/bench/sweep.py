@@ -100,7 +100,7 @@ def measure(sizes: Sizes, report: Report) -> None:
         ]  # fmt: skip
     report.details.append(
         "### 5. Sweep throughput\n\n"
-        "`python scripts/train.py -m seed=range(0,JOBS) logging=off trainer.stop_at=null trainer.max_steps=STEPS`, "
+        "`python scripts/train.py -m 'seed=range(0,JOBS)' logging=off trainer.stop_at=null trainer.max_steps=STEPS`, "
         "whole command, with the basic launcher and with "
         f"`hydra/launcher=joblib hydra.launcher.n_jobs={SWEEP_WORKERS}`; "
         f"{sizes.sweep_rounds} rounds, the two commands of a round interleaved as in section 1 (each with its "

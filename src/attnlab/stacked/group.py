@@ -27,6 +27,8 @@ def refusal(cfg: DictConfig) -> str | None:
         return f"refused: {error}"
     if cfg.get("ckpt_path"):
         return "it goes on from a checkpoint (ckpt_path)"
+    if cfg.get("init_from"):
+        return "it starts from a run's weights (init_from)"
     stacked = ("max_steps", "val_every_n_steps", "stop_at", "gradient_clip_val", "gradient_clip_algorithm")
     extra = [k for k, v in cfg.trainer.items() if k not in stacked and v not in (None, False, 0)]
     if extra:

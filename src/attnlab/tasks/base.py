@@ -229,6 +229,9 @@ class SequenceMap(Task):
     def example(self, x: Tensor) -> Batch:
         """x [batch, k] -> the stream at length k (as `sample` makes it)."""
         k = self.check_length(x.shape[1], "the example's length")
+        if (x >= self.vocab_size).any():  # the separator or the pad, by name: a stream of two separators means nothing
+            raise ConfigError(f"{self.name} takes data tokens 0 to {self.vocab_size - 1} as x (the separator and pads "
+                              f"are the task's to place)")
         return self.stream(x, torch.full((x.shape[0], 1), k))
 
     def stream(self, x: Tensor, lengths: Tensor) -> Batch:

@@ -3,10 +3,13 @@ TensorBoard's data provider (the multiplexer is None under TensorBoard's default
 
 Routes, under /data/plugin/attnlab/ (the page's fetch("./runs") reaches them):
     runs                     every run with frames: its label (the overrides that tell it apart), steps, shape,
-                             the last frame's alignment [layer][head]
+                             the last frame's alignment [layer][head], the data lengths it has a probe at
+                             (data.val_lengths; [] without)
     frames?run=R&step=S...   those frames' attention [layer][head][query][key], alignment and labels (one pair
-                             per run shown: a move of the step slider is one request)
+                             per run shown: a move of the step slider is one request); &length=N: of the probe
+                             of data length N instead of the training distribution's
     circuits?run=R&step=S... each head's QK and OV circuits through the embeddings, computed here from the weights
+                             (&length=N: the positions of that probe)
     colormaps                the two colour scales as 256 CSS colours (matplotlib's, as the Images tab's)
     index.js, *.js, *.css    the page
 
@@ -160,9 +163,19 @@ class AttentionPlugin(base_plugin.TBPlugin):
             return []
         return [str(item) for item in items] if isinstance(items, list) else []
 
+    def lengths(self, request) -> dict[str, list[int]]:
+        """{run: the data lengths it has a probe at, ascending} from the tags TensorBoard lists (nothing decoded)."""
+        ctx, experiment = plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
+        listed = self.data.list_tensors(ctx, experiment_id=experiment, plugin_name=tags.PLUGIN,
+                                        run_tag_filter=provider.RunTagFilter(None, None))
+        return {run: sorted(n for tag in by_tag if (n := tags.frame_length(tag)) is not None
+                            and tag == tags.frame_at(tags.FRAME_ALIGNMENT, n))
+                for run, by_tag in listed.items()}
+
     @wrappers.Request.application
     def runs_route(self, request):
         found = self.series(request, None, [tags.FRAME_ALIGNMENT])
+        lengths = self.lengths(request)
         alignments = {run: data[tags.FRAME_ALIGNMENT] for run, data in found.items() if data.get(tags.FRAME_ALIGNMENT)}
         overrides = {run: self.overrides(run) for run in alignments}
         labels = run_labels(overrides)
@@ -171,44 +184,64 @@ class AttentionPlugin(base_plugin.TBPlugin):
             steps = sorted(alignments[run])
             last = alignments[run][steps[-1]]  # [layer, head]
             answer.append({"run": run, "label": labels[run], "overrides": overrides[run], "layers": last.shape[0],
-                           "heads": last.shape[1], "steps": steps, "alignment": rounded(last)})
+                           "heads": last.shape[1], "steps": steps, "alignment": rounded(last),
+                           "lengths": lengths.get(run, [])})
         return http_util.Respond(request, {"runs": answer}, "application/json")
 
-    def frames_at(self, request, wanted: list[str]) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+    @staticmethod
+    def length(request) -> int | None:
+        """The length=N asked (the probe of data length N), or None: the training distribution's probe."""
+        length = request.args.get("length", "")
+        if length and not length.isdigit():
+            raise errors.InvalidArgumentError(f"length must be a data length (an integer), got {length!r}")
+        return int(length) if length else None
+
+    def frames_at(self, request, wanted: list[str], length: int | None = None
+                  ) -> list[tuple[str, int, dict[str, np.ndarray]]]:
         """(run, step, {tag: array}) for each run=R&step=S pair asked, in one read of the data provider (a step of
-        the slider asks for every run shown at once)."""
+        the slider asks for every run shown at once). The tags of tags.FRAME_PER_PROBE among `wanted` are read at
+        `length` (tags.frame_at) and keyed by their own name."""
         runs, steps = request.args.getlist("run"), request.args.getlist("step")
         if not runs or len(runs) != len(steps) or not all(s.lstrip("-").isdigit() for s in steps):
             raise errors.InvalidArgumentError("give run=<name>&step=<integer> pairs")
-        found = self.series(request, sorted(set(runs)), wanted)
+        read = {tag: tags.frame_at(tag, length) if tag in tags.FRAME_PER_PROBE else tag for tag in wanted}
+        found = self.series(request, sorted(set(runs)), sorted(set(read.values())))
         frames = []
         for run, step in zip(runs, map(int, steps)):
             data = found.get(run, {})
+            if length is not None and read[wanted[0]] not in data:  # wanted[0]: a tag of the probe
+                raise errors.NotFoundError(f"run {run!r} has no Attention frames of length {length} (data.val_lengths)")
             if not data:
                 raise errors.NotFoundError(f"run {run!r} has no Attention frames (logging.images_every_n_steps=0?)")
             arrays = {}
-            for tag in wanted:
-                if step not in data.get(tag, {}):
-                    raise errors.NotFoundError(f"run {run!r} has no {tag} at step {step}")
-                arrays[tag] = data[tag][step]
+            for tag, name in read.items():
+                if step not in data.get(name, {}):
+                    raise errors.NotFoundError(f"run {run!r} has no {name} at step {step}")
+                arrays[tag] = data[name][step]
             frames.append((run, step, arrays))
         return frames
 
     @wrappers.Request.application
     def frames_route(self, request):
         answer = []
-        for run, step, frame in self.frames_at(request, [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE]):
+        length = self.length(request)
+        wanted = [tags.FRAME_ATTENTION, tags.FRAME_ALIGNMENT, tags.FRAME_PROBE]
+        for run, step, frame in self.frames_at(request, wanted, length):
             labels = json.loads(frame[tags.FRAME_PROBE].item())
-            answer.append({"run": run, "step": step, "attention": rounded(frame[tags.FRAME_ATTENTION]),
+            answer.append({"run": run, "step": step, "length": length,
+                           "attention": rounded(frame[tags.FRAME_ATTENTION]),
                            "alignment": rounded(frame[tags.FRAME_ALIGNMENT]), **labels})
         return http_util.Respond(request, {"frames": answer}, "application/json")
 
     @wrappers.Request.application
     def circuits_route(self, request):
-        wanted = [tags.FRAME_ALIGNMENT, tags.FRAME_PROBE, tags.FRAME_WEIGHTS, tags.FRAME_EMBEDDING,
-                  tags.FRAME_POSITIONS, tags.FRAME_UNEMBEDDING]
+        # The probe's labels, positions and alignment (for the heads' count) at the length asked; the weights the
+        # frame's own.
+        wanted = [tags.FRAME_ALIGNMENT, tags.FRAME_PROBE, tags.FRAME_POSITIONS, tags.FRAME_WEIGHTS,
+                  tags.FRAME_EMBEDDING, tags.FRAME_UNEMBEDDING]
+        length = self.length(request)
         answer = []
-        for run, step, frame in self.frames_at(request, wanted):
+        for run, step, frame in self.frames_at(request, wanted, length):
             labels = json.loads(frame[tags.FRAME_PROBE].item())
             heads = frame[tags.FRAME_ALIGNMENT].shape[1]
             per_head = circuits(frame[tags.FRAME_WEIGHTS], frame[tags.FRAME_EMBEDDING], frame[tags.FRAME_POSITIONS],

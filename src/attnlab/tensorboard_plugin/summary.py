@@ -8,6 +8,11 @@ embeddings, the readout). Matrices are float16: enough for a heatmap, half the b
 
 Every frame carries its labels too (a few hundred bytes): a frame read alone, or the one step TensorBoard kept of a
 tag after downsampling, is complete.
+
+With data.val_lengths a frame also holds a probe per length (the first example of that length's validation set):
+its attention, alignment, labels and positions under tags.frame_at(tag, length), in an event of its own at the same
+step. The weights are not repeated: the circuits at a length read the frame's own (TensorBoard downsamples every tag
+of a run's frames alike, as their steps are the same).
 """
 
 import json
@@ -80,9 +85,9 @@ def probe_labels(token_names: list[str], inputs: torch.Tensor, targets: torch.Te
     }
 
 
-def frame_summary(attention: torch.Tensor, labels: dict, weights: torch.Tensor, embedding: torch.Tensor,
-                  positions: torch.Tensor, unembedding: torch.Tensor) -> Summary:
-    """One frame as a Summary with a value per tag of tags.FRAME (shapes there)."""
+def probe_tensors(attention: torch.Tensor, labels: dict, positions: torch.Tensor) -> dict[str, TensorProto]:
+    """The tensors of tags.FRAME_PER_PROBE (what depends on the probe example), by tag. attention [layer, head,
+    query, key], positions [query, dim]; the alignment is computed here from the labels' target cells."""
     align = np.full(attention.shape[:2], np.nan, dtype=np.float32)  # [layer, head]
     for layer, cells in enumerate(labels["targets"]):
         if isinstance(cells, dict):  # per-head targets: each head against its own
@@ -92,17 +97,35 @@ def frame_summary(attention: torch.Tensor, labels: dict, weights: torch.Tensor, 
         elif cells is not None:
             target = cells_pattern(cells, attention.shape[2:])
             align[layer] = alignment(attention[layer].float().unsqueeze(0), target.unsqueeze(0)).numpy()
-    tensors = {
+    return {
         tags.FRAME_ATTENTION: tensor_proto(attention.numpy()),
         tags.FRAME_ALIGNMENT: tensor_proto(align),
         tags.FRAME_PROBE: make_tensor_proto(json.dumps(labels, separators=(",", ":"))),
+        tags.FRAME_POSITIONS: tensor_proto(positions.numpy()),
+    }
+
+
+def summary(tensors: dict[str, TensorProto]) -> Summary:
+    meta = metadata()
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor) for tag, tensor in tensors.items()])
+
+
+def frame_summary(attention: torch.Tensor, labels: dict, weights: torch.Tensor, embedding: torch.Tensor,
+                  positions: torch.Tensor, unembedding: torch.Tensor) -> Summary:
+    """One frame as a Summary with a value per tag of tags.FRAME (shapes there)."""
+    tensors = {
+        **probe_tensors(attention, labels, positions),
         tags.FRAME_WEIGHTS: tensor_proto(weights.numpy()),
         tags.FRAME_EMBEDDING: tensor_proto(embedding.numpy()),
-        tags.FRAME_POSITIONS: tensor_proto(positions.numpy()),
         tags.FRAME_UNEMBEDDING: tensor_proto(unembedding.numpy()),
     }
-    meta = metadata()
-    return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensors[tag]) for tag in tags.FRAME])
+    return summary({tag: tensors[tag] for tag in tags.FRAME})
+
+
+def length_summary(length: int, attention: torch.Tensor, labels: dict, positions: torch.Tensor) -> Summary:
+    """The probe of data length `length` at one frame: a value per tag of tags.FRAME_PER_PROBE, as
+    tags.frame_at(tag, length). The circuits at that length read the weights of the frame's own step."""
+    return summary({tags.frame_at(tag, length): t for tag, t in probe_tensors(attention, labels, positions).items()})
 
 
 def add_frame(writer, step: int, *, attention: torch.Tensor, token_names: list[str], inputs: torch.Tensor,
@@ -121,5 +144,20 @@ def add_frame(writer, step: int, *, attention: torch.Tensor, token_names: list[s
     def write() -> None:  # the probe and its targets are never changed: read on the thread, as they are
         labels = probe_labels(token_names, inputs, targets, mask, patterns, causal)
         file_writer.add_summary(frame_summary(copies[0], labels, *copies[1:]), step)
+
+    writer.add(write)
+
+
+def add_length_frame(writer, step: int, length: int, *, attention: torch.Tensor, token_names: list[str],
+                     inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                     patterns: list[torch.Tensor | None], causal: bool, positions: torch.Tensor) -> None:
+    """As add_frame, for the probe of data length `length` (data.val_lengths): its attention, labels and positions
+    only, a few hundred bytes plus the attention map's float16 values."""
+    copies = [half(t) for t in (attention, positions)]
+    file_writer = writer.writer.file_writer
+
+    def write() -> None:
+        labels = probe_labels(token_names, inputs, targets, mask, patterns, causal)
+        file_writer.add_summary(length_summary(length, copies[0], labels, copies[1]), step)
 
     writer.add(write)

@@ -188,6 +188,7 @@ class StackedLauncher(Launcher):
         if self.threads is not None:
             group = OmegaConf.create(OmegaConf.to_container(group))
             group.device.threads = self.threads
+        HydraConfig.instance().set_config(configs[0])  # the group's console speaks as its first job does
         configure_log(console_logging(configs[0].hydra.job_logging), self.config.hydra.verbose)
         console.one_handler_for_lightning()
         start = time.perf_counter()

@@ -2,8 +2,9 @@
 // render(); fetch('./runs') reaches /data/plugin/attnlab/runs. Everything the page needs comes from the plugin's
 // own routes (the iframe's content security policy blocks anything else).
 //
-// Page: run picker | one step slider for the runs shown | colour legend, then per run a grid of layers x heads,
-// each head's attention on the probe example with its tokens as labels, and on demand its QK/OV circuits.
+// Page: run picker | one step slider for the runs shown | the probe's length (data.val_lengths) | colour legend,
+// then per run a grid of layers x heads, each head's attention on the probe example with its tokens as labels, and
+// on demand its QK/OV circuits.
 
 import {colourOf, el, heatmap, legend} from './heatmap.js';
 
@@ -11,13 +12,14 @@ const MAX_SHOWN = 16;  // runs shown at first; the others can be ticked in the p
 const RELOAD_MS = 30_000;  // as TensorBoard's own auto-reload
 
 const state = {
-  runs: [],  // from ./runs: {run, label, overrides, layers, heads, steps, alignment}
+  runs: [],  // from ./runs: {run, label, overrides, layers, heads, steps, alignment, lengths}
   shown: new Set(),
   steps: [],  // union of the shown runs' logged steps, ascending: the slider's stops
+  length: null,  // the probe shown: null the training distribution's, N the one of data length N (data.val_lengths)
   circuits: false,
   scales: null,  // {attention: [256 CSS colours], signed: [...]}
-  views: new Map(),  // run -> its section and heatmaps, built once per run
-  cache: new Map(),  // "route run step" -> promise of the JSON answer
+  views: new Map(),  // run -> its section, and per probe length its heatmaps, built once each
+  cache: new Map(),  // "route length run step" -> promise of the JSON answer
   drawn: 0,  // the latest draw asked for; answers for older ones are dropped
 };
 
@@ -29,13 +31,15 @@ async function getJSON(path) {
 
 /**
  * The route's answers for [run, step] pairs, from the cache or in one request for all those missing (a move of
- * the step slider asks for every run shown at once). route: 'frames' or 'circuits'.
+ * the step slider asks for every run shown at once). route: 'frames' or 'circuits'; length: of the probe (null:
+ * the training distribution's).
  */
-function cached(route, pairs) {
-  const key = ([run, step]) => `${route} ${run} ${step}`;
+function cached(route, pairs, length) {
+  const key = ([run, step]) => `${route} ${length ?? ''} ${run} ${step}`;
   const missing = pairs.filter((pair) => !state.cache.has(key(pair)));
   if (missing.length) {
     const query = new URLSearchParams();
+    if (length !== null) query.append('length', length);
     for (const [run, step] of missing) {
       query.append('run', run);
       query.append('step', step);
@@ -93,7 +97,15 @@ function controls() {
     draw();
   });
   const circuitsLabel = el('label', 'circuits-choice', [circuits, el('span', '', 'QK / OV circuits')]);
-  const stepper = el('div', 'stepper', [el('label', '', 'Step'), slider, stepLabel, circuitsLabel]);
+  const lengths = el('select');
+  lengths.id = 'length';
+  lengths.addEventListener('change', () => {
+    state.length = lengths.value === '' ? null : Number(lengths.value);
+    draw();
+  });
+  const lengthChoice = el('label', 'length-choice', [el('span', '', 'Probe'), lengths]);
+  fillLengths(lengthChoice);
+  const stepper = el('div', 'stepper', [el('label', '', 'Step'), slider, stepLabel, lengthChoice, circuitsLabel]);
   const legends = el('div', 'legends', [
     legend(state.scales.attention, 'attention weight', ['0', '0.5', '1']),
     signed,
@@ -125,6 +137,24 @@ function fillPicker(picker) {
 }
 
 /**
+ * The probe selector's choices: the training distribution's probe, then every data length a run has a probe at
+ * (data.val_lengths), ascending. Hidden where no run has one; a choice no run has any more falls back to the first.
+ */
+function fillLengths(choice) {
+  const select = choice.querySelector('select');
+  const lengths = [...new Set(state.runs.flatMap((r) => r.lengths || []))].sort((a, b) => a - b);
+  const option = (value, text) => {
+    const o = el('option', '', text);
+    o.value = value;
+    return o;
+  };
+  select.replaceChildren(option('', 'training distribution'), ...lengths.map((n) => option(`${n}`, `length ${n}`)));
+  if (state.length !== null && !lengths.includes(state.length)) state.length = null;
+  select.value = state.length === null ? '' : `${state.length}`;
+  choice.hidden = !lengths.length;
+}
+
+/**
  * New frames of the runs still training, and new runs, every RELOAD_MS (TensorBoard's own reload does not reach
  * the tab's iframe). The slider stays on the last step if it was there.
  */
@@ -140,6 +170,7 @@ async function reload() {
   for (const r of runs) if (!known.has(r.run) && state.shown.size < MAX_SHOWN) state.shown.add(r.run);
   state.runs = runs;
   fillPicker(document.querySelector('.picker'));
+  fillLengths(document.querySelector('.length-choice'));
   for (const r of runs) {
     const view = state.views.get(r.run);
     if (view) view.label.textContent = r.label;  // a new run can change what tells the runs apart
@@ -185,16 +216,20 @@ async function draw() {
   const step = state.steps[Number(document.getElementById('step').value)];
   document.querySelector('.step-value').textContent = step === undefined ? '' : `${step}`;
   const main = document.querySelector('main.runs');
+  const length = state.length;
   const shown = state.runs.filter((r) => state.shown.has(r.run));
+  // Side by side at the same length: the runs that have a probe of it (all of them for the training distribution's).
+  const having = shown.filter((r) => length === null || (r.lengths || []).includes(length));
   // Each run's own frame at or before the shared step.
-  const pairs = shown.map((r) => [r.run, r.steps[nearestIndex(r.steps, step)]]);
+  const pairs = having.map((r) => [r.run, r.steps[nearestIndex(r.steps, step)]]);
   try {
     const [frames, circuits] = await Promise.all([
-      cached('frames', pairs),
-      state.circuits ? cached('circuits', pairs) : pairs.map(() => null),
+      cached('frames', pairs, length),
+      state.circuits ? cached('circuits', pairs, length) : pairs.map(() => null),
     ]);
     if (drawing !== state.drawn) return;  // the slider has moved on
-    shown.forEach((r, i) => drawRun(r, frames[i], circuits[i]));
+    having.forEach((r, i) => drawRun(r, frames[i], circuits[i], length));
+    shown.filter((r) => !having.includes(r)).forEach((r) => drawMissing(r, length));
   } catch (error) {
     showError(error);
     return;
@@ -213,7 +248,8 @@ async function draw() {
     }
     previous = view.section;
   }
-  document.body.dataset.step = `${step}`;  // for tests: the step whose frames are on the page
+  document.body.dataset.step = `${step}`;  // for tests: the step whose frames are on the page, and the probe's length
+  document.body.dataset.length = length === null ? 'training' : `${length}`;
 }
 
 function showError(error) {
@@ -221,26 +257,58 @@ function showError(error) {
   main.prepend(el('p', 'error', String(error.message || error)));
 }
 
-function drawRun(r, frame, circuits) {
-  const view = state.views.get(r.run) || buildRun(r, frame);
-  view.stepNote.textContent = `step ${frame.step}`;
+function drawRun(r, frame, circuits, length) {
+  const view = state.views.get(r.run) || buildRun(r);
+  const part = showPart(view, length) || buildPart(view, frame, length);
+  view.stepNote.textContent = `step ${frame.step}` + (length === null ? '' : ` · length ${length}`);
+  view.missing.hidden = true;
   const scale = state.scales.attention;
   const colour = (v) => colourOf(scale, v, 0, 1);
   frame.attention.forEach((heads, layer) => heads.forEach((values, head) => {
     const align = frame.alignment[layer][head];
     const caption = `layer ${layer} · head ${head}` + (align === null ? '' : ` · alignment ${align.toFixed(2)}`);
-    const target = view.targets[layer];  // one set of cells for any head, or (per-head targets) one per head
-    view.heads[layer][head].update(values, colour, Array.isArray(target) ? (target[head] || null) : target, caption);
+    const target = part.targets[layer];  // one set of cells for any head, or (per-head targets) one per head
+    part.heads[layer][head].update(values, colour, Array.isArray(target) ? (target[head] || null) : target, caption);
   }));
-  view.circuits.hidden = !circuits;
-  if (circuits) drawCircuits(view, circuits);
+  part.circuits.hidden = !circuits;
+  if (circuits) drawCircuits(part, circuits);
+}
+
+/** A run without a probe of the length chosen (its data.val_lengths lack it): a line saying so, no maps. */
+function drawMissing(r, length) {
+  const view = state.views.get(r.run) || buildRun(r);
+  showPart(view, length);
+  view.stepNote.textContent = '';
+  view.missing.textContent = `No probe of length ${length}: not among this run's data.val_lengths.`;
+  view.missing.hidden = false;
+}
+
+/** Shows the run's maps of the probe of `length`, hiding the others; that part, or undefined if not built yet. */
+function showPart(view, length) {
+  for (const [key, part] of view.parts) part.element.hidden = key !== length;
+  return view.parts.get(length);
 }
 
 function tokenName(frame, id) {
   return id === null ? '·' : frame.vocab[id];
 }
 
-function buildRun(r, frame) {
+function buildRun(r) {
+  const stepNote = el('span', 'step-note');
+  const label = el('span', 'run-label', r.label);
+  const heading = el('h2', '', [label, stepNote]);
+  heading.title = r.run;
+  const missing = el('p', 'missing');
+  missing.hidden = true;
+  const section = el('section', 'run', [heading, missing]);
+  section.dataset.run = r.run;
+  const view = {section, label, stepNote, missing, parts: new Map()};
+  state.views.set(r.run, view);
+  return view;
+}
+
+/** The heatmaps of one probe (its tokens and shape: one per length), built at its first frame. */
+function buildPart(view, frame, length) {
   const tokens = frame.tokens.map((id) => tokenName(frame, id));
   const predicts = frame.predict.map((id) => (id === null ? null : tokenName(frame, id)));
   const rowLabels = tokens.map((t, q) => ({text: t, note: predicts[q] === null ? null : `→ ${predicts[q]}`}));
@@ -248,7 +316,7 @@ function buildRun(r, frame) {
       (predicts[q] === null ? '' : ` (predicts “${predicts[q]}”)`) +
       ` · key ${k} “${tokens[k]}” · weight ${w === null ? 'masked' : w.toFixed(3)}`;
   const grid = el('div', 'grid');
-  grid.style.gridTemplateColumns = `repeat(${r.heads}, max-content)`;
+  grid.style.gridTemplateColumns = `repeat(${frame.attention[0].length}, max-content)`;
   const heads = frame.attention.map((layerHeads, layer) => layerHeads.map((_, head) => {
     const map = heatmap({caption: `layer ${layer} · head ${head}`, rowLabels, colLabels: tokens,
                          corner: 'query ╲ key', describe});
@@ -260,17 +328,14 @@ function buildRun(r, frame) {
   const cellSet = (cells) => new Set(cells.map(([q, k]) => `${q},${k}`));
   const targets = frame.targets.map((cells) => (cells === null ? null
       : Array.isArray(cells) ? cellSet(cells) : cells.heads.map(cellSet)));
-  const stepNote = el('span', 'step-note');
   const circuits = el('div', 'circuits');
   circuits.hidden = true;
-  const label = el('span', 'run-label', r.label);
-  const heading = el('h2', '', [label, stepNote]);
-  heading.title = r.run;
-  const section = el('section', 'run', [heading, grid, circuits]);
-  section.dataset.run = r.run;
-  const view = {section, label, stepNote, heads, targets, circuits, circuitMaps: null};
-  state.views.set(r.run, view);
-  return view;
+  const element = el('div', 'probe', [grid, circuits]);
+  element.dataset.length = length === null ? 'training' : `${length}`;
+  view.section.append(element);
+  const part = {element, heads, targets, circuits, circuitMaps: null};
+  view.parts.set(length, part);
+  return part;
 }
 
 const CIRCUITS = [
@@ -280,14 +345,14 @@ const CIRCUITS = [
   ['ov', 'OV', 'vocab', 'vocab', ['attended token', 'raised logit']],
 ];
 
-function drawCircuits(view, answer) {
+function drawCircuits(part, answer) {
   const positions = Array.from({length: answer.positions}, (_, i) => `${i}`);
   const axes = {vocab: answer.vocab, positions};
-  if (!view.circuitMaps) {
-    view.circuits.append(el('h3', '', 'Circuits through the embeddings (direct path; norms left out)'));
-    view.circuitMaps = answer.layers.map((heads, layer) => heads.map((_, head) => {
+  if (!part.circuitMaps) {
+    part.circuits.append(el('h3', '', 'Circuits through the embeddings (direct path; norms left out)'));
+    part.circuitMaps = answer.layers.map((heads, layer) => heads.map((_, head) => {
       const row = el('div', 'circuit-row', [el('span', 'circuit-head', `layer ${layer} · head ${head}`)]);
-      view.circuits.append(row);
+      part.circuits.append(row);
       return CIRCUITS.map(([name, caption, rows, cols, [rowName, colName]]) => {
         const map = heatmap({
           caption, rowLabels: axes[rows], colLabels: axes[cols], corner: `${rowName} ╲ ${colName}`,
@@ -304,7 +369,7 @@ function drawCircuits(view, answer) {
     CIRCUITS.forEach(([name, caption], i) => {
       const {values, scale} = maps[name];
       const colour = (v) => colourOf(state.scales.signed, v, -scale, scale);
-      view.circuitMaps[layer][head][i].update(values, colour, null, `${caption} · ±${scale.toPrecision(3)}`);
+      part.circuitMaps[layer][head][i].update(values, colour, null, `${caption} · ±${scale.toPrecision(3)}`);
     });
   }));
 }
