@@ -103,7 +103,8 @@ class Report:
         """The weakest step of the mechanism: per step (a layer's target, or each selector of a layer with per-head
         targets) its best head, then the worst such step (1-step tasks have one; induction and MQAR need both their
         layers, a RASP program every selector). None without any target."""
-        steps = [v.item() for a in self.align if a is not None for v in a.max(-1).values.reshape(-1)]
+        best = [a.max(-1).values.reshape(-1) for a in self.align if a is not None]
+        steps = [v.item() for per_step in best for v in per_step if not v.isnan()]  # NaN: a selector without rows
         return min(steps) if steps else None
 
     def scalars(self, length: int | None = None) -> dict[str, float]:
