@@ -83,13 +83,15 @@ def selectors(metrics: dict) -> list[tuple[int, int]]:
     return sorted((int(m[1]), int(m[2])) for m in found if m)
 
 
-def row(name: str, found: list[tuple[dict, dict]]) -> list[str]:
-    """One recipe's cells: recipe, size, seeds, acc, seq_acc, seeds >= 99%, alignment per selector, paper."""
+def row(name: str, sweep_dir: Path) -> list[str]:
+    """One recipe's cells: recipe, size, seeds, acc, seq_acc, seeds >= 99%, last step (median), alignment per
+    selector, wall, paper."""
     recipe = OmegaConf.to_container(OmegaConf.load(RECIPES / f"{name}.yaml"))
     model = recipe["model"]
+    found = runs(sweep_dir) if sweep_dir.is_dir() else []
     size = f"{model['layers']}×{model['heads']}" + (f", d={model['dim']}" if model["dim"] != 64 else "")
     if not found:
-        return [f"`{name}`", size, "0", "not measured", "", "", "", PAPER]
+        return [f"`{name}`", size, "0", "not measured", "", "", "", "", "", PAPER]
     metrics = [m for _, m in found]
     acc = [m[tags.metric("val", "acc")] for m in metrics]
     seq = [m[tags.metric("val", "seq_acc")] for m in metrics]
@@ -99,15 +101,24 @@ def row(name: str, found: list[tuple[dict, dict]]) -> list[str]:
         key = tags.align(layer, s) if supervised else tags.align_selector(layer, s)
         align.append(f"L{layer}S{s} {spread([m[key] for m in metrics if key in m], 2)}")
     solved = sum(a >= 0.99 for a in acc)
-    return [f"`{name}`", size, str(len(metrics)), spread(acc), spread(seq), f"{solved}/{len(metrics)}",
-            "; ".join(align) or "–", PAPER]
+    step = statistics.median(m["step"] for m in metrics)
+    wall = wall_min(sweep_dir)
+    return [f"`{name}`", size, str(len(metrics)), spread(acc), spread(seq), f"{solved}/{len(metrics)}", f"{step:g}",
+            "; ".join(align) or "–", "–" if wall is None else f"{wall:.1f}", PAPER]
+
+
+def wall_min(sweep_dir: Path) -> float | None:
+    """A recipe's wall time in minutes, all its seeds as one stacked model (None where it was not recorded)."""
+    record = sweep_dir / "wall.json"
+    return json.loads(record.read_text())["wall_s"] / 60 if record.is_file() else None
 
 
 def table(names: list[str], out: Path) -> str:
-    head = ["recipe", "layers×heads", "seeds", "acc", "seq_acc", "acc ≥ 0.99", "alignment per selector", "paper"]
+    head = ["recipe", "layers×heads", "seeds", "acc", "seq_acc", "acc ≥ 0.99", "last step", "alignment per selector",
+            "wall (min)", "paper"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
-        lines.append("| " + " | ".join(row(name, runs(out / name) if (out / name).is_dir() else [])) + " |")
+        lines.append("| " + " | ".join(row(name, out / name)) + " |")
     return "\n".join(lines)
 
 
@@ -149,9 +160,11 @@ def main() -> None:
     walls = [json.loads(w.read_text())["wall_s"] for w in out.glob("*/wall.json")]
     measured = [n for n in names if (out / n).is_dir() and runs(out / n)]
     text = (f"Measured {datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} CPU cores by `python scripts/rasp_suite.py"
-            f"{'' if args.seeds == 5 else f' --seeds {args.seeds}'}` ({len(measured)} of {len(names)} recipes; wall "
-            f"{sum(walls) / 60:.1f} min; load average {os.getloadavg()[0]:.1f} at the end). Rows reading \"not measured\" "
-            f"were not run: `python scripts/rasp_suite.py --out DIR` runs every recipe that DIR lacks.\n\n"
+            f"{'' if args.seeds == 5 else f' --seeds {args.seeds}'}` ({len(measured)} of {len(names)} recipes; their "
+            f"walls add up to {sum(walls) / 60:.1f} min; load average {os.getloadavg()[0]:.1f} at the end). acc and "
+            f"seq_acc: mean ± standard deviation over the seeds; alignment: per selector L{{layer}}S{{selector}} its "
+            f"best head's (supervised recipes: the supervised head's own). Rows reading \"not measured\" were not run: "
+            f"`python scripts/rasp_suite.py --out DIR` runs every recipe that DIR lacks.\n\n"
             + table(names, out) + "\n")  # fmt: skip
     print("\n" + text)
     if args.read_only:
