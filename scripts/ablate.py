@@ -51,8 +51,8 @@ def replaced(attention: SelfAttention, patterns: dict[int, Tensor]):
 
     masses = {head: pattern.sum(-1, keepdim=True) for head, pattern in patterns.items()}  # [batch, query, 1]
 
-    def forward(x: Tensor, need_weights: bool = True):
-        _, weights = SelfAttention.forward(attention, x, need_weights=True)  # [batch, head, query, key]
+    def forward(x: Tensor, need_weights: bool = True, keep: Tensor | None = None):  # SelfAttention.forward's
+        _, weights = SelfAttention.forward(attention, x, True, keep)  # [batch, head, query, key]
         weights = weights.clone()
         for head, pattern in patterns.items():
             mass = masses[head]

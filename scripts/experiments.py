@@ -7,14 +7,14 @@ sweep each) and write the table into README.md between the `experiments` marker 
     python scripts/experiments.py --out outputs/experiments/2026-12-01_07-00-00   # go on with a stopped run
     python scripts/experiments.py --out outputs/experiments/2026-12-01_07-00-00 --read-only   # its table so far
 
-The seeds of a recipe run as one stacked model (hydra/launcher=stacked) where that launcher is installed, else
-(or with --launcher joblib) as joblib jobs, two at a time (one per core of the machine the figures come from), at
-nice 10 so that a shared machine stays usable. Sweeps go to outputs/experiments/<date>_<time>/<recipe>/, with the
-table as results.md and every job's figures as results.json beside them. With --out, a recipe whose directory there
-already holds all its seeds' metrics.json is read rather than trained again (delete the directory to retrain it);
-the others are run. --read-only trains and writes nothing: it prints the table of what --out holds. README.md's table
-is replaced only by one in which every recipe has all its seeds' runs (a failed seed counts: it ran); else it is
-left as it is and the script exits 1.
+The seeds of a recipe run as stacked models (hydra/launcher=stacked, a group per core) where that launcher is
+installed, else (or with --launcher joblib) as joblib jobs, two at a time (one per core of the machine the figures
+come from), at nice 10 so that a shared machine stays usable. Sweeps go to
+outputs/experiments/<date>_<time>/<recipe>/, with the table as results.md and every job's figures as results.json
+beside them. With --out, a recipe whose directory there already holds all its seeds' metrics.json is read rather
+than trained again (delete the directory to retrain it); the others are run. --read-only trains and writes nothing:
+it prints the table of what --out holds. README.md's table is replaced only by one in which every recipe has all its
+seeds' runs (a failed seed counts: it ran); else it is left as it is and the script exits 1.
 
 Per recipe: seeds solved (final val/seq_acc >= 0.99 in metrics.json: the model the run ends with, not a passing
 moment), seeds aligned (final align/best >= 0.9; 0.95 for the <task>_supervised recipes), the first validation
@@ -201,9 +201,10 @@ def machine(results: list[dict], read_only: bool) -> str:
 
     load = "tabled from the runs --out holds" if read_only else f"load average {os.getloadavg()[0]:.1f}"
     stacked = {r["stacked"] for r in results if not r.get("not_run")}
-    how = ("as one `hydra/launcher=stacked` model" if stacked == {True} else f"as `{' '.join(JOBLIB)}` jobs"
-           if stacked <= {False} else f"as one `hydra/launcher=stacked` model where the wall per seed says "
-           f"(stacked), else as `{' '.join(JOBLIB)}` jobs")
+    how = ("as `hydra/launcher=stacked` models, a group per core" if stacked == {True}
+           else f"as `{' '.join(JOBLIB)}` jobs" if stacked <= {False}
+           else "as `hydra/launcher=stacked` models (a group per core) where the wall per seed says (stacked), "
+           f"else as `{' '.join(JOBLIB)}` jobs")
     return (f"{datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores "
             f"({platform.processor() or platform.machine()}), torch {torch.__version__}, seeds 0-{SEEDS - 1} "
             f"{how}, {load}")

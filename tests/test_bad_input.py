@@ -17,6 +17,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from omegaconf import OmegaConf
+
 from attnlab import config, resume
 from attnlab.config import ConfigError
 
@@ -60,6 +62,11 @@ CASES = [
     ("ckpt-not-a-run", ["ckpt_path={tmp}/weights.pt"], 2, ["ckpt_path: {tmp}/weights.pt is not a training checkpoint"]),
     ("resume-not-a-run", ["resume={tmp}"], 2, ["resume: {tmp} is not a run directory", "allowed:"]),
     ("resume-no-checkpoint", ["resume={tmp}/started"], 2, ["resume: {tmp}/started has no checkpoints/last.ckpt"]),
+    # -m resume=SWEEP_DIR: a sweep's directory, as it was started, by the basic sweeper
+    ("resume-a-sweep-without-m", ["resume={tmp}/sweep"], 2, ["resume: {tmp}/sweep is a sweep directory: finish it with", "-m resume={tmp}/sweep"]),
+    ("resume-m-not-a-sweep", ["-m", "resume={tmp}/started"], 2, ["resume: {tmp}/started is not a sweep directory", "allowed with -m:"]),
+    ("resume-a-sweep-changed", ["-m", "resume={tmp}/sweep", "seed=3"], 2, ["resume: seed=3: a sweep is finished with the config it started with", "hydra.launcher.n_jobs=4"]),
+    ("resume-an-optuna-sweep", ["-m", "resume={tmp}/optuna"], 2, ["resume: {tmp}/optuna was made by the sweeper hydra_plugins.hydra_optuna_sweeper", "run it again with the same storage"]),
     # Keys attnlab would ignore: refused, with the section's allowed keys and the closest one.
     ("key-unknown-model", ["+model.dropout=0.1"], 2, ["model.dropout is not a key of model: allowed dim, heads, layers"]),
     ("key-unknown-top", ["+foo=1"], 2, ["foo is not a key of the config: allowed seed, ckpt_path"]),
@@ -99,6 +106,7 @@ END_TO_END = {
     "heads-not-dividing",  # config.check, before torch's import (and the whole of stderr: a test below)
     "ckpt-truncated",  # the checkpoint, loaded (weights only) before anything is built
     "resume-not-a-run", "resume-no-checkpoint",  # resume=, before Hydra
+    "resume-a-sweep-without-m", "resume-m-not-a-sweep", "resume-a-sweep-changed", "resume-an-optuna-sweep",  # -m resume=
     "key-typo",  # a key without +: Hydra would refuse it with its own lines, config.checked_arguments hands it on
     "trainer-refused-by-lightning",  # after Lightning's import, in train.run (also run afresh: a test below)
     "task-group-unknown", "task-group-unknown-in-sweep",  # a group's option, before Hydra; and under -m
@@ -121,6 +129,10 @@ def prepare(tmp: Path) -> None:
     torch.save(model, tmp / "weights.pt")
     (tmp / "started" / ".hydra").mkdir(parents=True)
     (tmp / "started" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    for name, sweeper in ("sweep", resume.BASIC_SWEEPER), ("optuna", "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"):
+        (tmp / name).mkdir()
+        OmegaConf.save({"hydra": {"sweeper": {"_target_": sweeper}, "overrides": {"task": ["seed=0,1"], "hydra": []}}},
+                       tmp / name / resume.SWEEP_CONFIG)
 
 
 def arguments(tmp: Path, name: str, overrides: list[str]) -> list[str]:

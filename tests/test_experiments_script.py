@@ -81,7 +81,7 @@ def test_the_line_above_the_table_says_how_the_seeds_ran():
     script = load_script()
     joblib, stacked = {"recipe": "a", "stacked": False}, {"recipe": "b", "stacked": True}
     assert "seeds 0-9 as `hydra/launcher=joblib hydra.launcher.n_jobs=2` jobs," in script.machine([joblib], True)
-    assert "seeds 0-9 as one `hydra/launcher=stacked` model," in script.machine([stacked], True)
+    assert "seeds 0-9 as `hydra/launcher=stacked` models, a group per core," in script.machine([stacked], True)
     both = script.machine([joblib, stacked], True)
     assert "where the wall per seed says (stacked)" in both
     assert "(stacked)" in script.row({**stacked, "task": "copy", "model": "1/1/32", "supervised": False,

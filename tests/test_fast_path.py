@@ -74,9 +74,9 @@ def test_training_steps_take_the_fused_kernel_and_logging_the_explicit_path(tmp_
         calls[-1][2] = True
         return sdpa(*args, **kwargs)
 
-    def recording_forward(self, x, need_weights=True):
+    def recording_forward(self, x, need_weights=True, keep=None):
         calls.append([torch.is_grad_enabled(), need_weights, False])
-        return forward(self, x, need_weights)
+        return forward(self, x, need_weights, keep)
 
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counting_sdpa)
     monkeypatch.setattr(SelfAttention, "forward", recording_forward)

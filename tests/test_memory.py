@@ -38,6 +38,14 @@ def test_the_floor_grows_with_each_size_it_names():
         assert getattr(need, part) > 10 * getattr(base, part) and need.largest() == key, key
 
 
+def test_each_validation_length_counts():
+    base = memory.estimate(cfg := composed("device=cpu", "data=copy", "+data.min_len=2"), make_task(cfg.data))
+    longer = composed("device=cpu", "data=copy", "+data.min_len=2", "+data.val_lengths=[8,512]")
+    need = memory.estimate(longer, make_task(longer.data))
+    # 1000 examples of 512 tokens kept, and a chunk's [1000, 1, 513, 513] attention weights: 1 GB more at least
+    assert need.validation - base.validation > 2**30 and need.batch == base.batch
+
+
 def test_refused_where_the_machine_has_less(monkeypatch):
     cfg = composed("device=cpu")
     need = memory.estimate(cfg, make_task(cfg.data))

@@ -109,3 +109,28 @@ def test_sweeps_page_gives_the_joblib_launchers_own_default():
     said = re.search(r"`hydra/launcher=joblib` runs `hydra.launcher.n_jobs` of them side by side \(default (-?\d+)", text)
     assert said, "docs/sweeps.md no longer says joblib's default n_jobs where this test looks"
     assert int(said[1]) == joblib.JobLibLauncherConf().n_jobs
+
+
+def test_no_page_points_outside_the_repository():
+    """The article the attention layer follows is described in README, not pointed at in a folder beside the clone,
+    which a reader of the repository does not have."""
+    code = [path for folder in ("src", "scripts", "tests") for path in sorted((ROOT / folder).rglob("*.py"))]
+    outside = [f"{path.relative_to(ROOT)}: {line.strip()}" for path in [*PAGES, *code] if path != Path(__file__)
+               for line in path.read_text().splitlines() if "../shared" in line]
+    assert not outside, outside
+
+
+def test_readme_describes_the_article_and_its_example_as_the_test_runs_it():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert '"注意力机制"' in readme  # the article's title
+    test = (ROOT / "tests" / "test_attention.py").read_text()
+    example = re.search(r"`(\[\[0\.1, .*?\]\])`", readme)[1]
+    assert f"torch.tensor({example})" in test
+
+
+def test_cpu_only_install_pins_the_version_the_commands_pin():
+    """README's CPU-only line installs the torch version commands 1 and 2 (and CI) pin, so that their pin is already
+    met by the CPU build and they run unchanged after it."""
+    pinned = re.search(r"pip install -q (torch==[\d.]+) ", ci_test_command())[1]
+    cpu = next(line.strip() for line in (ROOT / "README.md").read_text().splitlines() if "download.pytorch.org/whl/cpu" in line)
+    assert cpu == f"python3 -m venv .venv && .venv/bin/pip install {pinned} --index-url https://download.pytorch.org/whl/cpu"

@@ -2,8 +2,11 @@
 losses step by step, final metrics, checkpoint and TensorBoard tags), stops and fails on its own, and is a real run
 directory that resume= goes on from; the launcher groups a sweep's jobs by shape, through scripts/train.py."""
 
+import contextlib
 import json
 import math
+import os
+import re
 import signal
 import subprocess
 import time
@@ -54,6 +57,35 @@ def flat(d, prefix: str = "") -> dict:
     return out
 
 
+def assert_trained_as_solo(member_dir: Path, solo_dir: Path, solo: dict, cfg, atol: float) -> None:
+    """A member's run directory holds what its solo run's does: every step's loss (logging.every_n_steps=1) and lr,
+    its final metrics, every TensorBoard tag, checkpoints/last.ckpt in the solo format with the same state (tensors
+    within `atol`)."""
+    for tag in (tags.metric("train", "loss"), stacked.LR_TAG):
+        ours, theirs = events(member_dir).Scalars(tag), events(solo_dir).Scalars(tag)
+        assert [e.step for e in ours] == [e.step for e in theirs] == list(range(STEPS))
+        torch.testing.assert_close([e.value for e in ours], [e.value for e in theirs], rtol=1e-5, atol=1e-5)
+    final = json.loads((member_dir / "metrics.json").read_text())
+    assert final.keys() == solo.keys() and final["step"] == STEPS
+    torch.testing.assert_close(final, solo, rtol=1e-4, atol=1e-5)
+    assert final["val/loss"] < math.log(cfg.data.vocab_size)  # learned something
+    # every TensorBoard tag the solo run writes: scalars, images, histograms, text, HParams, the plugin's frames
+    assert tag_set(member_dir) == tag_set(solo_dir)
+    # checkpoints/last.ckpt in the solo format, with the same weights, moments and loop state
+    ours, theirs = (flat(torch.load(d / "checkpoints" / "last.ckpt", weights_only=True))
+                    for d in (member_dir, solo_dir))
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        if "dirpath" in key or "best_model_path" in key:
+            assert value.replace(str(solo_dir), str(member_dir)) == ours[key]
+        elif torch.is_tensor(value):
+            torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=atol, msg=lambda m: f"{key}: {m}")
+        elif isinstance(value, float):
+            assert ours[key] == pytest.approx(value), key  # an lr: computed on the host, per member
+        else:
+            assert ours[key] == value, key
+
+
 @pytest.mark.parametrize("model", [[], ["model.layers=2", "model.heads=2", "model.mlp=true", "model.norm=true",
                                          "++trainer.gradient_clip_val=0.1"],
                                     # lengths of their own (padding masked), scored at two more lengths, rotary positions
@@ -70,29 +102,7 @@ def test_members_train_as_their_solo_runs(tmp_path, model):
         solo_dir = tmp_path / f"solo{k}"
         solo = train.run(cfg, solo_dir)
         assert isinstance(member.outcome, dict)
-        # every step's loss (logging.every_n_steps=1) and the lr it was taken at
-        for tag in (tags.metric("train", "loss"), stacked.LR_TAG):
-            ours, theirs = events(member.run_dir).Scalars(tag), events(solo_dir).Scalars(tag)
-            assert [e.step for e in ours] == [e.step for e in theirs] == list(range(STEPS))
-            torch.testing.assert_close([e.value for e in ours], [e.value for e in theirs], rtol=1e-5, atol=1e-5)
-        final = json.loads((member.run_dir / "metrics.json").read_text())
-        assert final.keys() == solo.keys() and final["step"] == STEPS
-        torch.testing.assert_close(final, solo, rtol=1e-4, atol=1e-5)
-        assert final["val/loss"] < math.log(cfg.data.vocab_size)  # learned something
-        # every TensorBoard tag the solo run writes: scalars, images, histograms, text, HParams, the plugin's frames
-        assert tag_set(member.run_dir) == tag_set(solo_dir)
-        # checkpoints/last.ckpt in the solo format, with the same weights, moments and loop state
-        ours, theirs = (flat(torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)) for d in (member.run_dir, solo_dir))
-        assert ours.keys() == theirs.keys()
-        for key, value in theirs.items():
-            if "dirpath" in key or "best_model_path" in key:
-                assert value.replace(str(solo_dir), str(member.run_dir)) == ours[key]
-            elif torch.is_tensor(value):
-                torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=atol, msg=key)
-            elif isinstance(value, float):
-                assert ours[key] == pytest.approx(value), key  # an lr: computed on the host, per member
-            else:
-                assert ours[key] == value, key
+        assert_trained_as_solo(member.run_dir, solo_dir, solo, cfg, atol)
 
 
 def test_a_member_stops_or_fails_alone(tmp_path):
@@ -190,9 +200,11 @@ NO_FRAMES = [a for a in TINY if not a.startswith("logging.images")] + ["logging.
 @pytest.mark.slow
 def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
     sweep = tmp_path / "sweep"
-    # 8 jobs: two widths x two seeds, each with a valid and an invalid weight decay: 2 groups of 2 members, 4 refused
-    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "model.dim=16,32", "seed=0,1",
-                                      "optim.weight_decay=0,-1", *NO_FRAMES, f"hydra.sweep.dir={sweep}"], tmp_path)
+    # 8 jobs: two widths x two seeds, each with a valid and an invalid weight decay: 2 groups of 2 members, 4 refused;
+    # all in the sweep's process (the groups on two workers: test_groups_on_two_workers_...)
+    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=1", "model.dim=16,32",
+                                      "seed=0,1", "optim.weight_decay=0,-1", *NO_FRAMES, f"hydra.sweep.dir={sweep}"],
+                        tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert log.count("2 members (") == 2  # two stacked groups of two
@@ -220,11 +232,85 @@ def test_stacked_sweep_through_the_launcher(tmp_path, script_runs):
     assert (sweep / "summary.png").is_file()
 
 
+@pytest.mark.parametrize("units, workers, max_members, expected", [
+    # 8 seeds on 2 workers: two stacked halves
+    ([(list(range(8)), 1000)], 2, 64, [[[0, 1, 2, 3]], [[4, 5, 6, 7]]]),
+    # 3 groups of 4 on 2 workers: the middle group cut where the first share ends, 6 members each
+    ([([0, 1, 2, 3], 100), ([4, 5, 6, 7], 100), ([8, 9, 10, 11], 100)], 2, 64,
+     [[[0, 1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10, 11]]]),
+    # balanced by members x steps, not by count: 2 long members against 8 short ones
+    ([([0, 1], 1000), (list(range(2, 10)), 250)], 2, 64, [[[0, 1]], [list(range(2, 10))]]),
+    # a refused job (no steps) and a solo one among them, max_members cuts a share's group again
+    ([([0], 0), ([1], 100), (list(range(2, 8)), 100)], 2, 2, [[[0], [1], [2, 3]], [[4, 5], [6, 7]]]),
+    # fewer members than workers: no empty share; one worker keeps the sweep's order
+    ([([0, 1], 10)], 4, 64, [[[0]], [[1]]]),
+    ([([0], 0), ([1, 2, 3], 10), ([4, 5], 20)], 1, 2, [[[0], [1, 2], [3], [4, 5]]]),
+])
+def test_shares_split_the_work_evenly(units, workers, max_members, expected):
+    from hydra_plugins.attnlab_stacked.stacked_launcher import shares
+
+    assert shares(units, workers, max_members) == expected
+
+
+def test_one_worker_per_gpu(monkeypatch):
+    """device=gpu (or auto where CUDA is found) on a machine with several GPUs: n_jobs defaults to one worker per
+    GPU, and worker i's process sees GPU i only (CUDA_VISIBLE_DEVICES), so that its device 0 is its own GPU (worker
+    0, the sweep's own process, trains on its device 0, the first GPU). The
+    CUDA runtime is stood in for here (no GPU on the machine the tests run on); the worker processes are real."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.attnlab_stacked.stacked_launcher import StackedLauncher, cores
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    launcher = StackedLauncher()
+    jobs = {accelerator: [OmegaConf.create({"device": {"accelerator": accelerator, "threads": 1}})] * 2
+            for accelerator in ("gpu", "auto", "cpu", "mps")}
+    assert launcher.gpus(jobs["gpu"]) == launcher.gpus(jobs["auto"]) == ["0", "1", "2"]
+    assert launcher.default_workers(jobs["gpu"], ["0", "1", "2"]) == 3
+    assert launcher.gpus(jobs["cpu"]) == [] and launcher.default_workers(jobs["cpu"], []) == cores()
+    assert launcher.default_workers(jobs["mps"], []) == 1  # Apple's GPU: one device, one worker
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # the GPUs this sweep was given, as its workers name them
+    assert launcher.gpus(jobs["gpu"]) == ["2", "5"]
+    try:  # worker 1 (the second: worker 0 is the sweep's own process, on the first GPU)
+        assert launcher.pool(1, "5").submit(os.getenv, "CUDA_VISIBLE_DEVICES").result(timeout=120) == "5"
+    finally:
+        launcher.close()
+    assert not launcher.pools
+
+
+@pytest.mark.slow
+def test_groups_on_two_workers_train_each_member_as_its_solo_run(tmp_path, script_runs):
+    """hydra.launcher.n_jobs=2: the group of 4 cut in two, each half a stacked model in a worker process of its own;
+    every member's run directory is still its solo run's, step by step."""
+    sweep = tmp_path / "sweep"
+    result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=2", "seed=1,2",
+                                      "optim.lr=3e-3,1e-2", *SHORT, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "2 workers (n_jobs=2)" in log
+    assert "Worker 1: Group 1/1: 2 members (" in log and "Worker 2: Group 1/1: 2 members (" in log
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/job.json")]
+    assert sorted(r["job"] for r in records) == [0, 1, 2, 3] and {r["status"] for r in records} == {"ok"}
+    for path in sweep.glob("*/job.json"):  # one member of each worker's group: #0 (the sweep's process) and #3
+        record = json.loads(path.read_text())
+        if record["job"] in (0, 3):
+            cfg = compose_cfg(record["overrides"])
+            solo_dir = tmp_path / f"solo-{record['job']}"
+            # weights within 1e-5: the stack sums in another order than the solo model, and at optim.lr=1e-2 a weight
+            # ends up to 3e-6 from its solo run's after 20 steps (in one process or in a worker alike)
+            assert_trained_as_solo(path.parent, solo_dir, train.run(cfg, solo_dir), cfg, 1e-5)
+
+
 @pytest.mark.parametrize("given, line", [
     ("device=cpu_ddp", "error: device=cpu_ddp: hydra/launcher=stacked trains a group's members in one process (allowed: "
                        "device=auto, cpu, gpu or mps); launch multi-process runs with the basic, joblib or slurm launcher"),
     ("hydra.launcher.max_members=0", "error: hydra.launcher.max_members must be >= 1, got 0"),
     ("hydra.launcher.threads=0", "error: hydra.launcher.threads must be >= 1, got 0"),
+    ("hydra.launcher.n_jobs=0", "error: hydra.launcher.n_jobs must be >= 1, got 0"),
+    ("hydra.launcher.n_jobs=two", "error: hydra.launcher.n_jobs must be an integer, got 'two'"),
+    ("hydra.launcher.n_jobs=1.5", "error: hydra.launcher.n_jobs must be an integer, got 1.5"),
 ])
 def test_what_cannot_be_stacked_is_refused_with_one_line(tmp_path, script_runs, given, line):
     result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", given, "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"],
@@ -240,8 +326,8 @@ def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_al
     args = [a for a in TINY if not a.startswith("trainer.max_steps")] + [f"trainer.max_steps={steps}", "model.dim=16",
                                                                          "data.batch_size=32"]
     # started, forked from the session's server (tests/script_runs.py): a Popen-like handle, its pid for the signal
-    process = script_runs.start(TRAIN, ["-m", "hydra/launcher=stacked", "seed=0,1", *args, f"hydra.sweep.dir={sweep}"],
-                                tmp_path)
+    process = script_runs.start(TRAIN, ["-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=1", "seed=0,1", *args,
+                                        f"hydra.sweep.dir={sweep}"], tmp_path)
     deadline = time.monotonic() + 240
     while not list(sweep.glob("*/checkpoints/last.ckpt")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -265,24 +351,70 @@ def test_a_signal_stops_every_member_with_its_checkpoint_and_a_member_resumes_al
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the sweep's processes from /proc")
+def test_sigterm_to_a_sweep_on_two_workers_saves_every_member_and_leaves_no_process(tmp_path, script_runs):
+    """kill of the sweep's process group, two workers training a group of two each: every member saves its
+    checkpoint at the step its group reached, the job after them in the second worker does not start, the summary
+    says so, and no process of the sweep is left (as a joblib sweep's, tests/test_sweep_launchers.py)."""
+    from test_sweep_launchers import alive
+
+    sweep, steps = tmp_path / "sweep", 100000
+    args = [a for a in NO_FRAMES if not a.startswith("trainer.max_steps")]
+    args += [f"trainer.max_steps={steps}", "model.dim=16", "data.batch_size=32"]
+    # 5 seeds on 2 workers, at most 2 members a model: #0-#1 in one, #2-#3 then #4 alone in the other
+    launcher = ["hydra/launcher=stacked", "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=2"]
+    process = script_runs.start(TRAIN, ["-m", *launcher, "seed=range(5)", *args, f"hydra.sweep.dir={sweep}"], tmp_path,
+                                new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 4:  # both groups are training (step 10 passed)
+            assert process.poll() is None and time.monotonic() < deadline, process.output()[1][-3000:]
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        out, err = process.communicate(timeout=120)
+        while alive(process.pid) and time.monotonic() < signalled + 20:
+            time.sleep(0.2)
+        left, took = alive(process.pid), time.monotonic() - signalled
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not left, f"still running {took:.0f} s after SIGTERM: {left}"
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+
+    records = {json.loads(p.read_text())["job"]: json.loads(p.read_text()) for p in sweep.glob("*/job.json")}
+    assert {job: r["status"] for job, r in records.items()} == {0: "interrupted", 1: "interrupted", 2: "interrupted",
+                                                                3: "interrupted", 4: "not started"}
+    assert "5 jobs, 4 interrupted, 1 not started." in out
+    assert not list(sweep.glob("*/metrics.json"))  # no job trained on to the end
+    stopped = re.findall(r"Training stopped by SIGTERM at step (\d+); checkpoint saved: (\S+)", err)
+    assert len(stopped) == 4
+    for step, checkpoint in stopped:  # each saved at the step its group stopped at: resumed, it goes on from there
+        assert torch.load(checkpoint, weights_only=True)["global_step"] == int(step) >= 10
+        assert f"Resume with:  python {TRAIN} resume={Path(checkpoint).parent.parent}" in err
+    assert records[4]["error"] == "the sweep was stopped by SIGTERM before this job began"
+
+
+@pytest.mark.slow
 def test_optuna_batch_trained_together_each_trial_valued_by_its_own_run(tmp_path, script_runs):
     optuna = pytest.importorskip("optuna")
     sweep, db = tmp_path / "sweep", tmp_path / "study.db"
     # The shipped search space with one width and head count: only the lr differs, so a batch is one group.
     result = run_forked(script_runs, ["-m", "hydra/launcher=stacked", "+hparams_search=lr_dim_heads",
                          'hydra.sweeper.params={model.dim:"choice(32)",model.heads:"choice(1)"}',
-                         "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4", "hydra.launcher.max_members=3",
+                         "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3", "hydra.launcher.n_jobs=2",
                          "optimized_metric=val/loss", "hydra.sweeper.direction=minimize",
                          f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=test", *NO_FRAMES,
                          f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    # the batch of n_jobs=4 trials split by max_members: 3 trained as one model, the fourth alone
+    # two batches of n_jobs=3 trials, each cut in two shares: one trial alone in a worker, two trained as one model
+    # in the other (the second batch in the workers the first started)
     log = result.stdout + result.stderr
-    assert log.count("3 members (") == 1 and log.count(" alone (a group of one)") == 1
+    assert log.count("Worker 2: Group 1/1: 2 members (") == 2 and log.count(" alone (a group of one)") == 2
     losses = {}
     for metrics in sweep.glob("trial*/metrics.json"):
         losses[int(metrics.parent.name.removeprefix("trial").split("_")[0])] = json.loads(metrics.read_text())["val/loss"]
-    assert sorted(losses) == [0, 1, 2, 3] and len(set(losses.values())) == 4  # each trial its own lr, its own loss
+    assert sorted(losses) == list(range(6)) and len(set(losses.values())) == 6  # each trial its own lr, its own loss
     study = optuna.load_study(study_name="test", storage=f"sqlite:///{db}")
-    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 4
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 6
     assert {t.number: t.value for t in study.get_trials()} == pytest.approx(losses)

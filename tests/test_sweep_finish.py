@@ -88,7 +88,8 @@ def test_a_stopped_sweep_is_finished_in_place(tmp_path, script_runs):
 def test_a_stopped_stacked_sweep_is_finished_with_a_job_resumed_alone_before(tmp_path, script_runs):
     """Stacked: the three members stopped together; one resumed alone with resume=RUN_DIR (its job.json then says
     ok, and finishing leaves it alone), the other two finished by -m resume=SWEEP_DIR, each from its checkpoint."""
-    sweep = stopped_sweep(script_runs, tmp_path, ["hydra/launcher=stacked"])
+    # in the sweep's process, one group of three (on two workers the third would be alone in the second)
+    sweep = stopped_sweep(script_runs, tmp_path, ["hydra/launcher=stacked", "hydra.launcher.n_jobs=1"])
     started = records(sweep)
     assert {r["status"] for r in started.values()} == {"interrupted"}
     alone = train_forked(script_runs, [f"resume={job_dir(sweep, 1)}"], tmp_path)

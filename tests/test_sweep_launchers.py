@@ -227,6 +227,15 @@ def test_optuna_three_trials(tmp_path, script_runs):
     assert [t.state.name for t in trials] == ["COMPLETE" if r["status"] == "ok" else "FAIL" for r in table]
     assert sorted(t.value for t in trials if t.value is not None) == pytest.approx(sorted(losses.values()))
 
+    # The same command again adds trials to the study, at points it has not tried (a sampler seeded alike would
+    # draw the first trials' points again).
+    more = [a.replace("n_trials=4", "n_trials=2").replace(str(sweep), str(tmp_path / "more")) for a in args]
+    again = train_forked(script_runs, more, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    points = [(t.params["optim.lr"], t.params["model.dim"]) for t in optuna.load_study(study_name="test",
+                                                                                        storage=f"sqlite:///{db}").trials]
+    assert len(points) == 6 and not set(points[4:]) & set(points[:4]), points
+
 
 def test_optuna_added_trials_are_seeded_by_the_trials_the_study_holds(tmp_path):
     """The search space's sampler seed, as Hydra resolves it when it builds the sweeper: 0 for a new study (the

@@ -25,7 +25,6 @@ class Need:
     batch: int  # a training batch's tokens and the activations its backward keeps      (data.batch_size)
     validation: int  # the validation set, kept the whole run, and one chunk's forward  (data.val_size)
     model: int  # weights, gradients and AdamW's two moments                           (model.dim)
-    device_side: bool  # batch activations and model counted in this machine's memory (a CPU run)
 
     @property
     def total(self) -> int:
@@ -61,16 +60,20 @@ def estimate(cfg, task) -> Need:
     if cfg.loss.get("attention", 0):
         per_layer += heads * length * length
     kept = length * dim + layers * per_layer + 2 * length * vocab
-    # One validation chunk's forward: the activations of a layer at a time, each layer's attention weights
-    # [chunk, head, query, key] (kept for alignment), and the logits.
-    chunk = min(val, VALIDATION_CHUNK)
-    validation = val * length * tokens + chunk * FLOAT * (2 * length * dim + layers * heads * length * length + length * vocab)
-    n = parameters(vocab, length, dim, layers, m.positions, m.mlp, m.norm)
+    # The validation sets, all kept the whole run (the training distribution's, and one per data.val_lengths, at
+    # that length's positions), and the largest chunk's forward, one chunk at a time: the activations of a layer at
+    # a time, each layer's attention weights [chunk, head, query, key] (kept for alignment), and the logits.
+    # On a GPU (device=gpu, or auto where CUDA is there) activations, weights and optimiser live in its memory: only
+    # the tokens and the validation sets are counted, in this machine's.
     device = str(cfg.device.accelerator)
     on_host = device == "cpu" or (device == "auto" and not Path("/dev/nvidiactl").exists())
+    lengths = [length] + [task.positions(n) for n in (data.get("val_lengths") or [])]
+    chunk = min(val, VALIDATION_CHUNK)
+    forward = max(chunk * FLOAT * (2 * n * dim + layers * heads * n * n + n * vocab) for n in lengths)
+    validation = sum(val * n * tokens for n in lengths) + (forward if on_host else 0)
+    n = parameters(vocab, length, dim, layers, m.positions, m.mlp, m.norm)
     train = batch * length * tokens + (batch * kept * FLOAT if on_host else 0)
-    return Need(batch=train * processes, validation=validation, model=(4 * n * FLOAT if on_host else 0) * processes,
-                device_side=on_host)
+    return Need(batch=train * processes, validation=validation, model=(4 * n * FLOAT if on_host else 0) * processes)
 
 
 def _read(path: Path) -> str | None:

@@ -33,17 +33,19 @@ class RunProgress(TQDMProgressBar):
 
     BAR_FORMAT = "step {n_fmt}/{total_fmt} {bar:20} {desc} [{elapsed}, {rate_fmt}]"  # desc: self.line
 
-    def __init__(self, refresh_rate: int = 20, terminal: bool | None = None):
+    def __init__(self, refresh_rate: int = 20):
         super().__init__(refresh_rate=refresh_rate)
         self.drawn = -1  # the step last drawn
-        self.terminal = sys.stdout.isatty() if terminal is None else terminal
+        self.terminal = sys.stdout.isatty()  # else a log file or a pipe: a line per validation, none redrawn
 
     def init_train_tqdm(self) -> Tqdm:
         trainer = self.trainer  # on resume the count starts at the checkpoint's step, and so does the rate
         return Tqdm(
             total=trainer.max_steps, initial=trainer.global_step, unit=" steps", position=2 * self.process_position,
             disable=self.is_disabled, leave=True, dynamic_ncols=True, smoothing=0,
-            file=sys.stdout if self.terminal else io.StringIO(),  # elsewhere draw() prints the line itself
+            # Elsewhere draw() prints the line itself, with the terminal's bar characters (the line holds '·' anyway):
+            # tqdm would take a buffer for ASCII-only and draw digits for partly filled cells.
+            **({"file": sys.stdout} if self.terminal else {"file": io.StringIO(), "ascii": False}),
             bar_format=self.BAR_FORMAT,
         )
 
@@ -57,7 +59,7 @@ class RunProgress(TQDMProgressBar):
         bar = self.train_progress_bar
         bar.n = self.drawn = trainer.global_step
         bar.set_description_str(self.line(trainer, ended), refresh=refresh and self.terminal)
-        if not self.terminal:
+        if not self.terminal and not bar.disable:  # disabled: a rank other than 0 of a multi-process run
             print(bar, flush=True)  # tqdm's own text of the line, as a terminal would show it
 
     @staticmethod
@@ -80,7 +82,8 @@ class RunProgress(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         # Counted in optimiser steps: with gradient accumulation several batches end on the same step.
-        if self.terminal and trainer.global_step != self.drawn and self._should_update(trainer.global_step, trainer.max_steps):
+        step = trainer.global_step
+        if self.terminal and step != self.drawn and self._should_update(step, trainer.max_steps):
             self.draw(trainer)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:

@@ -246,7 +246,9 @@ def sweep_arguments(argv: list[str], sweep_dir: Path) -> list[str] | None:
     if changed := [a for a in extra if not a.lstrip("+~").startswith("hydra")]:
         raise ConfigError(f"resume: {changed[0]}: a sweep is finished with the config it started with (allowed on the "
                           "line: hydra.* settings, such as hydra.launcher.n_jobs=4)")
-    task = list(multirun.hydra.overrides.task)
+    # the jobs' overrides as the basic sweeper made them: its hydra.sweeper.params first, then the command line's
+    params = [f"{key}={value}" for key, value in (multirun.hydra.sweeper.get("params") or {}).items()]
+    task = [*params, *multirun.hydra.overrides.task]
     jobs = sweep_jobs(sweep_dir, task)
     todo = [job for job in jobs if job["todo"] in ("resume", "run")]
     if not todo:

@@ -50,8 +50,12 @@ def _handle(signum: int, frame) -> None:
         return
     if _message:
         print(f"\n{signal.Signals(signum).name} received: {_message}", file=sys.stderr, flush=True)
-    # The worker processes this one started (a joblib sweep's) had the signal too when the whole process group got
-    # it (Ctrl+C, a scheduler); not when only this process did (`kill PID`).
+    tell_children()
+
+
+def tell_children() -> None:
+    """SIGTERM to the worker processes this one started (a joblib or stacked sweep's): they had the signal too when
+    the whole process group got it (Ctrl+C, a scheduler); not when only this process did (`kill PID`)."""
     for child in multiprocessing.active_children():
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGTERM)

@@ -167,7 +167,7 @@ def trained_wall(run_dir: Path) -> float | None:
 
 def torch_threads(cfg: DictConfig) -> int | None:
     """Threads for this job's torch ops: device.threads if set; else, in a sweep whose launcher runs jobs side by
-    side, this machine's cores shared among them (joblib: hydra.launcher.n_jobs; submitit:
+    side, this machine's cores shared among them (joblib and stacked: hydra.launcher.n_jobs; submitit:
     hydra.launcher.cpus_per_task); else None (torch's default, one per core)."""
     if cfg.device.get("threads") is not None:
         return integer(cfg.device.threads, "device.threads")
@@ -180,6 +180,8 @@ def torch_threads(cfg: DictConfig) -> int | None:
         n_jobs = launcher.get("n_jobs") or 1
         parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 all cores, -2 all but one
         return max(1, cores // parallel)
+    if "stacked" in target and launcher.get("n_jobs"):
+        return max(1, cores // launcher.n_jobs)
     if "submitit" in target and launcher.get("cpus_per_task"):
         return int(launcher.cpus_per_task)
     return None

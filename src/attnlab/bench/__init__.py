@@ -15,8 +15,9 @@ interleaved runs):
 5. sweep      a sweep of short jobs under Hydra's basic launcher vs the joblib launcher with 2 workers (n_jobs=2):
               8 jobs (throughput), and 2 (as many jobs as workers: start-up bound)
 6. solve      the default config (a user's `python scripts/train.py`) until val/seq_acc >= 0.99
-7. stacked    hydra/launcher=stacked: 8 seeds (and 32 small ones) as whole sweep commands against the basic and
-              joblib launchers; one group's steps against the same model at the group's whole batch; peak memory
+7. stacked    hydra/launcher=stacked (its default n_jobs, a group per core, and n_jobs=1): 8 seeds (and 32 small
+              ones) as whole sweep commands against the basic and joblib launchers; one group's steps against the
+              same model at the group's whole batch; peak memory of the largest process and of all together
 8. lengths    variable-length examples (data.min_len = seq_len / 2, pads masked) vs fixed length: examples/s
 
     python scripts/bench.py                    # everything (~15 min on 2 CPU cores); docs/bench.md, performance.md

@@ -1,5 +1,12 @@
 """The stacked launcher: jobs of a sweep that differ only in what a member may differ in (seed, optim.*, stop_at:
-attnlab.stacked.MEMBER_KEYS) are trained together as one stacked model, one group after another.
+attnlab.stacked.MEMBER_KEYS) are trained together as one stacked model.
+
+The groups are shared out among hydra.launcher.n_jobs workers (default: the machine's cores divided by a group's
+threads; on GPUs, one worker per GPU): `shares` splits the sweep's work, members x steps, into one even share per
+worker, cutting a group into sub-groups where it is larger than a share, and each worker trains its share's groups
+one after another, each a stacked model. The first worker is the sweep's own process, each other one a process of
+its own (loky, as joblib's launcher starts its workers). With one worker (n_jobs=1, or a sweep too small to split)
+everything is trained in the sweep's process, one group after another.
 
 Each job is still a Hydra job of its own: its config composed by Hydra's config loader, its directory and .hydra/
 made as run_job makes them, and its task function (scripts/train.py's main) called through run_job, so it ends
@@ -14,6 +21,7 @@ and groups of one are trained alone, as the basic launcher would.
 Imported by Hydra whenever it looks for plugins: torch and Lightning only once jobs are launched.
 """
 
+import atexit
 import json
 import logging
 import os
@@ -23,6 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, _save_config, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
@@ -59,12 +68,86 @@ def console_logging(job_logging: DictConfig) -> DictConfig:
     return OmegaConf.create(setup)
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def shares(units: list[tuple[list[int], int]], workers: int, max_members: int) -> list[list[list[int]]]:
+    """The sweep's work split into at most `workers` even shares, each a list of pieces trained one after another:
+    a piece of several jobs is one stacked model, a piece of one is trained alone.
+
+    units: jobs that may be stacked together (a group; or one job trained alone), and the steps each trains. A job's
+    work is its steps, a group's its members x steps: members are cut from the sweep's units in order, each into the
+    share that holds the middle of its work (McNaughton's wrap-around rule), so that each share is within one
+    member's work of an even split and a group is cut only where a share ends. Within a share a group is cut again
+    into pieces of at most `max_members`. Shares left empty (fewer jobs than workers) are dropped."""
+    total = sum(len(jobs) * steps for jobs, steps in units)
+    per_worker = total / workers
+    cut: list[dict[int, list[int]]] = [{} for _ in range(workers)]  # share -> unit -> its members there
+    done = 0
+    for u, (jobs, steps) in enumerate(units):
+        for job in jobs:
+            share = min(workers - 1, int((done + steps / 2) // per_worker)) if per_worker else 0
+            cut[share].setdefault(u, []).append(job)
+            done += steps
+    return [[part[s : s + max_members] for part in share.values() for s in range(0, len(part), max_members)]
+            for share in cut if share]
+
+
+def gpu_of(gpus: list[str], worker: int) -> Optional[str]:
+    """The GPU of worker `worker` (0: the sweep's own process, whose device 0 is the first of `gpus`), or None."""
+    return gpus[worker % len(gpus)] if gpus else None
+
+
+def worker_start() -> None:
+    """A worker process as it starts: it listens for signals from now on (attnlab.signals), so that one idle when the
+    sweep is stopped lives on to say its jobs did not start; then it imports torch and Lightning with Python's
+    garbage collector paused, as scripts/train.py does (collector_paused), before its first share arrives."""
+    import gc
+
+    from attnlab import signals
+
+    signals.listen()
+    # Lightning, imported where the root logger has no handler, gives its loggers console handlers of their own
+    # that pass nothing on: the group's notices would skip the jobs' logging (each once, no advertisement). A
+    # placeholder while it is imported, as the jobs' logging is in place when scripts/train.py imports it.
+    root, placeholder = logging.getLogger(), logging.NullHandler()
+    root.addHandler(placeholder)
+    gc.disable()
+    try:
+        import attnlab.stacked  # noqa: F401
+    finally:
+        gc.freeze()
+        gc.enable()
+        root.removeHandler(placeholder)
+
+
+def train_share(launcher: "StackedLauncher", singleton_state: dict, configs: dict[int, DictConfig],
+                pieces: list[list[int]], worker: str) -> dict[int, JobReturn]:
+    """A worker process's share of the sweep (its pieces, one after another), as the launcher's own process trains
+    one: Hydra's state as the sweep's process has it, then StackedLauncher.train_pieces. Runs in a worker (loky, as
+    joblib's launcher runs its jobs): each job's JobReturn goes back to the sweep's process."""
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    runs: dict[int, JobReturn] = {}
+    launcher.train_pieces(configs, pieces, runs, worker)
+    return runs
+
+
 class StackedLauncher(Launcher):
-    def __init__(self, max_members: int = 64, threads: Optional[int] = None) -> None:
-        self.max_members, self.threads = max_members, threads
+    def __init__(self, max_members: int = 64, threads: Optional[int] = None, n_jobs: Optional[int] = None) -> None:
+        self.max_members, self.threads, self.n_jobs = max_members, threads, n_jobs
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
+        # One single-process pool per worker, kept from one launch to the next (Optuna's batches of trials find
+        # their workers started, torch imported) and shut down as the sweep's process ends. A pool of one each, not
+        # one pool of n_jobs: worker i is the process of pool i, so its environment names its GPU.
+        self.pools: dict[tuple[int, str], object] = {}
+
+    def __getstate__(self) -> dict:  # the launcher as a worker gets it: without the pools
+        return {**self.__dict__, "pools": {}}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -124,6 +207,8 @@ class StackedLauncher(Launcher):
             integer(self.max_members, "hydra.launcher.max_members")
             if self.threads is not None:
                 integer(self.threads, "hydra.launcher.threads")
+            if self.n_jobs is not None:
+                integer(self.n_jobs, "hydra.launcher.n_jobs")
         except ConfigError as error:
             refuse(str(error), sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -135,40 +220,147 @@ class StackedLauncher(Launcher):
                        "device=auto, cpu, gpu or mps); launch multi-process runs with the basic, joblib or slurm "
                        "launcher", sweep_dir)
 
-        from attnlab import signals, stacked  # torch and Lightning: seconds, so only now
+        gpus = self.gpus(configs)
+        workers = self.n_jobs or self.default_workers(configs, gpus)
+        for w in range(1, min(workers, len(configs))):  # started now: their imports overlap this process's own
+            self.pool(w, gpu_of(gpus, w)).submit(int)
 
-        log.info(f"Stacked launcher: {len(configs)} jobs, at most {self.max_members} members per model")
+        from attnlab import stacked  # torch and Lightning: seconds, so only now
+
         groups: dict[str, list[int]] = {}
-        alone = []  # refused at config time (they stop with their line), or trained by themselves
+        alone: list[tuple[int, str]] = []  # refused at config time (they stop with their line), or trained alone
         for i, config in enumerate(configs):
             task = self.task_config(config)  # with HydraConfig set to this job's: group_key resolves ${hydra:...}
             reason = stacked.refusal(task)
             if reason is None:
                 groups.setdefault(stacked.group_key(task), []).append(i)
             else:
-                alone.append(i)
-                log.info(f"\t#{config.hydra.job.num} alone ({reason}): {' '.join(filter_overrides(config.hydra.overrides.task))}")
-        batches = [idx[s : s + self.max_members] for idx in groups.values() for s in range(0, len(idx), self.max_members)]
-        for i in (i for batch in batches if len(batch) == 1 for i in batch):  # a group of one: the solo path itself
-            alone.append(i)
+                alone.append((i, reason))
+        # The work: every member's steps; a job refused at config time (stacked.refusal's "refused: ...") stops at
+        # once, and its max_steps may be what was refused.
+        units = [([i], 0 if reason.startswith("refused") else configs[i].trainer.max_steps) for i, reason in alone]
+        units += [(jobs, configs[jobs[0]].trainer.max_steps) for jobs in groups.values()]
+        plan = shares(units, workers, self.max_members)
+        log.info(f"Stacked launcher: {len(configs)} jobs, at most {self.max_members} members per model, "
+                 f"{len(plan)} worker{'s' if len(plan) > 1 else ''} (n_jobs={workers})")
+        for i, reason in alone:
+            log.info(f"\t#{configs[i].hydra.job.num} alone ({reason}): "
+                     f"{' '.join(filter_overrides(configs[i].hydra.overrides.task))}")
+        singles = {i for i, _ in alone}
+        for i in (p[0] for share in plan for p in share if len(p) == 1 and p[0] not in singles):
             log.info(f"\t#{configs[i].hydra.job.num} alone (a group of one): "
                      f"{' '.join(filter_overrides(configs[i].hydra.overrides.task))}")
-        batches = [batch for batch in batches if len(batch) > 1]
 
         runs: list[Optional[JobReturn]] = [None] * len(configs)
-        for i in alone:
-            runs[i] = self.run(configs[i])
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        for n, batch in enumerate(batches):
-            if signals.received() is not None:  # the sweep was stopped: each job says it did not start, as its own
-                for i in batch:
+        if len(plan) <= 1:  # one worker: this process trains it all, as the basic launcher trains its jobs
+            self.train_pieces(dict(enumerate(configs)), plan[0] if plan else [], runs, "")
+            return runs
+        self.in_workers(configs, plan, gpus, runs)
+        return runs
+
+    def gpus(self, configs: list[DictConfig]) -> list[str]:
+        """The GPUs the sweep's jobs train on (device=gpu, or device=auto where CUDA is found), as
+        CUDA_VISIBLE_DEVICES names them; none for jobs on the CPU."""
+        import torch
+
+        accelerators = {str(c.device.accelerator) for c in configs}
+        if "gpu" not in accelerators and not ("auto" in accelerators and torch.cuda.is_available()):
+            return []
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return visible.split(",") if visible else [str(k) for k in range(torch.cuda.device_count())]
+
+    def default_workers(self, configs: list[DictConfig], gpus: list[str]) -> int:
+        """n_jobs unset: one worker per GPU (one for Apple's one MPS device); on the CPU the cores divided by a group's
+        threads (hydra.launcher.threads, else its jobs' device.threads; null, torch's one per core, leaves one)."""
+        if gpus:
+            return len(gpus)
+        if any(c.device.accelerator == "mps" for c in configs):
+            return 1
+        threads = self.threads or configs[0].device.get("threads")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:  # null, or refused in its job
+            threads = cores()
+        return max(1, cores() // threads)
+
+    def pool(self, worker: int, gpu: Optional[str]):
+        """Worker `worker`'s process (a loky pool of one), started on first use (worker_start)."""
+        from joblib.externals.loky import ProcessPoolExecutor
+
+        key = (worker, gpu or "")
+        if key not in self.pools:
+            if not self.pools:
+                atexit.register(self.close)
+            env = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None
+            self.pools[key] = ProcessPoolExecutor(max_workers=1, initializer=worker_start, env=env)
+        return self.pools[key]
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown(wait=True)
+        self.pools.clear()
+
+    def in_workers(self, configs: list[DictConfig], plan: list[list[list[int]]], gpus: list[str], runs: list) -> None:
+        """The shares side by side: the first in this process, which has made torch's and Lightning's imports
+        already (a worker started for it would make them again: seconds of CPU and some 450 MB), each other one in a
+        worker process of its own. A worker that dies (killed, out of memory) fails the jobs of its share that it had
+        not finished, each in its job.json; the others go on."""
+        from attnlab import signals
+
+        state, began = Singleton.get_state(), time.time()
+        gpu = gpu_of(gpus, 0)
+        log.info(f"\tworker 1 (this process{'' if gpu is None else f', GPU {gpu}'}): {self.describe(configs, plan[0])}")
+        futures = {}
+        for w, share in enumerate(plan[1:], start=1):
+            gpu = gpu_of(gpus, w)
+            log.info(f"\tworker {w + 1}{'' if gpu is None else f' on GPU {gpu}'}: {self.describe(configs, share)}")
+            jobs = {i: configs[i] for piece in share for i in piece}
+            futures[w, gpu] = self.pool(w, gpu).submit(train_share, self, state, jobs, share, f"worker {w + 1}: ")
+        try:
+            self.train_pieces(dict(enumerate(configs)), plan[0], runs, "worker 1: ")
+        finally:
+            # A signal that stopped this process's training reached its StopOnSignal, which passes it on to no one:
+            # the workers are told here (they had it too where the whole process group got it).
+            if signals.received() is not None:
+                signals.tell_children()
+        for (w, gpu), future in futures.items():
+            try:
+                runs_of_share = future.result()
+            except Exception as error:  # the worker's process itself failed: its pool is broken, made anew next time
+                self.pools.pop((w, gpu or ""), None)
+                log.error(f"worker {w + 1} failed: {type(error).__name__}: {error}")
+                runs_of_share = {}
+                for i in (i for piece in plan[w] for i in piece):
+                    run_dir = self.output_dir(configs[i])
+                    record = run_dir / "job.json"  # one from before this launch: a stopped sweep being finished
+                    if not record.is_file() or record.stat().st_mtime < began:
+                        runs_of_share[i] = self.finish(configs[i], run_dir, error, 0.0)
+            for i, ret in runs_of_share.items():
+                runs[i] = ret
+
+    @staticmethod
+    def describe(configs: list[DictConfig], share: list[list[int]]) -> str:
+        pieces = [f"{len(p)} x {configs[p[0]].trainer.max_steps} steps ("
+                  f"{', '.join(f'#{configs[i].hydra.job.num}' for i in p)})" for p in share]
+        return ", then ".join(pieces)
+
+    def train_pieces(self, configs: dict[int, DictConfig], pieces: list[list[int]], runs, worker: str) -> None:
+        """A share's pieces, in this process, one after another: a job alone through run_job, as the basic launcher
+        runs it; a group as one stacked model."""
+        from attnlab import signals, stacked
+
+        groups = [p for p in pieces if len(p) > 1]
+        for piece in pieces:
+            if len(piece) == 1:
+                runs[piece[0]] = self.run(configs[piece[0]])
+            elif signals.received() is not None:  # the sweep was stopped: each job says it did not start, as its own
+                for i in piece:
                     runs[i] = self.run(configs[i])
                 continue
-            nums = ", ".join(f"#{configs[i].hydra.job.num}" for i in batch)
-            log.info(f"Group {n + 1}/{len(batches)}: {len(batch)} members ({nums}) trained as one model")
-            self.train_group(stacked, [configs[i] for i in batch], runs, batch)
+            else:
+                nums = ", ".join(f"#{configs[i].hydra.job.num}" for i in piece)
+                log.info(f"{worker.capitalize()}Group {groups.index(piece) + 1}/{len(groups)}: {len(piece)} members "
+                         f"({nums}) trained as one model")
+                self.train_group(stacked, [configs[i] for i in piece], runs, piece)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return runs
 
     def train_group(self, stacked, configs: list[DictConfig], runs: list, where: list[int]) -> None:
         """Trains one group, then finishes each member as its own job (on a signal: each saved, each says how to
