@@ -236,3 +236,13 @@ def test_reverse_learns_at_two_layers(tmp_path):
                    "trainer.stop_at=null", "trainer.val_every_n_steps=300")
     metrics = run(cfg, tmp_path)
     assert metrics["val/acc"] >= 0.9 and metrics["val/seq_acc"] >= 0.7, metrics  # chance: 1/3 per token
+
+
+def test_an_example_by_name_reads_input_tokens():
+    """Reverse's outputs are named as its inputs are: a user's "3 1 4" is the input tokens, answered reversed."""
+    from attnlab.inspection import parse_example
+
+    t = task("rasp_reverse", vocab_size=6)
+    inputs, targets, mask = parse_example(t, "3 1 4")
+    names = t.token_names()
+    assert inputs.tolist() == [[3, 1, 4]] and [names[v] for v in targets[0]] == ["4", "1", "3"] and mask.all()

@@ -93,7 +93,9 @@ def parse_example(task: Task, text: str, val_lengths: list[int] = ()) -> Batch:
     validated at other lengths (`val_lengths`, its data.val_lengths) takes any example from the task's shortest to
     the longest the model has positions for (Task.example_positions); any other run exactly its one length."""
     names = task.token_names()
-    index = {name: i for i, name in enumerate(names)}
+    index = {}
+    for i, name in enumerate(names):  # a name that is an input token and an output class (RASP tasks): the input
+        index.setdefault(name, i)
     words = text.replace(",", " ").split()
     unknown = [word for word in words if word not in index]
     if unknown:
