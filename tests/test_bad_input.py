@@ -93,6 +93,8 @@ CASES = [
     ("debug-unknown", ["debug=everything"], 2, ["debug=everything: no such option; allowed: anomaly, fdr, overfit, profiler"]),
     ("recipe-unknown", ["+experiment=palindrome"], 2, ["experiment=palindrome: no such option; allowed: copy"]),
     ("recipe-unknown-in-a-suite", ["+experiment=lengths/palindrome"], 2, ["experiment=lengths/palindrome: no such option; allowed: lengths/copy, lengths/induction"]),
+    ("recipe-unknown-in-rasp", ["+experiment=rasp/palindrome"], 2, ["experiment=rasp/palindrome: no such option; allowed: rasp/double_hist, rasp/double_hist_minus_head"]),
+    ("supervised-head-beyond-heads", ["data=rasp_double_hist", "loss=rasp", "model.layers=2"], 2, ["model.heads must be >= 2 for loss.attention with rasp_double_hist: layer 0 supervises heads 0-1, got 1"]),
     ("launcher-unknown", ["hydra/launcher=cluster"], 2, ["hydra/launcher=cluster: no such option; allowed: basic", "joblib"]),
     # The run or sweep directory: checked before Hydra makes it (attnlab.config.OutputDirCheck).
     ("output-dir-unwritable", ["hydra.run.dir={tmp}/a_file/run"], 2, ["hydra.run.dir: cannot write to {tmp}/a_file/run (Not a directory)"]),

@@ -90,8 +90,11 @@ def assert_trained_as_solo(member_dir: Path, solo_dir: Path, solo: dict, cfg, at
                                          "++trainer.gradient_clip_val=0.1"],
                                     # lengths of their own (padding masked), scored at two more lengths, rotary positions
                                     ["++data.min_len=3", "++data.val_lengths=[8,12]", "model.layers=2",
-                                     "model.positions=rope"]],
-                         ids=["1-layer", "2-layer-mlp-norm-clipped", "variable-length-rope"])
+                                     "model.positions=rope"],
+                                    # a target per head (the RASP double histogram's selectors), RASP-exps's term
+                                    ["data=rasp_double_hist", "data.seq_len=6", "data.vocab_size=3", "model.layers=2",
+                                     "model.heads=2", "loss.attention_form=rasp"]],
+                         ids=["1-layer", "2-layer-mlp-norm-clipped", "variable-length-rope", "rasp-per-head-targets"])
 def test_members_train_as_their_solo_runs(tmp_path, model):
     cfgs = [compose_cfg(SHORT + model + member) for member in MEMBERS]
     # With padding the fused kernel takes a mask, and its sums run in another order when the members are folded

@@ -21,6 +21,11 @@ SIZES = {  # small sizes with everything in play (pads, noise, ties to reject, s
     "induction": dict(seq_len=6, vocab_size=8),
     "selective_copy": dict(seq_len=9, vocab_size=5, num_tokens=3),
     "modular_addition": dict(p=7, train_fraction=0.4, split_seed=0),
+    # The RASP suite (tests/test_rasp.py checks each against its reference), lengths 1-6 with pads.
+    **{name: dict(seq_len=6, min_len=1, vocab_size=4) for name in
+       ("rasp_reverse", "rasp_hist", "rasp_hist_bos", "rasp_double_hist", "rasp_sort", "rasp_most_freq")},
+    "rasp_dyck1": dict(seq_len=6, min_len=1, vocab_size=3),
+    "rasp_dyck2": dict(seq_len=6, min_len=1, vocab_size=5),
 }
 NEW = ["histogram", "majority", "mqar", "induction", "selective_copy", "modular_addition"]
 

@@ -140,7 +140,10 @@ class AttentionImages(L.Callback):
         inputs, targets, mask = self.probe
         trainer.logger.experiment.add_text(tags.PROBE_TOKENS, tokens_table(self.token_names, inputs[0], targets[0], mask[0]))
         for layer, target in enumerate(self.targets):
-            if target is not None:
+            if target is not None and target.dim() == 4:  # per-head targets [1, head, query, key]: one image each
+                for head, pattern in enumerate(target[0]):
+                    write_image(trainer.logger.experiment, tags.target(layer, head), viz.attention_image(pattern), 0)
+            elif target is not None:
                 write_image(trainer.logger.experiment, tags.target(layer), viz.attention_image(target[0]), 0)
         self.log_frame(trainer, module)
 

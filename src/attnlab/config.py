@@ -298,6 +298,7 @@ def check(cfg: DictConfig) -> None:
     integer(cfg.optim.warmup_steps, "optim.warmup_steps", minimum=0)
     choice(cfg.optim.schedule, "optim.schedule", ("constant", "cosine"))
     number(cfg.get("loss", {}).get("attention", 0.0), "loss.attention", "a number >= 0", lambda v: v >= 0)
+    choice(cfg.get("loss", {}).get("attention_form", "rows"), "loss.attention_form", ("rows", "rasp"))
     integer(cfg.trainer.max_steps, "trainer.max_steps")
     integer(cfg.trainer.val_every_n_steps, "trainer.val_every_n_steps")
     if cfg.trainer.stop_at is not None:
@@ -321,9 +322,14 @@ def attention_loss(cfg: DictConfig, task) -> float:
         import torch  # here, not at the top: Hydra imports this module for every run, before torch is needed
 
         probe = task.sample(1, torch.Generator().manual_seed(0))[0]
-        if all(task.target_attention(probe, layer) is None for layer in range(cfg.model.layers)):
+        targets = [task.layer_targets(probe, layer) for layer in range(cfg.model.layers)]
+        if all(target is None for target in targets):
             raise ConfigError(f"loss.attention must be 0 for {task.name} with model.layers={cfg.model.layers}: no "
                               f"target pattern to supervise, got {weight:g}")
+        for layer, target in enumerate(targets):  # per-head targets: head h is supervised with target h
+            if target is not None and target.dim() == 4 and target.shape[1] > cfg.model.heads:
+                raise ConfigError(f"model.heads must be >= {target.shape[1]} for loss.attention with {task.name}: "
+                                  f"layer {layer} supervises heads 0-{target.shape[1] - 1}, got {cfg.model.heads}")
     return weight
 
 

@@ -38,8 +38,9 @@ def attention_figure(names: list[str], example: Example, title: str) -> Figure:
     # Query labels say what each row predicts where the answer is scored: "6 →2" reads "token 6, predicts 2".
     queries = [f"{tok} →{names[t]}" if m else tok for tok, t, m in zip(tokens, example.targets.tolist(), example.mask.tolist())]
     layers, heads = len(example.attention), len(example.attention[0])
-    has_target = any(t is not None for t in example.target_attention)
-    columns = heads + has_target
+    # One target column, or with per-head targets one per head that has one.
+    target_columns = max([0] + [1 if t.dim() == 2 else len(t) for t in example.target_attention if t is not None])
+    columns = heads + target_columns
     panel = max(MIN_PANEL, INCHES_PER_CELL * len(tokens))
     fig = Figure(figsize=(panel * columns + 1.5, panel * layers + 1.0), layout="constrained")
     axes = fig.subplots(layers, columns, squeeze=False)
@@ -52,11 +53,17 @@ def attention_figure(names: list[str], example: Example, title: str) -> Figure:
                 weights = example.attention[layer][column]  # [query, key]
                 image = ax.imshow(weights.numpy(), vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
                 align = example.alignment[layer]
-                score = "" if align is None else f"  (alignment {align[column]:.2f})"
+                score = "" if align is None or align[column].isnan() else f"  (alignment {align[column]:.2f})"
                 ax.set_title(f"layer {layer} head {column}{score}", fontsize=9)
-            elif target is not None:
+            elif target is not None and target.dim() == 2 and column == heads:
                 ax.imshow(target.numpy(), vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
                 ax.set_title(f"layer {layer}: target pattern", fontsize=9)
+            elif target is not None and target.dim() == 3 and column - heads < len(target):
+                ax.imshow(target[column - heads].numpy(), vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+                ax.set_title(f"layer {layer}: head {column - heads}'s target", fontsize=9)
+            elif target is not None:
+                ax.set_axis_off()
+                continue
             else:
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, f"no known target\nfor layer {layer}", ha="center", va="center", transform=ax.transAxes)

@@ -201,7 +201,9 @@ def parse_example(task: Task, text: str, val_lengths: list[int] = ()) -> Batch:
     validated at other lengths (`val_lengths`, its data.val_lengths) takes any example from the task's shortest to
     the longest the model has positions for (Task.example_positions); any other run exactly its one length."""
     names = task.token_names()
-    index = {name: i for i, name in enumerate(names)}
+    index = {}
+    for i, name in enumerate(names):  # a name that is an input token and an output class (RASP tasks): the input
+        index.setdefault(name, i)
     words = text.replace(",", " ").split()
     unknown = [word for word in words if word not in index]
     if unknown:
@@ -237,8 +239,12 @@ class Example:
     mask: Tensor  # [pos] bool; all False where the task does not know the answer for a given input
     predictions: Tensor  # [pos] the model's argmax, teacher-forced (each from the true tokens before it)
     attention: list[Tensor]  # per layer [head, query, key]
-    target_attention: list[Tensor | None]  # per layer [query, key], None where the task has no known pattern
-    alignment: list[Tensor | None]  # per layer [head]: share of attention on the target cells (attnlab.alignment)
+    # Per layer [query, key] (any head's), [head, query, key] (per-head targets: Task.head_targets), or None where
+    # the task has no known pattern.
+    target_attention: list[Tensor | None]
+    # Per layer [head]: share of attention on the target cells (attnlab.alignment); with per-head targets each
+    # head's on its own (NaN for a head without one).
+    alignment: list[Tensor | None]
 
     @property
     def answer_known(self) -> bool:
@@ -253,7 +259,7 @@ class Example:
 def run_example(run: Run, example: Batch) -> Example:
     inputs, targets, mask = example  # [1, pos] each
     logits, attention = run.model(inputs, need_weights=True)  # [1, pos, vocab], per layer [1, head, query, key]
-    targets_attention = [run.task.target_attention(inputs, layer) for layer in range(len(attention))]
+    targets_attention = [run.task.layer_targets(inputs, layer) for layer in range(len(attention))]
     return Example(
         inputs[0],
         targets[0],
@@ -261,8 +267,20 @@ def run_example(run: Run, example: Batch) -> Example:
         logits[0].argmax(-1),
         [weights[0] for weights in attention],
         [None if target is None else target[0] for target in targets_attention],
-        [None if t is None else alignment.alignment(w, t) for w, t in zip(attention, targets_attention)],
+        [None if t is None else own_alignment(w, t) for w, t in zip(attention, targets_attention)],
     )
+
+
+def own_alignment(attention: Tensor, target: Tensor) -> Tensor:
+    """Per head [head]: its alignment with the layer's target, or (per-head targets) with its own (NaN past the
+    target's heads)."""
+    if target.dim() == 3:
+        return alignment.alignment(attention, target)
+    matrix = alignment.alignment(attention, target)  # [selector, head]
+    own = torch.full((attention.shape[1],), torch.nan)
+    k = min(matrix.shape)
+    own[:k] = matrix.diagonal()[:k]
+    return own
 
 
 def head_weights(attention: SelfAttention) -> dict[str, list[Tensor]]:

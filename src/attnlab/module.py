@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from attnlab import tags
-from attnlab.alignment import supervision_loss
+from attnlab.alignment import rasp_supervision_loss, real_positions, supervision_loss
 from attnlab.model import AttentionModel
 from attnlab.tasks import Batch, Task
 
@@ -42,12 +42,14 @@ def scores(logits: Tensor, targets: Tensor, mask: Tensor) -> dict[str, Tensor]:
 class AttentionLM(L.LightningModule):
     def __init__(self, model: AttentionModel, lr: float, weight_decay: float, warmup_steps: int, schedule: str,
                  attention_loss: float = 0.0, task: Task | None = None, gradient_clip_val: float | None = None,
-                 gradient_clip_algorithm: str | None = None, accumulate_grad_batches: int = 1):
+                 gradient_clip_algorithm: str | None = None, accumulate_grad_batches: int = 1,
+                 attention_form: str = "rows"):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps, self.schedule = lr, weight_decay, warmup_steps, schedule
         # loss.attention: the weight of the attention-supervision term, and the task whose targets it uses.
         self.attention_weight, self.task = attention_loss, task
+        self.attention_form = attention_form  # loss.attention_form: rows (supervision_loss) or rasp (RASP-exps's)
         # trainer.gradient_clip_val / gradient_clip_algorithm / accumulate_grad_batches, done in training_step.
         self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm or "norm"
         self.accumulate_grad_batches = accumulate_grad_batches
@@ -122,11 +124,22 @@ class AttentionLM(L.LightningModule):
 
     def attention_loss(self, inputs: Tensor, attention: list[Tensor]) -> Tensor:
         """loss.attention's term: per layer with a target, the supervision loss of its head 0 (the head asked to do
-        that step of the mechanism; the layer's other heads are free), averaged over those layers."""
+        that step of the mechanism; the layer's other heads are free), or with per-head targets (Task.head_targets)
+        of each head h against its own target h; averaged over the supervised heads. loss.attention_form=rasp
+        takes RASP-exps's form of the term (alignment.rasp_supervision_loss)."""
+        keep = real_positions(self.task, inputs) if self.attention_form == "rasp" else None
         losses = []
         for layer, weights in enumerate(attention):  # [batch, head, query, key]
-            if (target := self.task.target_attention(inputs, layer)) is not None:
-                losses.append(supervision_loss(weights[:, 0], target.to(weights.device)))
+            if (target := self.task.layer_targets(inputs, layer)) is None:
+                continue
+            target = target.to(weights.device)
+            pairs = [(weights[:, 0], target)] if target.dim() == 3 else [
+                (weights[:, h], target[:, h]) for h in range(target.shape[1])]
+            for head, wanted in pairs:
+                if self.attention_form == "rasp":
+                    losses.append(rasp_supervision_loss(head, wanted, keep))
+                else:
+                    losses.append(supervision_loss(head, wanted))
         return torch.stack(losses).mean()
 
     def objective(self, result: dict[str, Tensor]) -> Tensor:

@@ -45,6 +45,12 @@ def align(layer: int, head: int, length: int | None = None) -> str:
     return f"{align_prefix(length)}/layer{layer}/head{head}"
 
 
+def align_selector(layer: int, selector: int, length: int | None = None) -> str:
+    """Scalar in [0, 1]: the best head's alignment with selector S of a layer with per-head targets (the RASP
+    programs'); align/layer{L}/head{H} is then head H's with its own selector H."""
+    return f"{align_prefix(length)}/layer{layer}/selector{selector}"
+
+
 def align_best(length: int | None = None) -> str:  # ALIGN_BEST, or align/len{N}/best at one of data.val_lengths
     return f"{align_prefix(length)}/best"
 
@@ -66,8 +72,10 @@ def head_kind(layer: int, head: int, kind: str) -> str:  # scalar in [0, 1]: sha
     return f"heads/layer{layer}/head{head}/{kind}"
 
 
-def target(layer: int) -> str:  # image: the probe example's target pattern, beside attention/layer{L}/head{H}
-    return f"attention/layer{layer}/target"
+def target(layer: int, head: int | None = None) -> str:
+    """Image: the probe example's target pattern, beside attention/layer{L}/head{H}; with per-head targets, head
+    H's own (attention/layer{L}/target{H})."""
+    return f"attention/layer{layer}/target" + ("" if head is None else str(head))
 
 
 def qk_positional(layer: int, head: int) -> str:  # image: P·W_Q·W_Kᵀ·Pᵀ, the head's scores from positions alone

@@ -93,9 +93,11 @@ def attention_maps(names: list[str], example: Example, style: str, columns: int 
     panels: list[tuple[str, Tensor | None]] = []
     for layer, (weights, target) in enumerate(zip(example.attention, example.target_attention)):
         align = example.alignment[layer]
-        panels += [(f"layer {layer} head {h}" + ("" if align is None else f" align {align[h]:.2f}"), w)
-                   for h, w in enumerate(weights)]
-        if target is not None:
+        panels += [(f"layer {layer} head {h}" + ("" if align is None or align[h].isnan() else f" align {align[h]:.2f}"),
+                    w) for h, w in enumerate(weights)]
+        if target is not None and target.dim() == 3:  # per-head targets
+            panels += [(f"layer {layer} target {h}", pattern) for h, pattern in enumerate(target)]
+        elif target is not None:
             panels.append((f"layer {layer} target", target))
     # A panel is as wide as its cells, or its title where that is longer (short sequences); cells are padded to it.
     cells_width = width * len(inputs)

@@ -53,7 +53,7 @@ def build(cfg: DictConfig):
     accumulate = extra.get("accumulate_grad_batches", 1)
     module = AttentionLM(
         model, **cfg.optim, attention_loss=config.attention_loss(cfg, task), task=task, **clipping,
-        accumulate_grad_batches=accumulate,
+        accumulate_grad_batches=accumulate, attention_form=cfg.get("loss", {}).get("attention_form", "rows"),
     )
     data = TaskDataModule(
         task, cfg.data.batch_size, cfg.data.val_size, cfg.seed, accumulate, extra.get("overfit_batches") or 0,
@@ -154,7 +154,7 @@ def run_callbacks(cfg: DictConfig, task, data, run_dir: Path) -> list[L.Callback
         scale = cfg.logging.weight_scale or viz.default_weight_scale(cfg.model.dim)
         # The training distribution's probe, and with data.val_lengths one per length (the Attention tab's selector).
         probes = {n: data.probe(n) for n in [None, *data.val_lengths]}
-        targets = {n: [task.target_attention(probe[0], layer) for layer in range(cfg.model.layers)]
+        targets = {n: [task.layer_targets(probe[0], layer) for layer in range(cfg.model.layers)]
                    for n, probe in probes.items()}
         at_lengths = {n: (probes[n], targets[n]) for n in data.val_lengths}
         callbacks.append(

@@ -248,8 +248,9 @@ class StackedLM(L.LightningModule):
         lengths = [None, *self.trainer.datamodule.val_lengths]
         metrics = [{} for _ in self.members]
 
-        def member(k: int, per_layer: list[Tensor | None]) -> list[Tensor | None]:  # [member * head] -> [head]
-            return [None if t is None else t.view(len(self.members), -1)[k] for t in per_layer]
+        def member(k: int, per_layer: list[Tensor | None]) -> list[Tensor | None]:
+            # [member * head] -> [head]; per-head targets' [selector, member * head] -> [selector, head]
+            return [None if t is None else t.unflatten(-1, (len(self.members), -1)).select(-2, k) for t in per_layer]
 
         for i, length in enumerate(lengths):
             stage = "val" if length is None else tags.length_stage(length)

@@ -10,13 +10,14 @@ from attnlab.tasks.induction import Induction
 from attnlab.tasks.majority import Majority
 from attnlab.tasks.modular_addition import ModularAddition
 from attnlab.tasks.mqar import MQAR
+from attnlab.tasks.rasp import SUITE as RASP_SUITE
 from attnlab.tasks.reverse import Reverse
 from attnlab.tasks.selective_copy import SelectiveCopy
 from attnlab.tasks.sort import Sort
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
-    for task in (Copy, Reverse, Sort, Histogram, Majority, MQAR, Induction, SelectiveCopy, ModularAddition)
+    for task in (Copy, Reverse, Sort, Histogram, Majority, MQAR, Induction, SelectiveCopy, ModularAddition, *RASP_SUITE)
 }
 
 # data.* fields that configure the DataModule rather than the task.

@@ -138,6 +138,18 @@ class Task:
         or a pad) is all zero. Alignment (attnlab.alignment) averages over the rows with a target only."""
         return None
 
+    def head_targets(self, inputs: Tensor, layer: int) -> Tensor | None:
+        """Target patterns per head of this layer, [batch, head, query, key] (head h's pattern is [:, h]; heads past
+        the second dimension have none), for tasks whose mechanism gives each head of a layer its own step (the RASP
+        programs' selectors); None where the layer's target (target_attention) is any head's."""
+        return None
+
+    def layer_targets(self, inputs: Tensor, layer: int) -> Tensor | None:
+        """What alignment, the target images and loss.attention use at this layer: head_targets' [batch, head,
+        query, key] where the task has them, else target_attention's [batch, query, key] (any head), or None."""
+        per_head = self.head_targets(inputs, layer)
+        return per_head if per_head is not None else self.target_attention(inputs, layer)
+
     def token_names(self) -> list[str]:
         """How each token id is shown in TensorBoard and the terminal."""
         return [str(i) for i in range(self.vocab)]

@@ -63,15 +63,25 @@ def target_cells(pattern: torch.Tensor) -> list[list]:
     return [[q, k, w] for (q, k), w in zip(cells.tolist(), pattern[cells[:, 0], cells[:, 1]].tolist())]
 
 
+def cells_pattern(cells: list[list], shape) -> torch.Tensor:
+    """target_cells' list back into a [query, key] pattern."""
+    target = torch.zeros(shape)
+    for query, key, weight in cells:
+        target[query, key] = weight
+    return target
+
+
 def probe_labels(token_names: list[str], inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                  patterns: list[torch.Tensor | None], causal: bool) -> dict:
-    """The probe as the tab labels it. inputs/targets/mask: [query]; patterns per layer [query, key] or None."""
+    """The probe as the tab labels it. inputs/targets/mask: [query]; patterns per layer [query, key] (any head's),
+    [head, query, key] (per-head targets: {"heads": cells per head}) or None."""
     return {
         "vocab": list(token_names),
         "tokens": inputs.tolist(),  # token id at each position
         "predict": [t if m else None for t, m in zip(targets.tolist(), mask.tolist())],  # None: position not scored
         # Per layer the target's cells as [query, key, weight] (a few per row, the rest zero), or None.
-        "targets": [None if p is None else target_cells(p) for p in patterns],
+        "targets": [None if p is None else {"heads": [target_cells(h) for h in p]} if p.dim() == 3
+                    else target_cells(p) for p in patterns],
         "causal": bool(causal),
     }
 
@@ -81,10 +91,12 @@ def probe_tensors(attention: torch.Tensor, labels: dict, positions: torch.Tensor
     query, key], positions [query, dim]; the alignment is computed here from the labels' target cells."""
     align = np.full(attention.shape[:2], np.nan, dtype=np.float32)  # [layer, head]
     for layer, cells in enumerate(labels["targets"]):
-        if cells is not None:
-            target = torch.zeros(attention.shape[2:])  # [query, key]
-            for query, key, weight in cells:
-                target[query, key] = weight
+        if isinstance(cells, dict):  # per-head targets: each head against its own
+            for head, own in enumerate(cells["heads"][: attention.shape[1]]):
+                align[layer, head] = alignment(attention[layer, head : head + 1].float().unsqueeze(0),
+                                               cells_pattern(own, attention.shape[2:]).unsqueeze(0)).item()
+        elif cells is not None:
+            target = cells_pattern(cells, attention.shape[2:])
             align[layer] = alignment(attention[layer].float().unsqueeze(0), target.unsqueeze(0)).numpy()
     tokens = torch.tensor([labels["tokens"]])  # [1, pos]
     kinds = np.stack([  # [layer, head, kind]
@@ -131,7 +143,7 @@ def add_frame(writer, step: int, *, attention: torch.Tensor, token_names: list[s
     training thread (float16), encoded and written on the writer's thread.
 
     attention [layer, head, query, key]; inputs, targets, mask [query] (the probe example); patterns: the target
-    pattern per layer, [query, key] or None; weights [layer, 4, dim, dim] (W_Q, W_K, W_V, W_O); embedding and
+    pattern per layer, [query, key], [head, query, key] (per-head targets) or None; weights [layer, 4, dim, dim] (W_Q, W_K, W_V, W_O); embedding and
     unembedding [vocab, dim]; positions [query, dim]."""
     copies = [half(t) for t in (attention, weights, embedding, positions, unembedding)]
     file_writer = writer.writer.file_writer

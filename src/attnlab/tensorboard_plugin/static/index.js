@@ -269,7 +269,8 @@ function drawRun(r, frame, circuits, length) {
     const kind = frame.kind ? frame.kind[layer][head] : null;  // [its best kind, the score], on this example
     const caption = `layer ${layer} · head ${head}` + (align === null ? '' : ` · alignment ${align.toFixed(2)}`)
       + (kind === null ? '' : ` · ${kind[0]} ${kind[1].toFixed(2)}`);
-    part.heads[layer][head].update(values, colour, part.targets[layer], caption);
+    const target = part.targets[layer];  // one set of cells for any head, or (per-head targets) one per head
+    part.heads[layer][head].update(values, colour, Array.isArray(target) ? (target[head] || null) : target, caption);
   }));
   part.circuits.hidden = !circuits;
   if (circuits) drawCircuits(part, circuits);
@@ -326,7 +327,9 @@ function buildPart(view, frame, length) {
     grid.append(map.element);
     return map;
   }));
-  const targets = frame.targets.map((cells) => (cells === null ? null : new Set(cells.map(([q, k]) => `${q},${k}`))));
+  const cellSet = (cells) => new Set(cells.map(([q, k]) => `${q},${k}`));
+  const targets = frame.targets.map((cells) => (cells === null ? null
+      : Array.isArray(cells) ? cellSet(cells) : cells.heads.map(cellSet)));
   const circuits = el('div', 'circuits');
   circuits.hidden = true;
   const element = el('div', 'probe', [grid, circuits]);
