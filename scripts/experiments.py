@@ -39,12 +39,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from attnlab import tags
+from attnlab import pages, tags
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "conf" / "experiment"
 PAGE = ROOT / "README.md"  # the page whose table is replaced
-START, END = "<!-- experiments:start -->", "<!-- experiments:end -->"
+MARKERS = "experiments"  # the table goes between <!-- experiments:start --> and <!-- experiments:end -->
 SEEDS = 10
 SOLVED = 0.99
 ALIGNED, ALIGNED_SUPERVISED = 0.9, 0.95
@@ -270,18 +270,12 @@ def main() -> None:
 
 def write_page(text: str, results: list[dict]) -> None:
     """The table into PAGE between its markers; never one with recipes whose runs are not all there."""
-    page = PAGE.read_text()
-    if START not in page or END not in page:
-        print(f"error: {PAGE} has no {START} ... {END} markers to write the table between", file=sys.stderr)
-        sys.exit(2)
+    pages.check(PAGE, MARKERS)
     if missing := incomplete(results):
         print(f"{PAGE} left as it is: {', '.join(missing)} lack runs of some of seeds 0-{SEEDS - 1}",
               file=sys.stderr)
         sys.exit(1)
-    head, rest = page.split(START, 1)
-    _, tail = rest.split(END, 1)
-    PAGE.write_text(f"{head}{START}\n{text}{END}{tail}")
-    print(f"table written into {PAGE}")
+    pages.write(PAGE, MARKERS, text)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from attnlab import tags
+from attnlab import pages, tags
 from attnlab.positions import SCHEMES
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "conf" / "experiment" / "lengths"
 PAGE = ROOT / "docs" / "lengths.md"
-START, END = "<!-- lengths:start -->", "<!-- lengths:end -->"
 SEEDS = 5
 
 
@@ -137,13 +136,7 @@ def main() -> None:
         return
     (out / "results.md").write_text(text)
     if not args.only:
-        page = PAGE.read_text()
-        if START not in page or END not in page:
-            print(f"error: {PAGE} has no {START} ... {END} markers to write the table between", file=sys.stderr)
-            sys.exit(2)
-        head, rest = page.split(START, 1)
-        PAGE.write_text(f"{head}{START}\n{text}{END}{rest.split(END, 1)[1]}")
-        print(f"table written into {PAGE}")
+        pages.write(PAGE, "lengths", text)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from attnlab import tags
+from attnlab import pages, tags
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "conf" / "experiment" / "rasp"
 PAGE = ROOT / "docs" / "rasp.md"
-START, END = "<!-- rasp:start -->", "<!-- rasp:end -->"
 VARIANTS = ("", "_minus_head", "_minus_layer", "_minus_layer_wide", "_supervised")
 # The paper's Table 1 and figures are not in tech-srl/RASP-exps or tech-srl/RASP; no figure of it is quoted here
 # until one is read from the paper itself.
@@ -170,13 +169,7 @@ def main() -> None:
     if args.read_only:
         return
     (out / "results.md").write_text(text)
-    page = PAGE.read_text()
-    if START not in page or END not in page:
-        print(f"error: {PAGE} has no {START} ... {END} markers to write the table between", file=sys.stderr)
-        sys.exit(2)
-    head, rest = page.split(START, 1)
-    PAGE.write_text(f"{head}{START}\n{text}{END}{rest.split(END, 1)[1]}")
-    print(f"table written into {PAGE}")
+    pages.write(PAGE, "rasp", text)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from attnlab import pages
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "experiments.py"
 PAGE = "# A page\n\n<!-- experiments:start -->\nthe table measured before\n<!-- experiments:end -->\n\nthe rest\n"
@@ -91,7 +93,8 @@ def test_the_line_above_the_table_says_how_the_seeds_ran():
 def test_readme_says_how_its_rows_ran():
     """The line above README's table says how the seeds ran as the script's writer would for those rows."""
     script = load_script()
-    text = (ROOT / "README.md").read_text().split(script.START)[1].split(script.END)[0]
+    start, end = pages.markers(script.MARKERS)
+    text = (ROOT / "README.md").read_text().split(start)[1].split(end)[0]
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert rows
     results = [{"recipe": row.split("`")[1], "stacked": "(stacked)" in row} for row in rows]
