@@ -9,7 +9,9 @@ Per run, per layer with a target and per head, val/seq_acc and val/acc with that
   support   the head's own weights on the target's cells only (BOS and the same tokens, say), renormalised: the
             target's choice of keys with the head's own balance between them;
   uniform   spread evenly over the keys the row may see: a control, which tells whether the head matters at all.
-and, where the layer has several heads, every head cut to the support at once ("all support"). A model that
+and, where the layer has several heads, every head cut to the support at once ("all support"). Where a task gives each
+head of a layer its own selector (the RASP tasks: docs/rasp.md), each head is tried on each selector (`L0H1 S0
+target`: head 1 replaced by selector 0), and "all support" cuts each head to its own selector's cells. A model that
 computes with the target pattern keeps its accuracy under `target`; one that attends to the target's keys but
 weighs them its own way keeps it under `support` only; one that solved the task some other way loses it under
 both, while `uniform` shows what the head was worth.
@@ -80,7 +82,9 @@ def ablate(run_dir: Path, by_token: bool = False) -> tuple[int, dict[str, tuple[
     """(the checkpoint's step, {"learned" | "L{layer}H{head} target" | "L{layer}H{head} support" | "L{layer}H{head}
     uniform" | "L{layer} all support": (val/seq_acc, val/acc)}) over the run's validation set; with by_token
     also, per query token t on the target's rows, "L{layer}H{head} token {name}": (alignment on those rows,
-    val/seq_acc with the target there only, val/seq_acc with the even spread there only)."""
+    val/seq_acc with the target there only, val/seq_acc with the even spread there only). Where the task gives each
+    head of a layer its own selector (Task.head_targets: the RASP programs'), every head is tried on every selector
+    S: "L{layer}H{head} S{S} target" and so on, and "all support" puts each head on its own selector's cells."""
     import torch
 
     from attnlab.data import TaskDataModule
@@ -103,29 +107,38 @@ def ablate(run_dir: Path, by_token: bool = False) -> tuple[int, dict[str, tuple[
         _, learned = run.model(inputs, need_weights=True)  # per layer [batch, head, query, key]
     names = run.task.token_names()
     for layer, block in enumerate(run.model.blocks):
-        target = run.task.target_attention(inputs, layer)
-        if target is None:
+        selectors = run.task.layer_targets(inputs, layer)
+        if selectors is None:
             continue
-        uniform = uniform_like(target, block.attention.causal)
-        support = {head: learned[layer][:, head] * (target > 0) for head in range(block.attention.heads)}
-        for head in range(block.attention.heads):
-            for name, pattern in (("target", target), ("support", support[head]), ("uniform", uniform)):
-                with replaced(block.attention, {head: pattern}):
-                    results[f"L{layer}H{head} {name}"] = score()
-            if not by_token:
-                continue
-            rows = target.sum(-1) > 0  # [batch, query]
-            share = support[head].sum(-1)  # [batch, query]: the head's mass on the target's cells
-            for token in inputs[rows].unique().tolist():
-                these = (rows & (inputs == token)).unsqueeze(-1)  # [batch, query, 1]
-                with replaced(block.attention, {head: target * these}):
-                    on_target = score()[0]
-                with replaced(block.attention, {head: uniform * these}):
-                    spread = score()[0]
-                align = share[these.squeeze(-1)].mean().item()
-                results[f"L{layer}H{head} token {names[token]}"] = (align, on_target, spread)
-        if block.attention.heads > 1:
-            with replaced(block.attention, support):
+        # [batch, selector, query, key]: the layer's selectors, one per head, where the task gives each head its own
+        # (the RASP programs'), else its one target, which any head may take
+        per_head = selectors.dim() == 4
+        selectors = selectors if per_head else selectors.unsqueeze(1)
+        for s in range(selectors.shape[1]):
+            target = selectors[:, s]
+            uniform = uniform_like(target, block.attention.causal)
+            for head in range(block.attention.heads):
+                name = f"L{layer}H{head} S{s}" if per_head else f"L{layer}H{head}"
+                support = learned[layer][:, head] * (target > 0)
+                for kind, pattern in (("target", target), ("support", support), ("uniform", uniform)):
+                    with replaced(block.attention, {head: pattern}):
+                        results[f"{name} {kind}"] = score()
+                if not by_token:
+                    continue
+                rows = target.sum(-1) > 0  # [batch, query]
+                share = support.sum(-1)  # [batch, query]: the head's mass on the target's cells
+                for token in inputs[rows].unique().tolist():
+                    these = (rows & (inputs == token)).unsqueeze(-1)  # [batch, query, 1]
+                    with replaced(block.attention, {head: target * these}):
+                        on_target = score()[0]
+                    with replaced(block.attention, {head: uniform * these}):
+                        spread = score()[0]
+                    align = share[these.squeeze(-1)].mean().item()
+                    results[f"{name} token {names[token]}"] = (align, on_target, spread)
+        if block.attention.heads > 1:  # every head at once on its own selector's cells (or on the layer's one target's)
+            heads = range(min(block.attention.heads, selectors.shape[1]) if per_head else block.attention.heads)
+            own = {h: learned[layer][:, h] * (selectors[:, h if per_head else 0] > 0) for h in heads}
+            with replaced(block.attention, own):
                 results[f"L{layer} all support"] = score()
     return run.step, results
 
@@ -152,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, values in results.items():
                 if " token " in name:  # alignment on the token's rows, then val/seq_acc under target / uniform there
                     align, on_target, spread = values
-                    print(f"    {name:14s} align {align:.2f}, target there {on_target:.3f}, uniform there {spread:.3f}")
+                    print(f"    {name:18s} align {align:.2f}, target there {on_target:.3f}, uniform there {spread:.3f}")
                 else:
-                    print(f"    {name:14s} {values[0]:.3f} / {values[1]:.3f}")
+                    print(f"    {name:18s} {values[0]:.3f} / {values[1]:.3f}")
             if len(results) == 1:
                 print("    (the task has no target pattern at any layer of this model)")
             sys.stdout.flush()

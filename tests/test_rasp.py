@@ -2,6 +2,7 @@
 from RASP-exps's classifiers and pairwise selector functions, the per-head targets through alignment and
 supervision, the config checks, and tiny runs that learn."""
 
+import importlib.util
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from attnlab.config import ConfigError
 from attnlab.tasks import make_task
 from attnlab.train import build, run
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 QUIET = ["device=cpu", "logging.progress_bar=false", "logging.images_every_n_steps=0", "data.val_size=200"]
 VOCAB = {"rasp_dyck1": 3, "rasp_dyck2": 5}
 NAMES = ["rasp_reverse", "rasp_hist", "rasp_hist_bos", "rasp_double_hist", "rasp_sort", "rasp_most_freq",
@@ -227,6 +229,21 @@ def test_supervised_run_learns_every_selector_head(tmp_path):
         assert metrics[tags.align(layer, head)] >= 0.8, (layer, head, metrics)
     assert metrics[tags.ALIGN_BEST] == min(metrics[tags.align_selector(layer, s)] for layer, s in [(0, 0), (0, 1), (1, 0)])
     assert tags.align(1, 1) not in metrics  # layer 1 has one selector: its second head is free
+
+    # scripts/ablate.py on it: every head tried on every selector of its layer, then each on its own selector's cells
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # as Hydra leaves it in a run directory
+    spec = importlib.util.spec_from_file_location("ablate", ROOT / "scripts" / "ablate.py")
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    step, results = ablate.ablate(tmp_path)
+    assert step == 150 and results["learned"] == (pytest.approx(metrics["val/seq_acc"]), pytest.approx(metrics["val/acc"]))
+    tried = {name.rsplit(" ", 1)[0] for name in results if " S" in name}
+    assert tried == {f"L{layer}H{head} S{s}" for layer, selectors in [(0, 2), (1, 1)] for head in (0, 1)
+                     for s in range(selectors)}
+    assert {"L0 all support", "L1 all support"} <= set(results)
+    # a head on a selector it was not pulled onto does worse than on its own (layer 0: same token vs earlier copy)
+    assert results["L0H0 S0 target"][1] > results["L0H0 S1 target"][1], results
 
 
 def test_reverse_learns_at_two_layers(tmp_path):
