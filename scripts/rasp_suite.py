@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,8 @@ PAPER = "not confirmed"
 
 
 def sweep(name: str, out: Path, seeds: int) -> float | None:
-    """Seeds 0 .. seeds-1 of one recipe into out/name; its wall time (None where it was finished before)."""
+    """Seeds 0 .. seeds-1 of one recipe into out/name; its wall time (None where it was finished before). Its wall
+    and CPU time (the sweep's processes, its workers too, all reaped by the time it ends) go into out/name/wall.json."""
     if len(list((out / name).rglob("metrics.json"))) >= seeds:
         print(f"== {name}: finished in {out / name}, read as it is", flush=True)
         return None
@@ -51,13 +53,20 @@ def sweep(name: str, out: Path, seeds: int) -> float | None:
                f"seed=range({seeds})", "hydra/launcher=stacked", f"hydra.sweep.dir={out / name}",
                "logging.progress_bar=false"]  # fmt: skip
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu()
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if finished.returncode != 0:
         print(finished.stderr[-3000:], file=sys.stderr)
     wall = time.perf_counter() - start
-    (out / name / "wall.json").write_text(json.dumps({"wall_s": wall, "seeds": seeds}) + "\n")
+    record = {"wall_s": wall, "cpu_s": children_cpu() - cpu, "seeds": seeds}
+    (out / name / "wall.json").write_text(json.dumps(record) + "\n")
     return wall
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children and theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def runs(sweep_dir: Path) -> list[tuple[dict, dict]]:
@@ -84,13 +93,13 @@ def selectors(metrics: dict) -> list[tuple[int, int]]:
 
 def row(name: str, sweep_dir: Path) -> list[str]:
     """One recipe's cells: recipe, size, seeds, acc, seq_acc, seeds >= 99%, last step (median), alignment per
-    selector, wall, paper."""
+    selector, wall, CPU per seed, paper."""
     recipe = OmegaConf.to_container(OmegaConf.load(RECIPES / f"{name}.yaml"))
     model = recipe["model"]
     found = runs(sweep_dir) if sweep_dir.is_dir() else []
     size = f"{model['layers']}×{model['heads']}" + (f", d={model['dim']}" if model["dim"] != 64 else "")
     if not found:
-        return [f"`{name}`", size, "0", "not measured", "", "", "", "", "", PAPER]
+        return [f"`{name}`", size, "0", "not measured", "", "", "", "", "", "", PAPER]
     metrics = [m for _, m in found]
     acc = [m[tags.metric("val", "acc")] for m in metrics]
     seq = [m[tags.metric("val", "seq_acc")] for m in metrics]
@@ -101,9 +110,9 @@ def row(name: str, sweep_dir: Path) -> list[str]:
         align.append(f"L{layer}S{s} {spread([m[key] for m in metrics if key in m], 2)}")
     solved = sum(a >= 0.99 for a in acc)
     step = statistics.median(m["step"] for m in metrics)
-    wall = wall_min(sweep_dir)
+    wall, cpu = wall_min(sweep_dir), cpu_per_seed_min(sweep_dir)
     return [f"`{name}`", size, str(len(metrics)), spread(acc), spread(seq), f"{solved}/{len(metrics)}", f"{step:g}",
-            "; ".join(align) or "–", "–" if wall is None else f"{wall:.1f}", PAPER]
+            "; ".join(align) or "–", "–" if wall is None else f"{wall:.1f}", "–" if cpu is None else f"{cpu:.1f}", PAPER]
 
 
 def wall_min(sweep_dir: Path) -> float | None:
@@ -112,9 +121,16 @@ def wall_min(sweep_dir: Path) -> float | None:
     return json.loads(record.read_text())["wall_s"] / 60 if record.is_file() else None
 
 
+def cpu_per_seed_min(sweep_dir: Path) -> float | None:
+    """A recipe's CPU time per seed in minutes (None where it was not recorded)."""
+    record = sweep_dir / "wall.json"
+    found = json.loads(record.read_text()) if record.is_file() else {}
+    return found["cpu_s"] / found["seeds"] / 60 if "cpu_s" in found else None
+
+
 def table(names: list[str], out: Path) -> str:
     head = ["recipe", "layers×heads", "seeds", "acc", "seq_acc", "acc ≥ 0.99", "last step", "alignment per selector",
-            "wall (min)", "paper"]
+            "wall (min)", "CPU per seed (min)", "paper"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         lines.append("| " + " | ".join(row(name, out / name)) + " |")
