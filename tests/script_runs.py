@@ -14,6 +14,7 @@ pid (for the signals a test sends it) and what a subprocess.Popen offers for wai
 Run as a file, this is the server: a JSON request per line on stdin, a JSON answer per line back on stdout."""
 
 import atexit
+import contextlib
 import gc
 import importlib
 import importlib.util
@@ -135,6 +136,40 @@ class Started:
                 done = self.output()
                 shutil.rmtree(self.out, ignore_errors=True)
         return done
+
+    def stop_group(self, training, within: float, timeout: float) -> tuple[str, str, list[str], float]:
+        """SIGTERM to the run's process group (a run started with new_session=True: a sweep a user started from a
+        shell, and its workers) once training() says its jobs are training, as a user's kill or a scheduler sends
+        it: (stdout, stderr, the group's processes still running 20 s after the signal, the seconds waited for
+        them). Whatever is left is killed (SIGKILL) before it returns."""
+        try:
+            deadline = time.monotonic() + within
+            while not training():
+                assert self.poll() is None and time.monotonic() < deadline, self.output()[1][-3000:]
+                time.sleep(0.2)
+            os.killpg(self.pid, signal.SIGTERM)
+            signalled = time.monotonic()
+            out, err = self.communicate(timeout)
+            while alive(self.pid) and time.monotonic() < signalled + 20:
+                time.sleep(0.2)
+            return out, err, alive(self.pid), time.monotonic() - signalled
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+
+def alive(pgid: int) -> list[str]:
+    """The processes of process group `pgid` that have not ended (a zombie has), as `pid command`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            command, _, rest = stat.read_text().rpartition(")")
+            state, _ppid, group = rest.split()[:3]
+        except (OSError, ValueError):  # ended while being read
+            continue
+        if int(group) == pgid and state != "Z":
+            found.append(f"{stat.parent.name} {command.partition('(')[2]}")
+    return found
 
 
 def become(request: dict, i: int) -> None:

@@ -2,7 +2,6 @@
 losses step by step, final metrics, checkpoint and TensorBoard tags), stops and fails on its own, and is a real run
 directory that resume= goes on from; the launcher groups a sweep's jobs by shape, through scripts/train.py."""
 
-import contextlib
 import json
 import math
 import os
@@ -359,8 +358,6 @@ def test_sigterm_to_a_sweep_on_two_workers_saves_every_member_and_leaves_no_proc
     """kill of the sweep's process group, two workers training a group of two each: every member saves its
     checkpoint at the step its group reached, the job after them in the second worker does not start, the summary
     says so, and no process of the sweep is left (as a joblib sweep's, tests/test_sweep_launchers.py)."""
-    from test_sweep_launchers import alive
-
     sweep, steps = tmp_path / "sweep", 100000
     args = [a for a in NO_FRAMES if not a.startswith("trainer.max_steps")]
     args += [f"trainer.max_steps={steps}", "model.dim=16", "data.batch_size=32"]
@@ -368,20 +365,9 @@ def test_sigterm_to_a_sweep_on_two_workers_saves_every_member_and_leaves_no_proc
     launcher = ["hydra/launcher=stacked", "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=2"]
     process = script_runs.start(TRAIN, ["-m", *launcher, "seed=range(5)", *args, f"hydra.sweep.dir={sweep}"], tmp_path,
                                 new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 4:  # both groups are training (step 10 passed)
-            assert process.poll() is None and time.monotonic() < deadline, process.output()[1][-3000:]
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGTERM)
-        signalled = time.monotonic()
-        out, err = process.communicate(timeout=120)
-        while alive(process.pid) and time.monotonic() < signalled + 20:
-            time.sleep(0.2)
-        left, took = alive(process.pid), time.monotonic() - signalled
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+    # signalled once both groups are training (each member past step 10)
+    out, err, left, took = process.stop_group(
+        lambda: len(list(sweep.glob("*/checkpoints/last.ckpt"))) >= 4, within=240, timeout=120)
     assert not left, f"still running {took:.0f} s after SIGTERM: {left}"
     assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
 

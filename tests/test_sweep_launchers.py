@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -95,20 +94,6 @@ def test_submitit_local_with_ddp(ddp_sweeps):
     check_ddp_and_failure(cwd / "sweep")
 
 
-def alive(pgid: int) -> list[str]:
-    """The processes of process group `pgid` that have not ended (a zombie has), as `pid command`, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            command, _, rest = stat.read_text().rpartition(")")
-            state, _ppid, group = rest.split()[:3]
-        except (OSError, ValueError):  # ended while being read
-            continue
-        if int(group) == pgid and state != "Z":
-            found.append(f"{stat.parent.name} {command.partition('(')[2]}")
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the sweep's processes from /proc")
 def test_sigterm_to_a_joblib_sweep_stops_it_as_ctrl_c_does(tmp_path, script_runs):
@@ -121,20 +106,9 @@ def test_sigterm_to_a_joblib_sweep_stops_it_as_ctrl_c_does(tmp_path, script_runs
     # forked from the session's server (tests/script_runs.py), leading a process group of its own as the sweep a
     # user starts from a shell does
     process = script_runs.start(TRAIN, args, tmp_path, new_session=True)
-    try:
-        deadline = time.monotonic() + 200
-        while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 2:  # both workers are training (step 10 passed)
-            assert process.poll() is None and time.monotonic() < deadline, process.output()[1][-3000:]
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGTERM)
-        signalled = time.monotonic()
-        out, stderr = process.communicate(timeout=60)
-        while alive(process.pid) and time.monotonic() < signalled + 20:
-            time.sleep(0.2)
-        left, took = alive(process.pid), time.monotonic() - signalled
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+    # signalled once both workers are training (each job past step 10)
+    out, stderr, left, took = process.stop_group(
+        lambda: len(list(sweep.glob("*/checkpoints/last.ckpt"))) >= 2, within=200, timeout=60)
     assert not left, f"still running {took:.0f} s after SIGTERM: {left}"
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
 
