@@ -47,11 +47,16 @@ def tiny_run(tmp_path_factory) -> Path:
     """The run directory of TINY_RUN, trained in this process (a scripts/train.py subprocess would pay Lightning's
     import again; tests/test_train.py covers the script itself). Laid out as scripts/train.py lays it out:
     .hydra/config.yaml, event files, checkpoints/last.ckpt, metrics.json."""
+    return trained_in(tmp_path_factory.mktemp("tiny_run"), TINY_RUN)
+
+
+def trained_in(run_dir: Path, overrides: list[str]) -> Path:
+    """A run of the train config with `overrides`, trained in this process into run_dir, laid out as
+    scripts/train.py lays it out (.hydra/config.yaml beside what the run writes)."""
     from attnlab.train import run
 
-    run_dir = tmp_path_factory.mktemp("tiny_run")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=TINY_RUN)
+        cfg = compose(config_name="train", overrides=overrides)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     run(cfg, run_dir)

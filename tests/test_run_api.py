@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 import attnlab
 from attnlab import checkpoints, heads
 from attnlab.config import ConfigError
 from attnlab.hooks import HookPoint
+from conftest import trained_in
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,15 +30,7 @@ RUN = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from attnlab.train import run
-
-    run_dir = tmp_path_factory.mktemp("kept_run")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=RUN)
-    (run_dir / ".hydra").mkdir()
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    run(cfg, run_dir)
-    return run_dir
+    return trained_in(tmp_path_factory.mktemp("kept_run"), RUN)
 
 
 @pytest.fixture(scope="module")
