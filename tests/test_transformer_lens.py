@@ -30,6 +30,10 @@ RUNS = {
     # bidirectional, sinusoidal positions (a fixed W_pos), two heads
     "bidirectional": ["data=reverse", "data.seq_len=4", "model.dim=16", "model.heads=2", "model.causal=false",
                       "model.positions=sinusoidal", "trainer.max_steps=20"],
+    # variable length (lengths 1-6, padded on the right), bidirectional, MLP and LayerNorm: a RASP task's model
+    "variable_length": ["data=rasp_reverse", "data.seq_len=6", "data.vocab_size=6", "model.dim=16", "model.heads=2",
+                        "model.layers=2", "model.causal=false", "model.mlp=true", "model.norm=true",
+                        "trainer.max_steps=20"],
 }
 
 
@@ -101,8 +105,21 @@ def test_refused(run):
     other.cfg.model.positions = "alibi"
     with pytest.raises(ConfigError, match=r"model.positions=alibi: run.to_transformer_lens\(\) takes learned, sinusoidal or none"):
         other.to_transformer_lens()
-    padded = copy.copy(run)
-    padded.model = copy.copy(run.model)
-    padded.model.padding = 0  # as a variable-length run's model has it (data.min_len)
-    with pytest.raises(ConfigError, match="takes fixed-length runs only"):
-        padded.to_transformer_lens()
+
+
+@pytest.mark.parametrize("run", ["variable_length"], indirect=True)
+def test_padding_is_masked_without_being_asked(run):
+    """A variable-length run's padded keys are masked in every TransformerLens call, as attnlab masks them: called
+    plainly, with run_with_hooks, or with the caller's own attention_mask. Its unwrapped forward (no mask) would
+    attend to the padding and differ."""
+    tl_model = run.to_transformer_lens()
+    tokens = run.validation[0]  # [32, pos]
+    assert (tokens == run.model.padding).any()  # some examples are shorter than the longest
+    ours, _ = run.run_with_cache(tokens)
+    with torch.no_grad():
+        torch.testing.assert_close(tl_model(tokens), ours, rtol=0, atol=1e-5)
+        torch.testing.assert_close(tl_model.run_with_hooks(tokens, fwd_hooks=[]), ours, rtol=0, atol=1e-5)
+        mask = (tokens != run.model.padding).long()
+        torch.testing.assert_close(tl_model(tokens, attention_mask=mask), ours, rtol=0, atol=1e-5)
+        unmasked = type(tl_model).forward(tl_model, tokens, attention_mask=torch.ones_like(tokens))
+    assert (unmasked - ours).abs().max() > 1e-2

@@ -14,6 +14,7 @@ convert_tl_checkpoint; attnlab's weights are written in that layout here:
     norm1 / norm2 / norm (LayerNorm)          ln1 / ln2 / ln_final (.w, .b)
     mlp.0 / mlp.2 (Linear, GELU between)      mlp.W_in [d_model, d_mlp], mlp.W_out [d_mlp, d_model] (act_fn "gelu")
     readout (Linear with bias)                unembed.W_U [d_model, vocab], b_U
+    padding (variable-length runs)            attention_mask = tokens != padding on every forward not given one
 """
 
 import torch
@@ -45,11 +46,6 @@ def tl_config(run):
         # their pairing of dimensions is attnlab.positions.Rotary's is not checked yet, so it is not claimed.
         raise ConfigError(f"model.positions={positions}: run.to_transformer_lens() takes learned, sinusoidal or none "
                           "positions (TransformerLens's W_pos)")
-    if getattr(model, "padding", None) is not None:
-        # attnlab masks padded keys inside attention; TransformerLens's model would attend to them unless every call
-        # passed an attention_mask, and logits that differ silently are worse than a refusal.
-        raise ConfigError("data.min_len: a variable-length run pads its examples, and run.to_transformer_lens() "
-                          "takes fixed-length runs only (TransformerLens's model does not mask the padding)")
     attention = model.blocks[0].attention
     return TransformerBridgeConfig(
         d_model=attention.dim, d_head=attention.d_head, n_heads=attention.heads, n_layers=len(model.blocks),
@@ -96,4 +92,21 @@ def to_transformer_lens(run):
     cfg = tl_config(run)
     bridge = TransformerBridge.boot_native(cfg)
     bridge.load_state_dict(convert_tl_checkpoint(state_dict(run.model), bridge.cfg), strict=True)
+    if run.model.padding is not None:
+        mask_padding(bridge, run.model.padding)
     return bridge.eval()
+
+
+def mask_padding(bridge, padding: int) -> None:
+    """A variable-length run (data.min_len) pads its examples on the right, and attnlab masks the padded keys inside
+    attention. TransformerLens's model masks them only when a call passes attention_mask; without it the logits
+    would differ silently. So every forward that is not given one gets `tokens != padding`: calls, run_with_cache
+    and run_with_hooks alike (they call bridge.forward, which this replaces on the instance)."""
+    forward = bridge.forward
+
+    def forward_with_mask(input, *args, attention_mask=None, **kwargs):
+        if attention_mask is None and torch.is_tensor(input) and not input.is_floating_point():
+            attention_mask = torch.atleast_2d(input != padding).long()  # [batch, pos]: 1 on tokens, 0 on padding
+        return forward(input, *args, attention_mask=attention_mask, **kwargs)
+
+    bridge.forward = forward_with_mask
