@@ -21,17 +21,13 @@ again; --read-only trains nothing and writes nothing but the table it prints.
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from attnlab import pages, tags
+from attnlab import pages, suites, tags
 from attnlab.positions import SCHEMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,30 +37,12 @@ SEEDS = 5
 
 
 def sweep(name: str, out: Path) -> dict | None:
-    """Every scheme and seed of one recipe into out/name; its wall and CPU seconds (None where it was finished
-    before)."""
-    jobs = len(SCHEMES) * SEEDS
-    if len(list((out / name).rglob("metrics.json"))) == jobs:
-        print(f"== {name}: finished in {out / name}, read as it is", flush=True)
-        return None
+    """Every scheme and seed of one recipe into out/name, its wall and CPU time into out/name/wall.json (None where
+    it was finished before)."""
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", f"+experiment=lengths/{name}",
                f"model.positions={','.join(SCHEMES)}", f"seed=range({SEEDS})", "hydra/launcher=stacked",
                f"hydra.sweep.dir={out / name}", "logging.progress_bar=false"]  # fmt: skip
-    print(f"== {name}: {' '.join(command[1:])}", flush=True)
-    start, used = time.perf_counter(), cpu_of_children()
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if finished.returncode != 0:
-        print(finished.stderr[-3000:], file=sys.stderr)
-    times = {"wall_s": time.perf_counter() - start, "cpu_s": cpu_of_children() - used}
-    (out / name / "wall.json").write_text(json.dumps(times) + "\n")
-    return times
-
-
-def cpu_of_children() -> float:
-    """User + system CPU seconds of the finished child processes: about the same on a busy machine as on an idle
-    one, unlike wall time."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return suites.recorded_sweep(command, out / name, jobs=len(SCHEMES) * SEEDS, cwd=ROOT)
 
 
 def runs(sweep_dir: Path) -> list[tuple[str, list[int], dict]]:
@@ -74,13 +52,6 @@ def runs(sweep_dir: Path) -> list[tuple[str, list[int], dict]]:
         cfg = OmegaConf.load(metrics.parent / ".hydra" / "config.yaml")
         found.append((cfg.model.positions, list(cfg.data.val_lengths), json.loads(metrics.read_text())))
     return found
-
-
-def spread(values: list[float]) -> str:
-    if not values:
-        return "–"
-    deviation = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {deviation:.2f}"
 
 
 def table(name: str, found: list[tuple[str, list[int], dict]]) -> str:
@@ -94,9 +65,9 @@ def table(name: str, found: list[tuple[str, list[int], dict]]) -> str:
         cells = [f"`{scheme}`", str(len(mine))]
         for n in lengths:
             stage = tags.length_stage(n)
-            cells += [spread([m[tags.metric(stage, "acc")] for m in mine]),
-                      spread([m[tags.metric(stage, "seq_acc")] for m in mine]),
-                      spread([m[tags.align_best(n)] for m in mine if tags.align_best(n) in m])]  # fmt: skip
+            cells += [suites.spread([m[tags.metric(stage, "acc")] for m in mine]),
+                      suites.spread([m[tags.metric(stage, "seq_acc")] for m in mine]),
+                      suites.spread([m[tags.align_best(n)] for m in mine if tags.align_best(n) in m])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -108,13 +79,7 @@ def main() -> None:
     parser.add_argument("--read-only", action="store_true", help="train and write nothing: the table of what --out holds")
     args = parser.parse_args()
     names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-    if args.only:
-        unknown = sorted(set(args.only.split(",")) - set(names))
-        if unknown:
-            print(f"error: --only: no recipe {', '.join(unknown)} in {RECIPES.relative_to(ROOT)} (have: {', '.join(names)})",
-                  file=sys.stderr)
-            sys.exit(2)
-        names = [n for n in names if n in args.only.split(",")]
+    names = suites.chosen(RECIPES.relative_to(ROOT), args.only, names)
     if args.read_only and (args.out is None or not args.out.is_dir()):
         print("error: --read-only needs --out, a study's directory to table", file=sys.stderr)
         sys.exit(2)
@@ -122,7 +87,6 @@ def main() -> None:
     times = []
     for name in names:
         if not args.read_only:
-            (out / name).mkdir(parents=True, exist_ok=True)
             sweep(name, out)
         if (out / name / "wall.json").is_file():
             times.append(json.loads((out / name / "wall.json").read_text()))

@@ -22,17 +22,14 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from attnlab import pages, tags
+from attnlab import pages, suites, tags
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "conf" / "experiment" / "rasp"
@@ -43,30 +40,13 @@ VARIANTS = ("", "_minus_head", "_minus_layer", "_minus_layer_wide", "_supervised
 PAPER = "not confirmed"
 
 
-def sweep(name: str, out: Path, seeds: int) -> float | None:
-    """Seeds 0 .. seeds-1 of one recipe into out/name; its wall time (None where it was finished before). Its wall
-    and CPU time (the sweep's processes, its workers too, all reaped by the time it ends) go into out/name/wall.json."""
-    if len(list((out / name).rglob("metrics.json"))) >= seeds:
-        print(f"== {name}: finished in {out / name}, read as it is", flush=True)
-        return None
+def sweep(name: str, out: Path, seeds: int) -> dict | None:
+    """Seeds 0 .. seeds-1 of one recipe into out/name, its wall and CPU time into out/name/wall.json (None where it
+    was finished before)."""
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", f"+experiment=rasp/{name}",
                f"seed=range({seeds})", "hydra/launcher=stacked", f"hydra.sweep.dir={out / name}",
                "logging.progress_bar=false"]  # fmt: skip
-    print(f"== {name}: {' '.join(command[1:])}", flush=True)
-    start, cpu = time.perf_counter(), children_cpu()
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if finished.returncode != 0:
-        print(finished.stderr[-3000:], file=sys.stderr)
-    wall = time.perf_counter() - start
-    record = {"wall_s": wall, "cpu_s": children_cpu() - cpu, "seeds": seeds}
-    (out / name / "wall.json").write_text(json.dumps(record) + "\n")
-    return wall
-
-
-def children_cpu() -> float:
-    """User + system CPU seconds of this process's finished children and theirs."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return suites.recorded_sweep(command, out / name, jobs=seeds, cwd=ROOT, seeds=seeds)
 
 
 def runs(sweep_dir: Path) -> list[tuple[dict, dict]]:
@@ -76,13 +56,6 @@ def runs(sweep_dir: Path) -> list[tuple[dict, dict]]:
         cfg = OmegaConf.to_container(OmegaConf.load(metrics.parent / ".hydra" / "config.yaml"))
         found.append((cfg, json.loads(metrics.read_text())))
     return found
-
-
-def spread(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "–"
-    deviation = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {deviation:.{digits}f}"
 
 
 def selectors(metrics: dict) -> list[tuple[int, int]]:
@@ -107,12 +80,12 @@ def row(name: str, sweep_dir: Path) -> list[str]:
     align = []
     for layer, s in selectors(metrics[0]):
         key = tags.align(layer, s) if supervised else tags.align_selector(layer, s)
-        align.append(f"L{layer}S{s} {spread([m[key] for m in metrics if key in m], 2)}")
+        align.append(f"L{layer}S{s} {suites.spread([m[key] for m in metrics if key in m])}")
     solved = sum(a >= 0.99 for a in acc)
     step = statistics.median(m["step"] for m in metrics)
     wall, cpu = wall_min(sweep_dir), cpu_per_seed_min(sweep_dir)
-    return [f"`{name}`", size, str(len(metrics)), spread(acc), spread(seq), f"{solved}/{len(metrics)}", f"{step:g}",
-            "; ".join(align) or "–", "–" if wall is None else f"{wall:.1f}", "–" if cpu is None else f"{cpu:.1f}", PAPER]
+    return [f"`{name}`", size, str(len(metrics)), suites.spread(acc, 3), suites.spread(seq, 3),
+            f"{solved}/{len(metrics)}", f"{step:g}", "; ".join(align) or "–", "–" if wall is None else f"{wall:.1f}", "–" if cpu is None else f"{cpu:.1f}", PAPER]
 
 
 def wall_min(sweep_dir: Path) -> float | None:
@@ -153,14 +126,7 @@ def main() -> None:
     parser.add_argument("--read-only", action="store_true", help="train and write nothing: the table of what --out holds")
     args = parser.parse_args()
     names = ordered([p.stem for p in RECIPES.glob("*.yaml")])
-    train = names
-    if args.only:
-        unknown = sorted(set(args.only.split(",")) - set(names))
-        if unknown:
-            print(f"error: --only: no recipe {', '.join(unknown)} in {RECIPES.relative_to(ROOT)} (have: {', '.join(names)})",
-                  file=sys.stderr)
-            sys.exit(2)
-        train = [n for n in names if n in args.only.split(",")]
+    train = suites.chosen(RECIPES.relative_to(ROOT), args.only, names)
     if args.seeds < 1:
         print(f"error: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
         sys.exit(2)
@@ -170,7 +136,6 @@ def main() -> None:
     out = (args.out or ROOT / "outputs" / "rasp" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     if not args.read_only:
         for name in train:
-            (out / name).mkdir(parents=True, exist_ok=True)
             sweep(name, out, args.seeds)
     walls = [json.loads(w.read_text())["wall_s"] for w in out.glob("*/wall.json")]
     measured = [n for n in names if (out / n).is_dir() and runs(out / n)]
