@@ -1,6 +1,8 @@
-"""Fixtures shared by several test files."""
+"""Fixtures and helpers shared by several test files."""
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -61,3 +63,11 @@ def trained_in(run_dir: Path, overrides: list[str]) -> Path:
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     run(cfg, run_dir)
     return run_dir
+
+
+def script_module(name: str) -> ModuleType:
+    """scripts/<name>.py imported as a module, for its functions (its main() is not run)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

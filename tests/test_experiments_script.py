@@ -2,7 +2,6 @@
 is built from runs which are not there. The script runs from a copy of the repository's layout (scripts/, conf/,
 a README with the markers), so that whatever it writes lands in tmp_path, never in the tree under test."""
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from attnlab import pages
+from conftest import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "experiments.py"
@@ -49,15 +49,8 @@ def test_read_only_prints_the_table_and_writes_nothing(repo):
     assert (repo / "README.md").read_text() == PAGE
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("experiments", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_page_keeps_its_table_unless_every_recipe_has_all_its_runs(tmp_path, monkeypatch, capsys):
-    script = load_script()
+    script = script_module("experiments")
     page = tmp_path / "README.md"
     page.write_text(PAGE)
     monkeypatch.setattr(script, "PAGE", page)
@@ -80,7 +73,7 @@ def test_the_page_keeps_its_table_unless_every_recipe_has_all_its_runs(tmp_path,
 
 
 def test_the_line_above_the_table_says_how_the_seeds_ran():
-    script = load_script()
+    script = script_module("experiments")
     joblib, stacked = {"recipe": "a", "stacked": False}, {"recipe": "b", "stacked": True}
     assert "seeds 0-9 as `hydra/launcher=joblib hydra.launcher.n_jobs=2` jobs," in script.machine([joblib], True)
     assert "seeds 0-9 as `hydra/launcher=stacked` models, a group per core," in script.machine([stacked], True)
@@ -92,7 +85,7 @@ def test_the_line_above_the_table_says_how_the_seeds_ran():
 
 def test_readme_says_how_its_rows_ran():
     """The line above README's table says how the seeds ran as the script's writer would for those rows."""
-    script = load_script()
+    script = script_module("experiments")
     start, end = pages.markers(script.MARKERS)
     text = (ROOT / "README.md").read_text().split(start)[1].split(end)[0]
     rows = [line for line in text.splitlines() if line.startswith("| `")]

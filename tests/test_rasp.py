@@ -2,7 +2,6 @@
 from RASP-exps's classifiers and pairwise selector functions, the per-head targets through alignment and
 supervision, the config checks, and tiny runs that learn."""
 
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from attnlab import alignment, tags
 from attnlab.config import ConfigError
 from attnlab.tasks import make_task
 from attnlab.train import build, run
+from conftest import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -138,7 +138,6 @@ def test_the_last_selector_reads_each_output_from_its_source(name, layer):
     t = task(name)
     rows, (inputs, targets, mask) = examples(t, n=32, seed=2)
     pattern = selector(t, inputs, layer, 0)
-    names = t.token_names()
     for b, (s, answer) in enumerate(rows):
         for q, want in enumerate(answer):
             keys = pattern[b, q].nonzero().flatten().tolist()
@@ -233,9 +232,7 @@ def test_supervised_run_learns_every_selector_head(tmp_path):
     # scripts/ablate.py on it: every head tried on every selector of its layer, then each on its own selector's cells
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # as Hydra leaves it in a run directory
-    spec = importlib.util.spec_from_file_location("ablate", ROOT / "scripts" / "ablate.py")
-    ablate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablate)
+    ablate = script_module("ablate")
     step, results = ablate.ablate(tmp_path)
     assert step == 150 and results["learned"] == (pytest.approx(metrics["val/seq_acc"]), pytest.approx(metrics["val/acc"]))
     tried = {name.rsplit(" ", 1)[0] for name in results if " S" in name}

@@ -1,7 +1,6 @@
 """Attention supervision (loss.attention): the loss itself, off by default at no cost, logged and learned from when
 on, and refused where there is nothing to supervise; scripts/ablate.py on the supervised run."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from attnlab.attention import SelfAttention
 from attnlab.config import ConfigError
 from attnlab.tasks.histogram import Histogram
 from attnlab.train import build, run
+from conftest import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -25,13 +25,6 @@ QUIET = ["device=cpu", "logging.progress_bar=false", "logging.images_every_n_ste
 def composed(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=[*QUIET, *overrides])
-
-
-def ablate_script():
-    spec = importlib.util.spec_from_file_location("ablate", ROOT / "scripts" / "ablate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def histogram_target() -> torch.Tensor:
@@ -71,12 +64,12 @@ def test_supervised_run_logs_its_loss_and_learns_the_target(tmp_path):
     # scripts/ablate.py on it: the head replaced by its target keeps the task solved, spread evenly it does not.
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # as Hydra leaves it in a run directory
-    step, results = ablate_script().ablate(tmp_path)
+    step, results = script_module("ablate").ablate(tmp_path)
     assert step == 120 and results["learned"][0] == pytest.approx(metrics["val/seq_acc"])
     assert results["L0H0 target"][0] >= 0.99 and results["L0H0 uniform"][0] < 0.5
     assert results["L0H0 support"][0] >= 0.99  # its own weights on the target's cells: as good as the target
     # --by-token: every query token of the target's rows, each near its target and solved with it there
-    _, split = ablate_script().ablate(tmp_path, by_token=True)
+    _, split = script_module("ablate").ablate(tmp_path, by_token=True)
     tokens = {name: values for name, values in split.items() if name.startswith("L0H0 token ")}
     assert len(tokens) == 5 and all(align >= 0.8 and on_target >= 0.99 for align, on_target, _ in tokens.values())
 
