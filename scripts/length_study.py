@@ -88,8 +88,7 @@ def main() -> None:
     for name in names:
         if not args.read_only:
             sweep(name, out)
-        if (out / name / "wall.json").is_file():
-            times.append(json.loads((out / name / "wall.json").read_text()))
+        times.append(suites.times(out / name))
     wall, cpu = (sum(t.get(k, 0) for t in times) / 60 for k in ("wall_s", "cpu_s"))
     text = (f"Measured {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores, seeds 0-{SEEDS - 1}, by "
             f"`python scripts/length_study.py` ({wall:.1f} min wall, {cpu:.1f} min CPU; load average "

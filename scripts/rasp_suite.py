@@ -83,22 +83,11 @@ def row(name: str, sweep_dir: Path) -> list[str]:
         align.append(f"L{layer}S{s} {suites.spread([m[key] for m in metrics if key in m])}")
     solved = sum(a >= 0.99 for a in acc)
     step = statistics.median(m["step"] for m in metrics)
-    wall, cpu = wall_min(sweep_dir), cpu_per_seed_min(sweep_dir)
+    recorded = suites.times(sweep_dir)  # wall: all the seeds as one stacked model; CPU: per seed
+    wall = f"{recorded['wall_s'] / 60:.1f}" if "wall_s" in recorded else "–"
+    cpu = f"{recorded['cpu_s'] / recorded['seeds'] / 60:.1f}" if "cpu_s" in recorded else "–"
     return [f"`{name}`", size, str(len(metrics)), suites.spread(acc, 3), suites.spread(seq, 3),
-            f"{solved}/{len(metrics)}", f"{step:g}", "; ".join(align) or "–", "–" if wall is None else f"{wall:.1f}", "–" if cpu is None else f"{cpu:.1f}", PAPER]
-
-
-def wall_min(sweep_dir: Path) -> float | None:
-    """A recipe's wall time in minutes, all its seeds as one stacked model (None where it was not recorded)."""
-    record = sweep_dir / "wall.json"
-    return json.loads(record.read_text())["wall_s"] / 60 if record.is_file() else None
-
-
-def cpu_per_seed_min(sweep_dir: Path) -> float | None:
-    """A recipe's CPU time per seed in minutes (None where it was not recorded)."""
-    record = sweep_dir / "wall.json"
-    found = json.loads(record.read_text()) if record.is_file() else {}
-    return found["cpu_s"] / found["seeds"] / 60 if "cpu_s" in found else None
+            f"{solved}/{len(metrics)}", f"{step:g}", "; ".join(align) or "–", wall, cpu, PAPER]
 
 
 def table(names: list[str], out: Path) -> str:
@@ -137,7 +126,7 @@ def main() -> None:
     if not args.read_only:
         for name in train:
             sweep(name, out, args.seeds)
-    walls = [json.loads(w.read_text())["wall_s"] for w in out.glob("*/wall.json")]
+    walls = [suites.times(out / n).get("wall_s", 0) for n in names]
     measured = [n for n in names if (out / n).is_dir() and runs(out / n)]
     text = (f"Measured {datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} CPU cores by `python scripts/rasp_suite.py"
             f"{'' if args.seeds == 5 else f' --seeds {args.seeds}'}` ({len(measured)} of {len(names)} recipes; their "

@@ -36,8 +36,9 @@ def test_a_sweep_runs_once_with_its_wall_and_cpu_recorded(tmp_path):
     times = suites.recorded_sweep(command, sweep_dir, jobs=2, cwd=tmp_path, seeds=2)
     assert times is not None and times["seeds"] == 2
     assert 0 < times["cpu_s"] <= times["wall_s"] + 0.5  # one process: no more CPU than wall
-    assert json.loads((sweep_dir / "wall.json").read_text()) == times
+    assert json.loads((sweep_dir / "wall.json").read_text()) == times == suites.times(sweep_dir)
     assert suites.recorded_sweep(command, sweep_dir, jobs=2, cwd=tmp_path) is None  # finished: not run again
+    assert suites.times(tmp_path / "sort") == {}  # never run: nothing recorded
 
 
 def test_spread():

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+TIMES = "wall.json"  # beside each recipe's sweep: its wall and CPU seconds
+
 
 def chosen(folder: Path, only: str | None, names: list[str]) -> list[str]:
     """The recipes named by --only (comma-separated), in `names`' order; all of them without --only. An unknown name
@@ -26,7 +28,7 @@ def chosen(folder: Path, only: str | None, names: list[str]) -> list[str]:
 
 def recorded_sweep(command: list[str], sweep_dir: Path, jobs: int, cwd: Path, **record) -> dict | None:
     """Runs `command` (a multirun into sweep_dir) unless sweep_dir already holds `jobs` finished jobs; writes its wall
-    and CPU seconds (and `record`) into sweep_dir/wall.json and returns them (None where it was finished before). CPU
+    and CPU seconds (and `record`) into sweep_dir/wall.json (TIMES) and returns them (None where it was finished before). CPU
     counts the sweep's processes, its workers too, all reaped by the time it ends: about the same on a busy machine as
     on an idle one, unlike the wall."""
     if len(list(sweep_dir.rglob("metrics.json"))) >= jobs:
@@ -39,8 +41,14 @@ def recorded_sweep(command: list[str], sweep_dir: Path, jobs: int, cwd: Path, **
     if finished.returncode != 0:
         print(finished.stderr[-3000:], file=sys.stderr)
     times = {"wall_s": time.perf_counter() - start, "cpu_s": children_cpu() - cpu, **record}
-    (sweep_dir / "wall.json").write_text(json.dumps(times) + "\n")
+    (sweep_dir / TIMES).write_text(json.dumps(times) + "\n")
     return times
+
+
+def times(sweep_dir: Path) -> dict:
+    """What recorded_sweep wrote for the sweep (wall_s, cpu_s where recorded, and its `record`); {} where nothing."""
+    path = sweep_dir / TIMES
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def children_cpu() -> float:
